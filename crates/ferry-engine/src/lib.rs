@@ -1,0 +1,22 @@
+//! The transfer engine: scan a source and a destination together, plan what
+//! differs, transfer it with bounded concurrency, then (only when nothing
+//! failed) delete extraneous destination items, and report.
+//!
+//! Every task type of ferry is a transfer between two locations; `ferry sync`
+//! exposes the engine directly.
+
+mod checkpoint;
+mod error;
+mod filter;
+mod options;
+mod progress;
+mod ratelimit;
+mod sync;
+
+pub use checkpoint::CheckpointSpec;
+pub use error::{Error, Result};
+pub use filter::Filter;
+pub use options::{Compare, SyncOptions, Verify};
+pub use progress::{Failure, PlanLine, Progress, Report};
+pub use ratelimit::RateLimit;
+pub use sync::Sync;

@@ -1,0 +1,91 @@
+use crate::filter::Filter;
+
+/// How an item present on both sides is judged unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compare {
+    /// Same size and modification time (the default, like rclone).
+    #[default]
+    SizeMtime,
+    /// Same size and CRC32C of the content.
+    Checksum,
+    /// Never: copy everything.
+    Force,
+    /// Skip anything that exists at the destination.
+    IgnoreExisting,
+}
+
+/// Post-copy verification, as in AWS DataSync's VerifyMode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verify {
+    /// Sizes are checked and a CRC32C is computed while streaming; nothing is re-read.
+    #[default]
+    None,
+    /// Every transferred item is read back and its CRC32C compared.
+    Transferred,
+    /// At the end, every file on both sides is compared by CRC32C.
+    All,
+}
+
+/// Everything that shapes one sync run.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub compare: Compare,
+    /// Skip items whose destination is newer than the source.
+    pub update: bool,
+    /// Delete destination items absent from the source (after a clean run only).
+    pub delete: bool,
+    /// Refuse to delete more than this many items.
+    pub max_delete: Option<u64>,
+    pub filter: Filter,
+    /// Only these relative paths (files), instead of a full listing.
+    pub files_from: Option<Vec<String>>,
+    pub dry_run: bool,
+    /// Items in flight at once.
+    pub threads: usize,
+    /// Directory listings in flight at once.
+    pub list_threads: usize,
+    /// Bytes per second for all transfers together.
+    pub bwlimit: Option<u64>,
+    pub verify: Verify,
+    /// Attempts per item for temporary errors (on top of per-request retries).
+    pub item_attempts: u32,
+    /// Read chunk size for local files.
+    pub chunk: usize,
+    /// Follow symlinks in the source instead of copying them as links.
+    pub copy_links: bool,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        Self {
+            compare: Compare::default(),
+            update: false,
+            delete: false,
+            max_delete: None,
+            filter: Filter::default(),
+            files_from: None,
+            dry_run: false,
+            threads: 32,
+            list_threads: 8,
+            bwlimit: None,
+            verify: Verify::default(),
+            item_attempts: 3,
+            chunk: 8 << 20,
+            copy_links: false,
+        }
+    }
+}
+
+impl SyncOptions {
+    /// The part of the options that changes what a run does: a checkpoint is
+    /// only reused by a run with the same key.
+    pub fn plan_key(&self) -> String {
+        format!(
+            "compare={:?};update={};filter={};files_from={}",
+            self.compare,
+            self.update,
+            self.filter.describe(),
+            self.files_from.as_ref().map(|f| f.len()).unwrap_or(0)
+        )
+    }
+}

@@ -1,0 +1,109 @@
+//! Live counters (read by progress displays) and the final report.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// How many failures and plan lines the report keeps in full.
+pub const REPORT_LIMIT: usize = 10_000;
+
+/// Counters updated while a run goes on.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Source entries seen by the scan (files, symlinks, directories).
+    pub listed: AtomicU64,
+    /// Bytes of the source files seen by the scan.
+    pub listed_bytes: AtomicU64,
+    /// Items whose transfer (or creation) completed.
+    pub transferred: AtomicU64,
+    pub transferred_bytes: AtomicU64,
+    /// Bytes moved so far, including items still in flight.
+    pub bytes_moving: AtomicU64,
+    /// Items found identical at the destination.
+    pub skipped: AtomicU64,
+    pub skipped_bytes: AtomicU64,
+    pub failed: AtomicU64,
+    /// Items left out by filters.
+    pub excluded: AtomicU64,
+    pub deleted: AtomicU64,
+    /// Items that need a transfer (for ETA).
+    pub to_transfer: AtomicU64,
+    pub to_transfer_bytes: AtomicU64,
+    /// The scan has finished.
+    pub scan_done: AtomicBool,
+    pub(crate) failures: Mutex<Vec<Failure>>,
+    pub(crate) warnings: Mutex<Vec<String>>,
+    pub(crate) plan: Mutex<Vec<PlanLine>>,
+}
+
+impl Progress {
+    pub(crate) fn fail(&self, path: &str, reason: impl Into<String>) {
+        self.failed.fetch_add(1, Relaxed);
+        let mut f = self.failures.lock().expect("failures lock");
+        if f.len() < REPORT_LIMIT {
+            f.push(Failure { path: path.to_string(), reason: reason.into() });
+        }
+    }
+
+    pub(crate) fn warn(&self, msg: impl Into<String>) {
+        let mut w = self.warnings.lock().expect("warnings lock");
+        if w.len() < REPORT_LIMIT {
+            w.push(msg.into());
+        }
+    }
+
+    pub(crate) fn plan(&self, action: &'static str, path: &str, size: u64, reason: &'static str) {
+        let mut p = self.plan.lock().expect("plan lock");
+        if p.len() < REPORT_LIMIT {
+            p.push(PlanLine { action, path: path.to_string(), size, reason });
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Failure {
+    pub path: String,
+    pub reason: String,
+}
+
+/// One planned action (shown by `--dry-run`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PlanLine {
+    pub action: &'static str,
+    pub path: String,
+    pub size: u64,
+    pub reason: &'static str,
+}
+
+/// The outcome of a run. Counters reconcile:
+/// `listed = transferred + skipped + failed + excluded`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub source: String,
+    pub destination: String,
+    pub dry_run: bool,
+    pub listed: u64,
+    pub transferred: u64,
+    pub transferred_bytes: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub excluded: u64,
+    pub deleted: u64,
+    pub elapsed_seconds: f64,
+    /// Whether a checkpoint of an interrupted run was used.
+    pub resumed: bool,
+    /// Why deletions did not run, when `--delete` was asked for and skipped.
+    pub delete_skipped: Option<String>,
+    pub failures: Vec<Failure>,
+    pub warnings: Vec<String>,
+    /// Groups of source paths that are hard links to the same file (copied as separate files).
+    pub hard_links: Vec<Vec<String>>,
+    pub plan: Vec<PlanLine>,
+}
+
+impl Report {
+    pub fn success(&self) -> bool {
+        self.failed == 0
+    }
+}

@@ -1,0 +1,733 @@
+//! One sync run. Like rclone's `sync.go`, the algorithm reads top to bottom:
+//! walk source and destination together directory by directory, feed each
+//! item through a bounded pool that checks and transfers it, then delete
+//! extraneous destination items (only when nothing failed), then report.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ferry_model::{validate_rel_path, Entry, EntryKind, PosixMeta};
+use ferry_storage::{Error as StorageError, Location};
+use ferry_store::DoneItem;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::checkpoint::{CheckpointSpec, Recorder};
+use crate::options::{Compare, SyncOptions, Verify};
+use crate::progress::{Progress, Report};
+use crate::ratelimit::RateLimit;
+use crate::Result;
+
+/// Files up to this size are read whole before the destination is opened,
+/// so that their checksum can be stored with them.
+const SMALL_FILE: u64 = 8 << 20;
+/// Items queued between the scan and the transfer pool.
+const QUEUE: usize = 4096;
+
+/// A configured sync between two opened locations.
+pub struct Sync {
+    src: Location,
+    dst: Location,
+    opts: SyncOptions,
+    progress: Arc<Progress>,
+    checkpoint: Option<CheckpointSpec>,
+}
+
+/// State shared by the scan, the transfer pool and the deletion phase.
+struct Run {
+    /// Where items come from.
+    src: Location,
+    /// Where items go.
+    dst: Location,
+    /// What the user asked for.
+    opts: SyncOptions,
+    /// Live counters, failures, warnings and plan lines.
+    progress: Arc<Progress>,
+    /// Shared `--bwlimit` bucket.
+    limiter: Option<RateLimit>,
+    /// Done set of this run, when checkpoints are on.
+    recorder: Option<Recorder>,
+    /// Some listing failed: no deletion may run.
+    listing_failed: AtomicBool,
+    /// Destination entries absent from the source (top-most only).
+    extraneous: Mutex<Vec<(String, EntryKind)>>,
+    /// Source files with more than one link, by (device, inode).
+    hard_links: Mutex<HashMap<(u64, u64), Vec<String>>>,
+    /// Verification pass: report differences instead of copying.
+    check_only: bool,
+}
+
+/// One file or symlink to check and maybe transfer.
+struct Item {
+    src: Entry,
+    dst: Option<Entry>,
+    /// Parent directory (for the checkpoint).
+    dir: String,
+}
+
+enum Outcome {
+    Skipped,
+    Transferred(u64),
+}
+
+impl Sync {
+    pub fn new(src: Location, dst: Location, opts: SyncOptions) -> Self {
+        Self { src, dst, opts, progress: Arc::new(Progress::default()), checkpoint: None }
+    }
+
+    /// Record finished items so that a rerun after a crash skips them.
+    pub fn with_checkpoint(mut self, spec: CheckpointSpec) -> Self {
+        self.checkpoint = Some(spec);
+        self
+    }
+
+    /// Live counters, for progress displays.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+
+    pub async fn run(self) -> Result<Report> {
+        let start = Instant::now();
+        let (src_name, dst_name) = (self.src.display(), self.dst.display());
+        let recorder = match (&self.checkpoint, self.opts.dry_run) {
+            (Some(spec), false) => {
+                let key = format!("{src_name}\n{dst_name}\n{}", self.opts.plan_key());
+                Some(Recorder::start(spec.store.clone(), &key, &src_name, &dst_name).await?)
+            }
+            _ => None,
+        };
+        let resumed = recorder.as_ref().is_some_and(|r| r.checkpoint.resumed);
+        let run = Arc::new(Run {
+            limiter: self.opts.bwlimit.map(RateLimit::new),
+            src: self.src,
+            dst: self.dst,
+            opts: self.opts,
+            progress: self.progress.clone(),
+            recorder,
+            listing_failed: AtomicBool::new(false),
+            extraneous: Mutex::new(Vec::new()),
+            hard_links: Mutex::new(HashMap::new()),
+            check_only: false,
+        });
+
+        run.clone().scan_and_transfer().await;
+
+        let p = &run.progress;
+        let mut delete_skipped = None;
+        if run.opts.delete {
+            delete_skipped = run.delete_extraneous().await;
+        }
+
+        let mut verify_failed = 0;
+        if run.opts.verify == Verify::All && !run.opts.dry_run && p.failed.load(Relaxed) == 0 {
+            verify_failed = run.verify_all().await;
+        }
+
+        let success = p.failed.load(Relaxed) == 0 && verify_failed == 0;
+        let mut run = Arc::try_unwrap(run).ok().expect("run still shared after completion");
+        if let Some(rec) = run.recorder.as_mut() {
+            rec.finish(success).await?;
+        }
+        let progress = run.progress.clone();
+        let dry_run = run.opts.dry_run;
+        let p = &progress;
+        let mut hard_links: Vec<Vec<String>> = run
+            .hard_links
+            .into_inner()
+            .expect("hard link lock")
+            .into_values()
+            .filter(|g| g.len() > 1)
+            .collect();
+        hard_links.sort();
+        for group in &hard_links {
+            p.warn(format!("hard links copied as separate files: {}", group.join(", ")));
+        }
+        let failures = std::mem::take(&mut *p.failures.lock().expect("lock"));
+        let warnings = std::mem::take(&mut *p.warnings.lock().expect("lock"));
+        let plan = std::mem::take(&mut *p.plan.lock().expect("lock"));
+        let report = Report {
+            source: src_name,
+            destination: dst_name,
+            dry_run,
+            listed: p.listed.load(Relaxed),
+            transferred: p.transferred.load(Relaxed),
+            transferred_bytes: p.transferred_bytes.load(Relaxed),
+            skipped: p.skipped.load(Relaxed),
+            failed: p.failed.load(Relaxed) + verify_failed,
+            excluded: p.excluded.load(Relaxed),
+            deleted: p.deleted.load(Relaxed),
+            elapsed_seconds: start.elapsed().as_secs_f64(),
+            resumed,
+            delete_skipped,
+            failures,
+            warnings,
+            hard_links,
+            plan,
+        };
+        Ok(report)
+    }
+}
+
+impl Run {
+    /// Scan and transfer concurrently; the queue between them bounds memory.
+    async fn scan_and_transfer(self: Arc<Self>) {
+        let (tx, rx) = mpsc::channel::<Item>(QUEUE);
+        let scan = {
+            let run = self.clone();
+            async move {
+                if let Some(paths) = run.opts.files_from.clone() {
+                    run.scan_list(&paths, tx).await;
+                } else {
+                    run.scan_tree(tx).await;
+                }
+                run.progress.scan_done.store(true, Relaxed);
+            }
+        };
+        let transfer = {
+            let run = self.clone();
+            let items = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
+            items.for_each_concurrent(run.opts.threads.max(1), move |item| {
+                let run = run.clone();
+                async move { run.handle(item).await }
+            })
+        };
+        tokio::join!(scan, transfer);
+    }
+
+    /// Walk both trees level by level, several directories at a time.
+    async fn scan_tree(self: &Arc<Self>, tx: mpsc::Sender<Item>) {
+        let mut queue: VecDeque<(String, bool)> = VecDeque::from([(String::new(), true)]);
+        let mut running = FuturesUnordered::new();
+        loop {
+            while running.len() < self.opts.list_threads.max(1) {
+                let Some((dir, dst_exists)) = queue.pop_back() else { break };
+                let run = self.clone();
+                let tx = tx.clone();
+                running.push(async move { run.scan_dir(dir, dst_exists, tx).await });
+            }
+            match running.next().await {
+                Some(subdirs) => queue.extend(subdirs),
+                None => break,
+            }
+        }
+    }
+
+    /// `--files-from`: look at each named path instead of listing.
+    async fn scan_list(self: &Arc<Self>, paths: &[String], tx: mpsc::Sender<Item>) {
+        for path in paths {
+            let p = &self.progress;
+            p.listed.fetch_add(1, Relaxed);
+            if let Err(e) = validate_rel_path(path) {
+                p.fail(path, format!("unusable path in --files-from: {e}"));
+                continue;
+            }
+            let src = match self.src.stat(path).await {
+                Ok(Some((e, _))) if e.kind != EntryKind::Dir => e,
+                Ok(Some(_)) => {
+                    p.fail(path, "is a directory; --files-from lists files");
+                    continue;
+                }
+                Ok(None) => {
+                    p.fail(path, "not found in the source");
+                    continue;
+                }
+                Err(e) => {
+                    p.fail(path, e.to_string());
+                    continue;
+                }
+            };
+            if !self.opts.filter.file_included(path, src.size) {
+                p.excluded.fetch_add(1, Relaxed);
+                continue;
+            }
+            p.listed_bytes.fetch_add(src.size, Relaxed);
+            let dst = match self.dst.stat(path).await {
+                Ok(found) => found.map(|(e, _)| e),
+                Err(e) => {
+                    p.fail(path, format!("cannot check destination: {e}"));
+                    continue;
+                }
+            };
+            let dir = path.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_default();
+            if tx.send(Item { src, dst, dir }).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Compare one directory level; returns the subdirectories to walk.
+    async fn scan_dir(&self, dir: String, dst_exists: bool, tx: mpsc::Sender<Item>) -> Vec<(String, bool)> {
+        let p = &self.progress;
+        let shown = if dir.is_empty() { "/" } else { dir.as_str() };
+        let src_list = match self.src.list_dir(&dir).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.listing_failed.store(true, Relaxed);
+                p.listed.fetch_add(1, Relaxed);
+                p.fail(shown, format!("listing the source failed: {e}"));
+                return Vec::new();
+            }
+        };
+        let dst_list = if dst_exists {
+            match self.dst.list_dir(&dir).await {
+                Ok(l) => l,
+                Err(e) if e.is_not_found() => Default::default(),
+                Err(e) => {
+                    self.listing_failed.store(true, Relaxed);
+                    p.listed.fetch_add(1, Relaxed);
+                    p.fail(shown, format!("listing the destination failed: {e}"));
+                    return Vec::new();
+                }
+            }
+        } else {
+            Default::default()
+        };
+        for (path, reason) in &src_list.rejected {
+            p.listed.fetch_add(1, Relaxed);
+            p.fail(path, reason.clone());
+        }
+        for (path, reason) in &dst_list.rejected {
+            p.warn(format!("destination entry {path:?} left alone: {reason}"));
+        }
+        let done = match &self.recorder {
+            Some(r) => r.done_in_dir(&dir).await,
+            None => HashMap::new(),
+        };
+
+        let mut subdirs = Vec::new();
+        let mut dst_iter = dst_list.entries.into_iter().peekable();
+        for s in src_list.entries {
+            // Destination entries that sort before this one are extraneous.
+            while let Some(d) = dst_iter.next_if(|d| d.path < s.path) {
+                self.note_extraneous(d);
+            }
+            let d = dst_iter.next_if(|d| d.path == s.path);
+            p.listed.fetch_add(1, Relaxed);
+            if s.kind == EntryKind::Dir {
+                if !self.opts.filter.dir_included(&s.path) {
+                    p.excluded.fetch_add(1, Relaxed);
+                    continue;
+                }
+                if let Some(next) = self.scan_subdir(&s, d.as_ref()).await {
+                    subdirs.push(next);
+                }
+                continue;
+            }
+            if !self.opts.filter.file_included(&s.path, s.size) {
+                p.excluded.fetch_add(1, Relaxed);
+                continue;
+            }
+            p.listed_bytes.fetch_add(s.size, Relaxed);
+            if let Some(l) = s.local.filter(|l| l.nlink > 1 && s.kind == EntryKind::File) {
+                self.hard_links.lock().expect("lock").entry((l.dev, l.ino)).or_default().push(s.path.clone());
+            }
+            // Done in an interrupted run of the same sync, and still there.
+            if let (Some(&(size, mtime)), Some(dd)) = (done.get(s.name()), &d) {
+                if size == s.size && Some(mtime) == s.mtime_ns && dd.size == s.size && dd.kind == s.kind {
+                    p.skipped.fetch_add(1, Relaxed);
+                    p.skipped_bytes.fetch_add(size, Relaxed);
+                    continue;
+                }
+            }
+            if tx.send(Item { src: s, dst: d, dir: dir.clone() }).await.is_err() {
+                return subdirs;
+            }
+        }
+        for d in dst_iter {
+            self.note_extraneous(d);
+        }
+        subdirs
+    }
+
+    /// Make sure a source directory exists at the destination.
+    async fn scan_subdir(&self, s: &Entry, d: Option<&Entry>) -> Option<(String, bool)> {
+        let p = &self.progress;
+        match d {
+            Some(d) if d.kind == EntryKind::Dir => {
+                p.skipped.fetch_add(1, Relaxed);
+                Some((s.path.clone(), true))
+            }
+            Some(_) => {
+                p.fail(&s.path, "a file of the same name is in the way at the destination");
+                None
+            }
+            None if self.check_only => {
+                p.fail(&s.path, "directory missing at the destination");
+                None
+            }
+            None if self.opts.dry_run => {
+                p.plan("mkdir", &s.path, 0, "missing");
+                p.transferred.fetch_add(1, Relaxed);
+                Some((s.path.clone(), false))
+            }
+            None => match self.dst.create_dir(&s.path, &s.meta).await {
+                Ok(()) => {
+                    p.transferred.fetch_add(1, Relaxed);
+                    Some((s.path.clone(), false))
+                }
+                Err(e) => {
+                    p.fail(&s.path, format!("cannot create directory: {e}"));
+                    None
+                }
+            },
+        }
+    }
+
+    fn note_extraneous(&self, d: Entry) {
+        if !self.opts.delete || self.check_only {
+            return;
+        }
+        let kept = match d.kind {
+            EntryKind::Dir => self.opts.filter.dir_included(&d.path),
+            _ => self.opts.filter.file_included(&d.path, d.size),
+        };
+        if kept {
+            self.extraneous.lock().expect("lock").push((d.path, d.kind));
+        }
+    }
+
+    /// Check and transfer one item, retrying temporary failures.
+    async fn handle(&self, item: Item) {
+        let p = &self.progress;
+        let mut attempt = 1;
+        loop {
+            match self.process(&item).await {
+                Ok(Outcome::Skipped) => {
+                    p.skipped.fetch_add(1, Relaxed);
+                    p.skipped_bytes.fetch_add(item.src.size, Relaxed);
+                }
+                Ok(Outcome::Transferred(bytes)) => {
+                    p.transferred.fetch_add(1, Relaxed);
+                    p.transferred_bytes.fetch_add(bytes, Relaxed);
+                    if let (Some(rec), false) = (&self.recorder, self.opts.dry_run) {
+                        rec.record(DoneItem {
+                            dir: item.dir.clone(),
+                            name: item.src.name().to_string(),
+                            size: item.src.size,
+                            mtime_ns: item.src.mtime_ns.unwrap_or(0),
+                        })
+                        .await;
+                    }
+                }
+                Err(e) if e.is_temporary() && attempt < self.opts.item_attempts => {
+                    tracing::debug!(path = %item.src.path, attempt, error = %e, "retrying item");
+                    let backoff =
+                        Duration::from_millis(100 * (1 << attempt.min(6)) + rand::random_range(0..100));
+                    tokio::time::sleep(backoff).await;
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => p.fail(&item.src.path, e.to_string()),
+            }
+            return;
+        }
+    }
+
+    async fn process(&self, item: &Item) -> Result<Outcome, StorageError> {
+        let mut s = item.src.clone();
+        let mut d = item.dst.clone();
+        let reason = match self.decide(&mut s, d.as_mut()).await? {
+            None => return Ok(Outcome::Skipped),
+            Some(reason) => reason,
+        };
+        if self.check_only {
+            return Err(StorageError::InvalidName {
+                name: s.path.clone(),
+                reason: format!("verification: {reason}"),
+            });
+        }
+        if self.opts.dry_run {
+            self.progress.plan("copy", &s.path, s.size, reason);
+            return Ok(Outcome::Transferred(s.size));
+        }
+        self.progress.to_transfer.fetch_add(1, Relaxed);
+        self.progress.to_transfer_bytes.fetch_add(s.size, Relaxed);
+        match s.kind {
+            EntryKind::Symlink => {
+                let target = self.src.read_link(&s).await?;
+                self.dst.create_symlink(&s.path, &target, &write_meta(&s)).await?;
+                Ok(Outcome::Transferred(0))
+            }
+            _ => self.copy_file(&s).await.map(Outcome::Transferred),
+        }
+    }
+
+    /// `None` when the destination is up to date, else why it is not.
+    async fn decide(
+        &self,
+        s: &mut Entry,
+        d: Option<&mut Entry>,
+    ) -> Result<Option<&'static str>, StorageError> {
+        let Some(d) = d else {
+            self.load_src_meta(s).await?;
+            return Ok(Some("missing"));
+        };
+        if d.kind == EntryKind::Dir {
+            return Err(StorageError::InvalidName {
+                name: s.path.clone(),
+                reason: "a directory of the same name is in the way at the destination".into(),
+            });
+        }
+        let compare = if self.check_only { Compare::Checksum } else { self.opts.compare };
+        if compare == Compare::IgnoreExisting {
+            return Ok(None);
+        }
+        self.load_src_meta(s).await?;
+        if compare == Compare::Force {
+            return Ok(Some("forced"));
+        }
+        if s.kind == EntryKind::Symlink || d.kind == EntryKind::Symlink || !d.meta_loaded && s.size == d.size
+        {
+            for w in self.dst.load_meta(d).await? {
+                self.progress.warn(format!("{}: {w}", d.path));
+            }
+        }
+        if s.kind == EntryKind::Symlink || d.kind == EntryKind::Symlink {
+            if s.kind != d.kind {
+                return Ok(Some("type differs"));
+            }
+            let same = self.src.read_link(s).await? == self.dst.read_link(d).await?;
+            return Ok(if same { None } else { Some("link target differs") });
+        }
+        if self.opts.update && newer(d, s) {
+            return Ok(None);
+        }
+        if s.size != d.size {
+            return Ok(Some("size differs"));
+        }
+        match compare {
+            Compare::Checksum => {
+                let a = self.checksum(&self.src, s, true).await?;
+                let b = self.checksum(&self.dst, d, !self.check_only).await?;
+                Ok(if a == b { None } else { Some("checksum differs") })
+            }
+            _ => Ok(if same_mtime(s, d) { None } else { Some("modification time differs") }),
+        }
+    }
+
+    async fn load_src_meta(&self, s: &mut Entry) -> Result<(), StorageError> {
+        for w in self.src.load_meta(s).await? {
+            self.progress.warn(format!("{}: {w}", s.path));
+        }
+        Ok(())
+    }
+
+    /// Stream one file into the destination; visible only once complete and verified.
+    async fn copy_file(&self, s: &Entry) -> Result<u64, StorageError> {
+        let meta = write_meta(s);
+        let mut stream = self.src.open_read(s, self.opts.chunk).await?;
+        let mut crc = 0u32;
+        let mut n: u64 = 0;
+        if s.size <= SMALL_FILE {
+            let mut buf = BytesMut::with_capacity(s.size as usize);
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                n += chunk.len() as u64;
+                if n > s.size {
+                    return Err(StorageError::SizeMismatch { expected: s.size, got: n });
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            if n != s.size {
+                return Err(StorageError::SizeMismatch { expected: s.size, got: n });
+            }
+            let data = buf.freeze();
+            crc = crc32c::crc32c(&data);
+            self.throttle(data.len()).await;
+            let mut sink = self.dst.create_file(&s.path, &meta, Some(crc), s.size).await?;
+            if let Err(e) = sink.write(data).await {
+                sink.abort().await;
+                return Err(e);
+            }
+            sink.commit(&meta).await?;
+        } else {
+            let mut sink = self.dst.create_file(&s.path, &meta, None, s.size).await?;
+            let res: Result<(), StorageError> = async {
+                while let Some(chunk) = stream.next().await {
+                    let chunk: Bytes = chunk?;
+                    n += chunk.len() as u64;
+                    if n > s.size {
+                        return Err(StorageError::SizeMismatch { expected: s.size, got: n });
+                    }
+                    crc = crc32c::crc32c_append(crc, &chunk);
+                    self.throttle(chunk.len()).await;
+                    self.progress.bytes_moving.fetch_add(chunk.len() as u64, Relaxed);
+                    sink.write(chunk).await?;
+                }
+                if n != s.size {
+                    return Err(StorageError::SizeMismatch { expected: s.size, got: n });
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = res {
+                sink.abort().await;
+                return Err(e);
+            }
+            sink.commit(&meta).await?;
+        }
+        if self.opts.verify == Verify::Transferred {
+            let written = Entry { etag: None, crc32c: None, meta_loaded: true, local: None, ..s.clone() };
+            let got = self.checksum(&self.dst, &written, false).await?;
+            if got != crc {
+                return Err(StorageError::InvalidName {
+                    name: s.path.clone(),
+                    reason: format!("verification failed: wrote crc32c {crc:08x}, read back {got:08x}"),
+                });
+            }
+        }
+        Ok(n)
+    }
+
+    async fn throttle(&self, n: usize) {
+        if let Some(l) = &self.limiter {
+            l.acquire(n).await;
+        }
+    }
+
+    /// CRC32C of an entry's content; a stored one is used when `trust_stored`.
+    async fn checksum(&self, loc: &Location, e: &Entry, trust_stored: bool) -> Result<u32, StorageError> {
+        if let (true, Some(c)) = (trust_stored, e.crc32c) {
+            return Ok(c);
+        }
+        let mut stream = loc.open_read(e, self.opts.chunk).await?;
+        let (mut crc, mut n) = (0u32, 0u64);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            n += chunk.len() as u64;
+            crc = crc32c::crc32c_append(crc, &chunk);
+        }
+        if n != e.size {
+            return Err(StorageError::SizeMismatch { expected: e.size, got: n });
+        }
+        Ok(crc)
+    }
+
+    /// Delete extraneous destination items, unless anything went wrong.
+    /// Returns why deletion was skipped, if it was.
+    async fn delete_extraneous(&self) -> Option<String> {
+        let p = &self.progress;
+        let mut victims = std::mem::take(&mut *self.extraneous.lock().expect("lock"));
+        if victims.is_empty() {
+            return None;
+        }
+        if self.listing_failed.load(Relaxed) || p.failed.load(Relaxed) > 0 {
+            return Some(format!(
+                "{} item(s) failed, so none of the {} extraneous destination item(s) were deleted",
+                p.failed.load(Relaxed),
+                victims.len()
+            ));
+        }
+        if let Some(max) = self.opts.max_delete {
+            if victims.len() as u64 > max {
+                let msg = format!(
+                    "{} extraneous destination item(s) exceed --max-delete {max}; nothing was deleted",
+                    victims.len()
+                );
+                p.fail("", msg.clone());
+                return Some(msg);
+            }
+        }
+        victims.sort_by(|a, b| a.0.cmp(&b.0));
+        if self.opts.dry_run {
+            for (path, _) in &victims {
+                p.plan("delete", path, 0, "not in source");
+            }
+            return None;
+        }
+        futures::stream::iter(victims)
+            .for_each_concurrent(self.opts.threads.max(1), |(path, kind)| async move {
+                match self.dst.remove(&path, kind).await {
+                    Ok(()) => {
+                        p.deleted.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => p.fail(&path, format!("delete failed: {e}")),
+                }
+            })
+            .await;
+        None
+    }
+
+    /// Compare every file on both sides by content; returns the mismatches.
+    async fn verify_all(self: &Arc<Self>) -> u64 {
+        let check = Arc::new(Run {
+            src: self.src.clone(),
+            dst: self.dst.clone(),
+            opts: SyncOptions { delete: false, dry_run: false, ..self.opts.clone() },
+            progress: Arc::new(Progress::default()),
+            limiter: None,
+            recorder: None,
+            listing_failed: AtomicBool::new(false),
+            extraneous: Mutex::new(Vec::new()),
+            hard_links: Mutex::new(HashMap::new()),
+            check_only: true,
+        });
+        check.clone().scan_and_transfer().await;
+        let failures = std::mem::take(&mut *check.progress.failures.lock().expect("lock"));
+        for f in &failures {
+            self.progress.failures.lock().expect("lock").push(f.clone());
+        }
+        check.progress.failed.load(Relaxed)
+    }
+}
+
+/// Attributes to give the copy: the source's, with its listed mtime when
+/// the store recorded none.
+fn write_meta(s: &Entry) -> PosixMeta {
+    PosixMeta { mtime_ns: s.meta.mtime_ns.or(s.mtime_ns), ..s.meta }
+}
+
+/// Equal modification times; to the second when either side only has the
+/// store's second-precision upload time.
+fn same_mtime(a: &Entry, b: &Entry) -> bool {
+    match (a.mtime_ns, b.mtime_ns) {
+        (Some(x), Some(y)) if a.mtime_exact && b.mtime_exact => x == y,
+        (Some(x), Some(y)) => x.div_euclid(1_000_000_000) == y.div_euclid(1_000_000_000),
+        _ => false,
+    }
+}
+
+/// The destination was modified after the source (`--update`).
+fn newer(d: &Entry, s: &Entry) -> bool {
+    matches!((d.mtime_ns, s.mtime_ns), (Some(x), Some(y)) if x > y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(mtime: i64, exact: bool) -> Entry {
+        Entry {
+            path: "f".into(),
+            kind: EntryKind::File,
+            size: 1,
+            mtime_ns: Some(mtime),
+            mtime_exact: exact,
+            meta: PosixMeta::default(),
+            meta_loaded: true,
+            etag: None,
+            local: None,
+            crc32c: None,
+        }
+    }
+
+    #[test]
+    fn mtime_comparison_respects_precision() {
+        let a = entry(1_700_000_000_123_456_789, true);
+        assert!(same_mtime(&a, &entry(1_700_000_000_123_456_789, true)));
+        assert!(!same_mtime(&a, &entry(1_700_000_000_123_456_788, true)));
+        assert!(same_mtime(&a, &entry(1_700_000_000_000_000_000, false)));
+        assert!(!same_mtime(&a, &entry(1_700_000_001_000_000_000, false)));
+    }
+
+    #[test]
+    fn write_meta_falls_back_to_listed_mtime() {
+        let mut e = entry(5, false);
+        assert_eq!(write_meta(&e).mtime_ns, Some(5));
+        e.meta.mtime_ns = Some(7);
+        assert_eq!(write_meta(&e).mtime_ns, Some(7));
+    }
+}

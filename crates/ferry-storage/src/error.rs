@@ -1,0 +1,91 @@
+use std::io;
+
+use thiserror::Error;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors of the storage layer. Each says whether retrying may help.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The location string cannot be understood; the message says how to fix it.
+    #[error("{0}")]
+    InvalidLocation(String),
+    /// Something needed to reach the store is missing (credentials, endpoint).
+    #[error("{0}")]
+    Config(String),
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("permission denied: {what}")]
+    PermissionDenied { what: String },
+    /// A name that cannot be used on the destination, with the reason.
+    #[error("unusable name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    /// The source changed while it was being copied.
+    #[error("source changed during copy: {0}")]
+    SourceChanged(String),
+    /// Fewer or more bytes arrived than the size declared when the copy started.
+    #[error("size mismatch: expected {expected} bytes, got {got}")]
+    SizeMismatch { expected: u64, got: u64 },
+    /// A path inside a local root is, or goes through, a symlink.
+    #[error("refusing to write through symlink {0}")]
+    SymlinkInPath(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{context}: {source}")]
+    Store {
+        context: String,
+        #[source]
+        source: opendal::Error,
+    },
+}
+
+impl Error {
+    /// Whether the same operation may succeed when tried again.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            Error::Store { source, .. } => {
+                source.is_temporary()
+                    || matches!(source.kind(), opendal::ErrorKind::RateLimited)
+                    || matches!(source.kind(), opendal::ErrorKind::Unexpected) && !source.is_permanent()
+            }
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::Interrupted
+                    | io::ErrorKind::TimedOut
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::BrokenPipe
+            ),
+            Error::SizeMismatch { .. } | Error::SourceChanged(_) => true,
+            _ => false,
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        let context = context.into();
+        match source.kind() {
+            io::ErrorKind::NotFound => Error::NotFound { what: context },
+            io::ErrorKind::PermissionDenied => Error::PermissionDenied { what: context },
+            _ => Error::Io { context, source },
+        }
+    }
+
+    pub fn store(context: impl Into<String>, source: opendal::Error) -> Self {
+        let context = context.into();
+        match source.kind() {
+            opendal::ErrorKind::NotFound => Error::NotFound { what: context },
+            opendal::ErrorKind::PermissionDenied => Error::PermissionDenied { what: context },
+            opendal::ErrorKind::ConditionNotMatch => Error::SourceChanged(context),
+            _ => Error::Store { context, source },
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+    }
+}

@@ -1,0 +1,275 @@
+//! Locations ferry reads from and writes to: local POSIX trees and object
+//! stores (through OpenDAL), with one API the engine uses for both, and the
+//! codec that keeps POSIX attributes in object metadata.
+
+pub mod codec;
+mod error;
+mod location;
+mod object;
+mod posix;
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use ferry_model::{Entry, EntryKind, PosixMeta};
+use futures::Stream;
+
+pub use error::{Error, Result};
+pub use location::{build_object_root, Env, LocationSpec, ObjectSpec, ProcessEnv, Scheme};
+pub use object::{ObjectRoot, PartPolicy};
+pub use posix::{PosixReader, PosixRoot, PosixWriter, TEMP_PREFIX};
+
+/// Where a `file://` bucket stages objects before renaming them into place;
+/// hidden from listings.
+pub const FILE_STAGING_DIR: &str = ".ferry-staging";
+
+/// A stream of content chunks.
+pub type ReadStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// One directory level: usable entries sorted by path, and names that were
+/// skipped with the reason.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    pub rejected: Vec<(String, String)>,
+}
+
+/// Options that shape how a location is opened.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Follow symlinks in local sources (`--copy-links`).
+    pub follow_links: bool,
+    /// Create a missing local directory (destinations).
+    pub create: bool,
+    pub parts: PartPolicy,
+    /// Attempts for temporary object-store errors.
+    pub retries: usize,
+}
+
+/// A source or destination of a transfer.
+#[derive(Debug, Clone)]
+pub enum Location {
+    Posix(PosixRoot),
+    Object(ObjectRoot),
+}
+
+/// Where bytes go while an item is written.
+pub enum Sink {
+    Posix(Box<PosixWriter>),
+    Object(Box<opendal::Writer>, String),
+}
+
+impl Location {
+    /// Parse and open a location; for object stores, check the bucket is reachable.
+    pub async fn open(input: &str, env: &dyn Env, opts: OpenOptions) -> Result<Self> {
+        match LocationSpec::parse(input)? {
+            LocationSpec::Posix(path) => {
+                let (follow, create) = (opts.follow_links, opts.create);
+                let root = tokio::task::spawn_blocking(move || PosixRoot::open(path, create, follow))
+                    .await
+                    .expect("open task panicked")?;
+                Ok(Location::Posix(root))
+            }
+            LocationSpec::Object(spec) => {
+                let root = build_object_root(&spec, env, opts.parts, opts.retries)?;
+                root.check_reachable().await?;
+                Ok(Location::Object(root))
+            }
+        }
+    }
+
+    pub fn display(&self) -> String {
+        match self {
+            Location::Posix(p) => p.root().display().to_string(),
+            Location::Object(o) => o.display().to_string(),
+        }
+    }
+
+    pub fn is_posix(&self) -> bool {
+        matches!(self, Location::Posix(_))
+    }
+
+    pub async fn list_dir(&self, rel: &str) -> Result<Listing> {
+        match self {
+            Location::Posix(p) => {
+                let (p, rel) = (p.clone(), rel.to_string());
+                blocking(move || p.list_dir(&rel)).await
+            }
+            Location::Object(o) => {
+                let mut l = o.list_dir(rel).await?;
+                if rel.is_empty() {
+                    l.entries.retain(|e| e.path != FILE_STAGING_DIR);
+                }
+                Ok(l)
+            }
+        }
+    }
+
+    /// The entry at `rel` with its attributes, and any metadata warnings.
+    pub async fn stat(&self, rel: &str) -> Result<Option<(Entry, Vec<String>)>> {
+        match self {
+            Location::Posix(p) => {
+                let (p, rel) = (p.clone(), rel.to_string());
+                Ok(blocking(move || p.stat(&rel)).await?.map(|e| (e, Vec::new())))
+            }
+            Location::Object(o) => o.stat(rel).await,
+        }
+    }
+
+    /// Make sure an entry carries its attributes (objects need a HEAD).
+    pub async fn load_meta(&self, entry: &mut Entry) -> Result<Vec<String>> {
+        if entry.meta_loaded || entry.kind == EntryKind::Dir {
+            return Ok(Vec::new());
+        }
+        match self.stat(&entry.path).await? {
+            Some((full, warnings)) => {
+                *entry = full;
+                Ok(warnings)
+            }
+            None => Err(Error::NotFound { what: format!("{}/{}", self.display(), entry.path) }),
+        }
+    }
+
+    /// The target of a symlink entry.
+    pub async fn read_link(&self, entry: &Entry) -> Result<String> {
+        match self {
+            Location::Posix(p) => {
+                let (p, rel) = (p.clone(), entry.path.clone());
+                blocking(move || p.read_link(&rel)).await
+            }
+            Location::Object(o) => {
+                let body = o.read_small(&entry.path).await?;
+                String::from_utf8(body.to_vec()).map_err(|_| Error::InvalidName {
+                    name: entry.path.clone(),
+                    reason: "symlink target is not valid UTF-8".into(),
+                })
+            }
+        }
+    }
+
+    /// Stream a file's content in chunks of about `chunk` bytes.
+    pub async fn open_read(&self, entry: &Entry, chunk: usize) -> Result<ReadStream> {
+        match self {
+            Location::Posix(p) => {
+                let (p, e) = (p.clone(), entry.clone());
+                let reader = blocking(move || p.open_read(&e)).await?;
+                let stream = futures::stream::try_unfold(Some(reader), move |state| async move {
+                    let Some(mut reader) = state else { return Ok(None) };
+                    let (reader, chunk) = blocking(move || {
+                        let c = reader.read_chunk(chunk)?;
+                        if c.is_none() {
+                            reader.check_unchanged()?;
+                        }
+                        Ok((reader, c))
+                    })
+                    .await?;
+                    Ok(chunk.map(|c| (c, Some(reader))))
+                });
+                Ok(Box::pin(stream))
+            }
+            Location::Object(o) => o.open_read(entry).await,
+        }
+    }
+
+    /// Start writing a file at `rel`. Attributes go with the data and become
+    /// visible only when [`Sink::commit`] succeeds.
+    pub async fn create_file(
+        &self,
+        rel: &str,
+        meta: &PosixMeta,
+        crc32c: Option<u32>,
+        size_hint: u64,
+    ) -> Result<Sink> {
+        match self {
+            Location::Posix(p) => {
+                let (p, rel) = (p.clone(), rel.to_string());
+                Ok(Sink::Posix(Box::new(blocking(move || p.create_file(&rel)).await?)))
+            }
+            Location::Object(o) => Ok(Sink::Object(
+                Box::new(o.create_writer(rel, EntryKind::File, meta, crc32c, size_hint).await?),
+                format!("{}/{rel}", o.display()),
+            )),
+        }
+    }
+
+    pub async fn create_dir(&self, rel: &str, meta: &PosixMeta) -> Result<()> {
+        match self {
+            Location::Posix(p) => {
+                let (p, rel, meta) = (p.clone(), rel.to_string(), *meta);
+                blocking(move || p.create_dir(&rel, &meta)).await
+            }
+            Location::Object(o) => o.create_dir(rel, meta).await,
+        }
+    }
+
+    pub async fn set_dir_mtime(&self, rel: &str, mtime_ns: i64) -> Result<()> {
+        match self {
+            Location::Posix(p) => {
+                let (p, rel) = (p.clone(), rel.to_string());
+                blocking(move || p.set_dir_mtime(&rel, mtime_ns)).await
+            }
+            Location::Object(_) => Ok(()),
+        }
+    }
+
+    pub async fn create_symlink(&self, rel: &str, target: &str, meta: &PosixMeta) -> Result<()> {
+        match self {
+            Location::Posix(p) => {
+                let (p, rel, target, meta) = (p.clone(), rel.to_string(), target.to_string(), *meta);
+                blocking(move || p.create_symlink(&rel, &target, &meta)).await
+            }
+            Location::Object(o) => {
+                o.put(rel, EntryKind::Symlink, meta, Bytes::from(target.to_string())).await
+            }
+        }
+    }
+
+    pub async fn remove(&self, rel: &str, kind: EntryKind) -> Result<()> {
+        match self {
+            Location::Posix(p) => {
+                let (p, rel) = (p.clone(), rel.to_string());
+                blocking(move || p.remove(&rel, kind)).await
+            }
+            Location::Object(o) => o.remove(rel, kind).await,
+        }
+    }
+}
+
+impl Sink {
+    pub async fn write(&mut self, data: Bytes) -> Result<()> {
+        match self {
+            Sink::Posix(w) => tokio::task::block_in_place(|| w.write(&data)),
+            Sink::Object(w, name) => {
+                w.write(data).await.map_err(|e| Error::store(format!("write {name}"), e))
+            }
+        }
+    }
+
+    /// Make the item durable and visible under its final name.
+    pub async fn commit(self, meta: &PosixMeta) -> Result<()> {
+        match self {
+            Sink::Posix(w) => {
+                let meta = *meta;
+                blocking(move || w.commit(&meta)).await
+            }
+            Sink::Object(mut w, name) => {
+                w.close().await.map_err(|e| Error::store(format!("complete {name}"), e))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Drop everything written so far (multipart uploads are aborted).
+    pub async fn abort(self) {
+        match self {
+            Sink::Posix(w) => drop(w),
+            Sink::Object(mut w, _) => {
+                let _ = w.abort().await;
+            }
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.expect("blocking storage task panicked")
+}

@@ -1,0 +1,394 @@
+//! Parsing `SRC`/`DST` strings into locations and building OpenDAL operators.
+//!
+//! | form | store |
+//! |---|---|
+//! | `/dir`, `./dir`, `dir` | local POSIX directory |
+//! | `s3://bucket/prefix?endpoint=..&region=..&path_style=true` | any S3-compatible store |
+//! | `obs://`, `oss://`, `cos://`, `gcs://bucket/prefix`, `azblob://container/prefix` | native clouds |
+//! | `file:///dir` | a bucket emulated by a local directory (metadata in xattrs) |
+//! | `memory://` | in-memory store, for tests |
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use opendal::layers::{RetryLayer, TimeoutLayer};
+use opendal::{services, Operator};
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::object::{ObjectRoot, PartPolicy};
+
+/// Which object store a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    S3,
+    Obs,
+    Oss,
+    Cos,
+    Azblob,
+    Gcs,
+    File,
+    Memory,
+}
+
+impl Scheme {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "s3" => Scheme::S3,
+            "obs" => Scheme::Obs,
+            "oss" => Scheme::Oss,
+            "cos" => Scheme::Cos,
+            "azblob" | "wasb" | "wasbs" => Scheme::Azblob,
+            "gcs" | "gs" => Scheme::Gcs,
+            "file" => Scheme::File,
+            "memory" => Scheme::Memory,
+            _ => return None,
+        })
+    }
+}
+
+/// A parsed location, before anything is contacted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocationSpec {
+    Posix(PathBuf),
+    Object(ObjectSpec),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectSpec {
+    pub scheme: Scheme,
+    /// Bucket or container; for `file://` the directory; empty for `memory://`.
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
+    pub anonymous: bool,
+    /// The string the user gave, without query, for messages.
+    pub display: String,
+}
+
+const SCHEMES_HELP: &str =
+    "use a local path, or s3://, obs://, oss://, cos://, azblob://, gcs://, file:///dir, memory://";
+
+impl LocationSpec {
+    pub fn parse(input: &str) -> Result<Self> {
+        if input.is_empty() {
+            return Err(Error::InvalidLocation("empty location: give a path or a URL".into()));
+        }
+        let Some((scheme, _)) = input.split_once("://") else {
+            if input.contains(':') && !input.starts_with('/') && !input.starts_with('.') {
+                if let Some((maybe_scheme, _)) = input.split_once(':') {
+                    if Scheme::parse(maybe_scheme).is_some() {
+                        return Err(Error::InvalidLocation(format!(
+                            "malformed location {input:?}: write {maybe_scheme}://bucket/prefix"
+                        )));
+                    }
+                }
+            }
+            return Ok(LocationSpec::Posix(PathBuf::from(input)));
+        };
+        let Some(scheme) = Scheme::parse(&scheme.to_ascii_lowercase()) else {
+            return Err(Error::InvalidLocation(format!(
+                "unknown scheme {scheme:?} in {input:?}: {SCHEMES_HELP}"
+            )));
+        };
+        let url = Url::parse(input)
+            .map_err(|e| Error::InvalidLocation(format!("malformed location {input:?}: {e}")))?;
+        let display = input.split('?').next().unwrap_or(input).to_string();
+        let mut spec = ObjectSpec {
+            scheme,
+            bucket: String::new(),
+            prefix: String::new(),
+            endpoint: None,
+            region: None,
+            path_style: true,
+            anonymous: false,
+            display,
+        };
+        for (k, v) in url.query_pairs() {
+            match k.as_ref() {
+                "endpoint" => spec.endpoint = Some(v.into_owned()),
+                "region" => spec.region = Some(v.into_owned()),
+                "path_style" => spec.path_style = parse_bool(&k, &v)?,
+                "anonymous" => spec.anonymous = parse_bool(&k, &v)?,
+                other => {
+                    return Err(Error::InvalidLocation(format!(
+                        "unknown option {other:?} in {input:?}: known options are endpoint, region, path_style, anonymous"
+                    )))
+                }
+            }
+        }
+        let path = percent_encoding::percent_decode_str(url.path())
+            .decode_utf8()
+            .map_err(|_| Error::InvalidLocation(format!("{input:?}: path is not valid UTF-8")))?
+            .into_owned();
+        match scheme {
+            Scheme::File => {
+                if url.host_str().is_some_and(|h| !h.is_empty()) {
+                    return Err(Error::InvalidLocation(format!(
+                        "{input:?}: file:// takes an absolute directory, as in file:///srv/bucket"
+                    )));
+                }
+                if path.is_empty() || path == "/" {
+                    return Err(Error::InvalidLocation(format!(
+                        "{input:?}: give the directory that holds the bucket, as in file:///srv/bucket"
+                    )));
+                }
+                spec.bucket = path;
+            }
+            Scheme::Memory => spec.prefix = path.trim_matches('/').to_string(),
+            _ => {
+                let bucket = url.host_str().unwrap_or_default();
+                if bucket.is_empty() {
+                    return Err(Error::InvalidLocation(format!(
+                        "{input:?} names no bucket: write {}://bucket/prefix",
+                        input.split("://").next().unwrap_or_default()
+                    )));
+                }
+                spec.bucket = bucket.to_string();
+                spec.prefix = path.trim_start_matches('/').to_string();
+                // The URL parser resolves `..`; look at what the user wrote.
+                let raw = input.split_once("://").map(|(_, r)| r).unwrap_or_default();
+                let raw = raw.split('?').next().unwrap_or_default();
+                let raw_prefix = raw.split_once('/').map(|(_, p)| p).unwrap_or_default();
+                let raw_prefix = raw_prefix.strip_suffix('/').unwrap_or(raw_prefix);
+                if raw_prefix.contains("//")
+                    || raw_prefix.split('/').any(|c| matches!(c, "." | ".." | "%2e%2e" | "%2E%2E"))
+                {
+                    return Err(Error::InvalidLocation(format!(
+                        "{input:?}: the prefix may not contain '//', '.' or '..' components"
+                    )));
+                }
+            }
+        }
+        Ok(LocationSpec::Object(spec))
+    }
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool> {
+    match v {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(Error::InvalidLocation(format!("option {key}={v:?}: use true or false"))),
+    }
+}
+
+/// Where settings not given in the URL come from (the process environment in
+/// the CLI; a map in tests).
+pub trait Env {
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+}
+
+fn need(env: &dyn Env, keys: &[&str], what: &str, display: &str) -> Result<String> {
+    keys.iter()
+        .find_map(|k| env.var(k))
+        .ok_or_else(|| Error::Config(format!("missing {what} for {display}: set {}", keys.join(" or "))))
+}
+
+/// Build an operator for an object location, with retry and timeout layers.
+pub fn build_object_root(
+    spec: &ObjectSpec,
+    env: &dyn Env,
+    parts: PartPolicy,
+    retries: usize,
+) -> Result<ObjectRoot> {
+    let d = spec.display.as_str();
+    let endpoint = |keys: &[&str]| spec.endpoint.clone().or_else(|| keys.iter().find_map(|k| env.var(k)));
+    let cfg_err = |e: opendal::Error| Error::Config(format!("cannot configure {d}: {e}"));
+    let op = match spec.scheme {
+        Scheme::S3 => {
+            let mut b = services::S3::default()
+                .bucket(&spec.bucket)
+                .region(
+                    &spec
+                        .region
+                        .clone()
+                        .or_else(|| env.var("AWS_REGION"))
+                        .or_else(|| env.var("AWS_DEFAULT_REGION"))
+                        .unwrap_or_else(|| "us-east-1".into()),
+                )
+                .disable_config_load();
+            if let Some(ep) = endpoint(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]) {
+                b = b.endpoint(&ep);
+            }
+            if !spec.path_style {
+                b = b.enable_virtual_host_style();
+            }
+            if spec.anonymous {
+                b = b.skip_signature();
+            } else {
+                b = b
+                    .access_key_id(&need(env, &["AWS_ACCESS_KEY_ID"], "credentials", d)?)
+                    .secret_access_key(&need(env, &["AWS_SECRET_ACCESS_KEY"], "credentials", d)?);
+                if let Some(t) = env.var("AWS_SESSION_TOKEN") {
+                    b = b.session_token(&t);
+                }
+            }
+            Operator::new(b).map_err(cfg_err)?
+        }
+        Scheme::Obs => {
+            let ep = endpoint(&["OBS_ENDPOINT"]).ok_or_else(|| {
+                Error::Config(format!("missing endpoint for {d}: add ?endpoint=… or set OBS_ENDPOINT"))
+            })?;
+            let b = services::Obs::default()
+                .bucket(&spec.bucket)
+                .endpoint(&ep)
+                .access_key_id(&need(env, &["OBS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"], "credentials", d)?)
+                .secret_access_key(&need(
+                    env,
+                    &["OBS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"],
+                    "credentials",
+                    d,
+                )?);
+            Operator::new(b).map_err(cfg_err)?
+        }
+        Scheme::Oss => {
+            let ep = endpoint(&["OSS_ENDPOINT"]).ok_or_else(|| {
+                Error::Config(format!("missing endpoint for {d}: add ?endpoint=… or set OSS_ENDPOINT"))
+            })?;
+            let b = services::Oss::default()
+                .bucket(&spec.bucket)
+                .endpoint(&ep)
+                .access_key_id(&need(env, &["OSS_ACCESS_KEY_ID"], "credentials", d)?)
+                .access_key_secret(&need(env, &["OSS_ACCESS_KEY_SECRET"], "credentials", d)?);
+            Operator::new(b).map_err(cfg_err)?
+        }
+        Scheme::Cos => {
+            let ep = endpoint(&["COS_ENDPOINT"]).ok_or_else(|| {
+                Error::Config(format!("missing endpoint for {d}: add ?endpoint=… or set COS_ENDPOINT"))
+            })?;
+            let b = services::Cos::default()
+                .bucket(&spec.bucket)
+                .endpoint(&ep)
+                .secret_id(&need(env, &["COS_SECRET_ID"], "credentials", d)?)
+                .secret_key(&need(env, &["COS_SECRET_KEY"], "credentials", d)?);
+            Operator::new(b).map_err(cfg_err)?
+        }
+        Scheme::Azblob => {
+            let account = need(env, &["AZURE_STORAGE_ACCOUNT"], "account name", d)?;
+            let ep = endpoint(&["AZURE_STORAGE_ENDPOINT"])
+                .unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"));
+            let b = services::Azblob::default()
+                .container(&spec.bucket)
+                .endpoint(&ep)
+                .account_name(&account)
+                .account_key(&need(env, &["AZURE_STORAGE_KEY"], "credentials", d)?);
+            Operator::new(b).map_err(cfg_err)?
+        }
+        Scheme::Gcs => {
+            let mut b = services::Gcs::default().bucket(&spec.bucket);
+            if let Some(ep) = endpoint(&["GCS_ENDPOINT"]) {
+                b = b.endpoint(&ep);
+            }
+            b = b.credential_path(&need(env, &["GOOGLE_APPLICATION_CREDENTIALS"], "credentials", d)?);
+            Operator::new(b).map_err(cfg_err)?
+        }
+        Scheme::File => {
+            let root = PathBuf::from(&spec.bucket);
+            if !root.is_dir() {
+                return Err(Error::NotFound {
+                    what: format!("directory {} of {d} (create it first)", root.display()),
+                });
+            }
+            let staging = root.join(crate::FILE_STAGING_DIR);
+            std::fs::create_dir_all(&staging)
+                .map_err(|e| Error::io(format!("create {}", staging.display()), e))?;
+            let b = services::Fs::default().root(&spec.bucket).atomic_write_dir(&staging.to_string_lossy());
+            Operator::new(b).map_err(cfg_err)?
+        }
+        Scheme::Memory => Operator::new(services::Memory::default()).map_err(cfg_err)?,
+    };
+    let op = op
+        .layer(
+            TimeoutLayer::new()
+                .with_timeout(Duration::from_secs(300))
+                .with_io_timeout(Duration::from_secs(120)),
+        )
+        .layer(
+            RetryLayer::new()
+                .with_jitter()
+                .with_max_times(retries)
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_delay(Duration::from_secs(5)),
+        );
+    Ok(ObjectRoot::new(op, &spec.prefix, spec.display.clone(), parts))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    struct MapEnv(HashMap<&'static str, &'static str>);
+    impl Env for MapEnv {
+        fn var(&self, key: &str) -> Option<String> {
+            self.0.get(key).map(|v| v.to_string())
+        }
+    }
+
+    fn obj(s: &str) -> ObjectSpec {
+        match LocationSpec::parse(s).unwrap() {
+            LocationSpec::Object(o) => o,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_local_paths() {
+        for p in ["/data", "./data", "data", "rel/dir"] {
+            assert_eq!(LocationSpec::parse(p).unwrap(), LocationSpec::Posix(p.into()));
+        }
+    }
+
+    #[test]
+    fn parses_object_urls() {
+        let s = obj("s3://bkt/some/prefix/?endpoint=http://127.0.0.1:9000&region=garage&path_style=true");
+        assert_eq!(s.scheme, Scheme::S3);
+        assert_eq!(s.bucket, "bkt");
+        assert_eq!(s.prefix, "some/prefix/");
+        assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s.region.as_deref(), Some("garage"));
+        assert_eq!(obj("file:///srv/b").bucket, "/srv/b");
+        assert_eq!(obj("azblob://container/p").scheme, Scheme::Azblob);
+        assert_eq!(obj("s3://b/with%20space").prefix, "with space");
+        assert_eq!(obj("memory://").scheme, Scheme::Memory);
+    }
+
+    #[test]
+    fn rejects_bad_locations_with_a_fix() {
+        let err = |s: &str| LocationSpec::parse(s).unwrap_err().to_string();
+        assert!(err("ftp://x/y").contains("unknown scheme \"ftp\""));
+        assert!(err("s3:bucket").contains("s3://bucket/prefix"));
+        assert!(err("s3:///prefix").contains("names no bucket"));
+        assert!(err("s3://b/p?colour=red").contains("unknown option"));
+        assert!(err("s3://b/p?path_style=maybe").contains("true or false"));
+        assert!(err("s3://b/a/../c").contains("'..'"));
+        assert!(err("file://host/dir").contains("absolute directory"));
+        assert!(err("").contains("empty"));
+    }
+
+    #[test]
+    fn missing_credentials_name_the_variable() {
+        let spec = obj("s3://bkt/p?endpoint=http://127.0.0.1:1");
+        let env = MapEnv(HashMap::new());
+        let e = build_object_root(&spec, &env, PartPolicy::default(), 1).unwrap_err().to_string();
+        assert!(e.contains("AWS_ACCESS_KEY_ID"), "{e}");
+        let env = MapEnv(HashMap::from([("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]));
+        build_object_root(&spec, &env, PartPolicy::default(), 1).unwrap();
+        for url in ["obs://b/p", "oss://b/p", "cos://b/p"] {
+            let e = build_object_root(&obj(url), &env, PartPolicy::default(), 1).unwrap_err().to_string();
+            assert!(e.contains("endpoint"), "{url}: {e}");
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! A bucket (or a prefix of one) reached through OpenDAL.
+//!
+//! Directories are zero-byte keys ending in `/`; a symlink is an object whose
+//! body is the link target and whose mode says `0120777`. Keys that cannot be
+//! POSIX names are reported in listings and never turned into other names.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ferry_model::{validate_rel_path, Entry, EntryKind, PosixMeta};
+use futures::{StreamExt, TryStreamExt};
+use opendal::options::{ListOptions, ReaderOptions, WriteOptions};
+use opendal::{Metadata, Operator};
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::{Listing, ReadStream};
+
+/// How large parts are, and how many move at once, for one large object.
+#[derive(Debug, Clone, Copy)]
+pub struct PartPolicy {
+    pub chunk: usize,
+    pub concurrent: usize,
+}
+
+impl Default for PartPolicy {
+    fn default() -> Self {
+        Self { chunk: 16 << 20, concurrent: 8 }
+    }
+}
+
+#[derive(Clone)]
+pub struct ObjectRoot {
+    op: Operator,
+    /// Key prefix inside the bucket: empty, or ending with `/`.
+    prefix: String,
+    /// `scheme://bucket/prefix`, for messages.
+    display: String,
+    parts: PartPolicy,
+}
+
+impl std::fmt::Debug for ObjectRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectRoot").field("display", &self.display).finish()
+    }
+}
+
+pub(crate) fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+impl ObjectRoot {
+    pub fn new(op: Operator, prefix: &str, display: String, parts: PartPolicy) -> Self {
+        let mut prefix = prefix.trim_matches('/').to_string();
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        let display = display.trim_end_matches('/').to_string();
+        Self { op, prefix, display, parts }
+    }
+
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    pub fn operator(&self) -> &Operator {
+        &self.op
+    }
+
+    fn key(&self, rel: &str) -> String {
+        format!("{}{rel}", self.prefix)
+    }
+
+    fn dir_key(&self, rel: &str) -> String {
+        if rel.is_empty() {
+            if self.prefix.is_empty() {
+                "/".into()
+            } else {
+                self.prefix.clone()
+            }
+        } else {
+            format!("{}{rel}/", self.prefix)
+        }
+    }
+
+    /// Fail with a clear message when the bucket cannot be listed.
+    pub async fn check_reachable(&self) -> Result<()> {
+        let opts = ListOptions { limit: Some(1), ..Default::default() };
+        let mut lister =
+            self.op.lister_options(&self.dir_key(""), opts).await.map_err(|e| self.reach_error(e))?;
+        if let Some(Err(e)) = lister.next().await {
+            return Err(self.reach_error(e));
+        }
+        Ok(())
+    }
+
+    fn reach_error(&self, e: opendal::Error) -> Error {
+        let msg = e.to_string();
+        if msg.contains("NoSuchBucket") {
+            Error::NotFound {
+                what: format!("bucket of {} (create it first, or check the name)", self.display),
+            }
+        } else if e.kind() == opendal::ErrorKind::PermissionDenied
+            || msg.contains("SignatureDoesNotMatch")
+            || msg.contains("InvalidAccessKeyId")
+        {
+            Error::PermissionDenied {
+                what: format!(
+                    "{} (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the endpoint)",
+                    self.display
+                ),
+            }
+        } else {
+            Error::store(format!("cannot reach {}", self.display), e)
+        }
+    }
+
+    /// List one "directory" level. Entries come back sorted by path.
+    pub async fn list_dir(&self, rel: &str) -> Result<Listing> {
+        let dir_key = self.dir_key(rel);
+        let ctx = || format!("list {}/{rel}", self.display);
+        let mut lister = self
+            .op
+            .lister_options(&dir_key, ListOptions::default())
+            .await
+            .map_err(|e| Error::store(ctx(), e))?;
+        let mut listing = Listing::default();
+        let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() };
+        while let Some(item) = lister.next().await {
+            let item = item.map_err(|e| Error::store(ctx(), e))?;
+            let (path, md) = item.into_parts();
+            let path = path.trim_start_matches('/');
+            if path.len() < strip || path == dir_key.trim_start_matches('/') {
+                continue;
+            }
+            let rel_key = &path[strip..];
+            let is_dir = rel_key.ends_with('/');
+            let rel_path = rel_key.strip_suffix('/').unwrap_or(rel_key);
+            if let Err(e) = validate_rel_path(rel_path) {
+                listing.rejected.push((rel_key.to_string(), format!("key cannot be a POSIX path: {e}")));
+                continue;
+            }
+            if is_dir && md.content_length() > 0 && md.is_file() {
+                listing.rejected.push((rel_key.to_string(), "key ends with '/' but has data".into()));
+                continue;
+            }
+            listing.entries.push(entry_from_listing(rel_path, is_dir || md.is_dir(), &md));
+        }
+        listing.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        // "a" and "a/" both present: keep the directory, report the file.
+        let mut i = 1;
+        while i < listing.entries.len() {
+            if listing.entries[i].path == listing.entries[i - 1].path {
+                let file_idx = if listing.entries[i - 1].kind == EntryKind::Dir { i } else { i - 1 };
+                let file = listing.entries.remove(file_idx);
+                listing.rejected.push((file.path, "an object and a directory have the same name".into()));
+            } else {
+                i += 1;
+            }
+        }
+        Ok(listing)
+    }
+
+    /// HEAD the object and fill in its attributes.
+    pub async fn stat(&self, rel: &str) -> Result<Option<(Entry, Vec<String>)>> {
+        match self.op.stat(&self.key(rel)).await {
+            Ok(md) => {
+                let mut e = entry_from_listing(rel, false, &md);
+                let warnings = apply_user_metadata(&mut e, &md);
+                Ok(Some((e, warnings)))
+            }
+            Err(err) if err.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(Error::store(format!("stat {}/{rel}", self.display), err)),
+        }
+    }
+
+    /// Stream an object's bytes, failing if it changes (ETag) meanwhile.
+    pub async fn open_read(&self, entry: &Entry) -> Result<ReadStream> {
+        let ctx = format!("read {}/{}", self.display, entry.path);
+        let opts = ReaderOptions {
+            if_match: entry.etag.clone(),
+            concurrent: if entry.size > self.parts.chunk as u64 { self.parts.concurrent } else { 1 },
+            chunk: Some(self.parts.chunk),
+            ..Default::default()
+        };
+        let reader = self
+            .op
+            .reader_options(&self.key(&entry.path), opts)
+            .await
+            .map_err(|e| Error::store(ctx.clone(), e))?;
+        let stream =
+            reader.into_bytes_stream(0..entry.size).await.map_err(|e| Error::store(ctx.clone(), e))?;
+        Ok(stream.map_err(move |e| Error::Io { context: ctx.clone(), source: e }).boxed())
+    }
+
+    pub async fn read_small(&self, rel: &str) -> Result<Bytes> {
+        let buf = self
+            .op
+            .read(&self.key(rel))
+            .await
+            .map_err(|e| Error::store(format!("read {}/{rel}", self.display), e))?;
+        Ok(buf.to_bytes())
+    }
+
+    pub async fn create_writer(
+        &self,
+        rel: &str,
+        kind: EntryKind,
+        meta: &PosixMeta,
+        crc32c: Option<u32>,
+        size_hint: u64,
+    ) -> Result<opendal::Writer> {
+        let key = if kind == EntryKind::Dir { self.dir_key(rel) } else { self.key(rel) };
+        let big = size_hint > self.parts.chunk as u64;
+        let opts = WriteOptions {
+            user_metadata: Some(codec::encode(kind, meta, crc32c)),
+            concurrent: if big { self.parts.concurrent } else { 1 },
+            chunk: if big { Some(self.parts.chunk) } else { None },
+            ..Default::default()
+        };
+        self.op
+            .writer_options(&key, opts)
+            .await
+            .map_err(|e| Error::store(format!("write {}/{rel}", self.display), e))
+    }
+
+    /// Create a directory marker carrying the directory's attributes.
+    pub async fn create_dir(&self, rel: &str, meta: &PosixMeta) -> Result<()> {
+        // OpenDAL writes markers as empty `dir/` objects; it has no way to
+        // attach metadata to them, so directory attributes are not kept.
+        let _ = meta;
+        self.op
+            .create_dir(&self.dir_key(rel))
+            .await
+            .map_err(|e| Error::store(format!("create {}/{rel}/", self.display), e))
+    }
+
+    /// Write a whole small object (directory marker or symlink).
+    pub async fn put(&self, rel: &str, kind: EntryKind, meta: &PosixMeta, body: Bytes) -> Result<()> {
+        let mut w = self.create_writer(rel, kind, meta, None, body.len() as u64).await?;
+        let ctx = || format!("write {}/{rel}", self.display);
+        if let Err(e) = w.write(body).await {
+            let _ = w.abort().await;
+            return Err(Error::store(ctx(), e));
+        }
+        w.close().await.map_err(|e| Error::store(ctx(), e))?;
+        Ok(())
+    }
+
+    pub async fn remove(&self, rel: &str, kind: EntryKind) -> Result<()> {
+        let res = if kind == EntryKind::Dir {
+            self.op
+                .delete_options(
+                    &self.dir_key(rel),
+                    opendal::options::DeleteOptions { recursive: true, ..Default::default() },
+                )
+                .await
+        } else {
+            self.op.delete(&self.key(rel)).await
+        };
+        res.map_err(|e| Error::store(format!("delete {}/{rel}", self.display), e))
+    }
+}
+
+fn entry_from_listing(rel: &str, is_dir: bool, md: &Metadata) -> Entry {
+    let mtime_ns = md.last_modified().map(timestamp_ns);
+    Entry {
+        path: rel.to_string(),
+        kind: if is_dir { EntryKind::Dir } else { EntryKind::File },
+        size: if is_dir { 0 } else { md.content_length() },
+        mtime_ns,
+        mtime_exact: false,
+        meta: PosixMeta::default(),
+        meta_loaded: false,
+        etag: md.etag().map(str::to_string),
+        local: None,
+        crc32c: None,
+    }
+}
+
+/// Nanoseconds since the epoch of an OpenDAL timestamp.
+fn timestamp_ns(t: opendal::raw::Timestamp) -> i64 {
+    let st: SystemTime = t.into();
+    match st.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+/// Fill kind and attributes from object metadata; returns the warnings.
+fn apply_user_metadata(e: &mut Entry, md: &Metadata) -> Vec<String> {
+    let map: HashMap<&str, &str> = md.user_metadata().map(|m| m.into_iter().collect()).unwrap_or_default();
+    let decoded = codec::decode(|k| map.get(k).copied(), now_ns());
+    if let Some(kind) = decoded.kind {
+        if kind == EntryKind::Symlink {
+            e.kind = EntryKind::Symlink;
+        }
+    }
+    e.meta = decoded.meta;
+    e.crc32c = decoded.crc32c;
+    if let Some(ns) = decoded.meta.mtime_ns {
+        e.mtime_ns = Some(ns);
+        e.mtime_exact = true;
+    }
+    e.meta_loaded = true;
+    decoded.warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn root_with(keys: &[&str]) -> ObjectRoot {
+        let op = Operator::new(opendal::services::Memory::default()).unwrap();
+        for k in keys {
+            op.write(k, b"data".to_vec()).await.unwrap();
+        }
+        ObjectRoot::new(op, "", "memory://".into(), PartPolicy::default())
+    }
+
+    #[tokio::test]
+    async fn keys_that_cannot_be_posix_names_are_reported() {
+        let long = format!("{}/x", "c".repeat(300));
+        let root = root_with(&["ok.txt", &long, "clash", "clash/inner"]).await;
+        let l = root.list_dir("").await.unwrap();
+        let names: Vec<_> = l.entries.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+        assert_eq!(names, [("clash", EntryKind::Dir), ("ok.txt", EntryKind::File)]);
+        let rejected: Vec<_> = l.rejected.iter().map(|(k, r)| format!("{k}: {r}")).collect();
+        assert_eq!(rejected.len(), 2, "{rejected:?}");
+        assert!(rejected.iter().any(|r| r.contains("longer than 255")), "{rejected:?}");
+        assert!(rejected.iter().any(|r| r.starts_with("clash") && r.contains("same name")), "{rejected:?}");
+    }
+
+    #[tokio::test]
+    async fn metadata_round_trips_and_symlinks_are_recognized() {
+        // The memory service keeps no user metadata; the fs service keeps it in xattrs.
+        let dir = tempfile::tempdir().unwrap();
+        let op = Operator::new(opendal::services::Fs::default().root(&dir.path().to_string_lossy())).unwrap();
+        let root = ObjectRoot::new(op, "p", "file://test".into(), PartPolicy::default());
+        let meta = PosixMeta {
+            mode: Some(0o600),
+            uid: Some(7),
+            gid: Some(8),
+            mtime_ns: Some(1_600_000_000_000_000_001),
+        };
+        root.put("l", EntryKind::Symlink, &meta, Bytes::from_static(b"target")).await.unwrap();
+        let (e, warnings) = root.stat("l").await.unwrap().unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(e.kind, EntryKind::Symlink);
+        assert_eq!(e.meta, meta);
+        assert!(e.mtime_exact);
+        assert_eq!(root.read_small("l").await.unwrap(), Bytes::from_static(b"target"));
+    }
+}

@@ -1,0 +1,479 @@
+//! A directory tree on a POSIX file system.
+//!
+//! Writes are atomic: data goes to a temporary name in the target directory
+//! (`O_CREAT|O_EXCL`), is fsynced, gets its attributes, is renamed over the
+//! final name, and the directory is fsynced. Temporary names start with
+//! [`TEMP_PREFIX`] and are swept by the next run. Parent directories are
+//! checked component by component so that a symlink inside the tree never
+//! redirects a write outside it.
+
+use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use ferry_model::{join_path, validate_rel_path, Entry, EntryKind, LocalStat, PosixMeta};
+
+use crate::error::{Error, Result};
+use crate::Listing;
+
+/// Every temporary file ferry creates starts with this; nothing else may.
+pub const TEMP_PREFIX: &str = ".ferry-tmp.";
+
+#[derive(Debug, Clone)]
+pub struct PosixRoot {
+    root: PathBuf,
+    /// Follow symlinks while listing (`--copy-links`) instead of copying them as links.
+    follow_links: bool,
+    /// Whether to apply uid/gid (only root may give files away).
+    chown: bool,
+}
+
+impl PosixRoot {
+    /// Open an existing directory, or create it (and its parents) when `create` is set.
+    pub fn open(root: impl Into<PathBuf>, create: bool, follow_links: bool) -> Result<Self> {
+        let root: PathBuf = root.into();
+        match fs::metadata(&root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(Error::InvalidLocation(format!("{} is not a directory", root.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                fs::create_dir_all(&root)
+                    .map_err(|e| Error::io(format!("create directory {}", root.display()), e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound {
+                    what: format!("directory {} (check the path)", root.display()),
+                })
+            }
+            Err(e) => return Err(Error::io(format!("open {}", root.display()), e)),
+        }
+        let root =
+            fs::canonicalize(&root).map_err(|e| Error::io(format!("resolve {}", root.display()), e))?;
+        let chown = is_root();
+        Ok(Self { root, follow_links, chown })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn abs(&self, rel: &str) -> PathBuf {
+        if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
+    }
+
+    /// List one directory, sorted by name. Names that are not UTF-8 are
+    /// reported in `Listing::rejected`; leftover temporary files are removed.
+    pub fn list_dir(&self, rel: &str) -> Result<Listing> {
+        let dir = self.abs(rel);
+        let read = fs::read_dir(&dir).map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
+        let mut listing = Listing::default();
+        for item in read {
+            let item = item.map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
+            let os_name = item.file_name();
+            let Some(name) = os_name.to_str() else {
+                listing
+                    .rejected
+                    .push((join_path(rel, &os_name.to_string_lossy()), "name is not valid UTF-8".into()));
+                continue;
+            };
+            if name.starts_with(TEMP_PREFIX) {
+                let _ = fs::remove_file(item.path());
+                continue;
+            }
+            let path = join_path(rel, name);
+            match self.stat_path(&item.path(), path.clone()) {
+                Ok(Some(e)) => listing.entries.push(e),
+                Ok(None) => {}
+                Err(e) => listing.rejected.push((path, e.to_string())),
+            }
+        }
+        listing.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(listing)
+    }
+
+    /// The entry at `rel`, or `None` when nothing is there.
+    pub fn stat(&self, rel: &str) -> Result<Option<Entry>> {
+        self.stat_path(&self.abs(rel), rel.to_string())
+    }
+
+    fn stat_path(&self, abs: &Path, path: String) -> Result<Option<Entry>> {
+        let md = match fs::symlink_metadata(abs) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("stat {}", abs.display()), e)),
+        };
+        let md = if md.file_type().is_symlink() && self.follow_links {
+            match fs::metadata(abs) {
+                Ok(target) => target,
+                Err(e) => return Err(Error::io(format!("follow symlink {}", abs.display()), e)),
+            }
+        } else {
+            md
+        };
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_symlink() {
+            EntryKind::Symlink
+        } else if ft.is_file() {
+            EntryKind::File
+        } else {
+            return Err(Error::InvalidName {
+                name: path,
+                reason: "not a regular file, directory or symlink (device, socket or fifo)".into(),
+            });
+        };
+        let mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+        Ok(Some(Entry {
+            path,
+            kind,
+            size: if kind == EntryKind::Dir { 0 } else { md.size() },
+            mtime_ns: Some(mtime_ns),
+            mtime_exact: true,
+            meta: PosixMeta {
+                mode: Some(md.mode() & 0o7777),
+                uid: Some(md.uid()),
+                gid: Some(md.gid()),
+                mtime_ns: Some(mtime_ns),
+            },
+            meta_loaded: true,
+            etag: None,
+            local: Some(LocalStat {
+                dev: md.dev(),
+                ino: md.ino(),
+                nlink: md.nlink(),
+                ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+            }),
+            crc32c: None,
+        }))
+    }
+
+    pub fn read_link(&self, rel: &str) -> Result<String> {
+        let abs = self.abs(rel);
+        let target = fs::read_link(&abs).map_err(|e| Error::io(format!("read link {}", abs.display()), e))?;
+        target.into_os_string().into_string().map_err(|_| Error::InvalidName {
+            name: rel.to_string(),
+            reason: "symlink target is not valid UTF-8".into(),
+        })
+    }
+
+    pub fn open_read(&self, entry: &Entry) -> Result<PosixReader> {
+        let abs = self.abs(&entry.path);
+        let file = File::open(&abs).map_err(|e| Error::io(format!("open {}", abs.display()), e))?;
+        Ok(PosixReader { file, expect: entry.clone(), abs })
+    }
+
+    /// Check that every directory above `rel` is a real directory inside the
+    /// root (creating missing ones), and return the parent's absolute path.
+    fn checked_parent(&self, rel: &str) -> Result<PathBuf> {
+        validate_rel_path(rel)
+            .map_err(|e| Error::InvalidName { name: rel.to_string(), reason: e.to_string() })?;
+        let mut dir = self.root.clone();
+        let parts: Vec<&str> = rel.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            dir.push(part);
+            match fs::symlink_metadata(&dir) {
+                Ok(md) if md.file_type().is_symlink() => {
+                    return Err(Error::SymlinkInPath(dir.display().to_string()))
+                }
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => {
+                    return Err(Error::InvalidName {
+                        name: rel.to_string(),
+                        reason: format!("{} is not a directory", dir.display()),
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::create_dir(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::io(format!("create {}", dir.display()), e)),
+                },
+                Err(e) => return Err(Error::io(format!("stat {}", dir.display()), e)),
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Start writing a file; nothing appears under `rel` before `commit`.
+    pub fn create_file(&self, rel: &str) -> Result<PosixWriter> {
+        let dir = self.checked_parent(rel)?;
+        let final_path = self.abs(rel);
+        let tmp = dir.join(temp_name());
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
+        Ok(PosixWriter { file: Some(file), tmp, final_path, dir, chown: self.chown })
+    }
+
+    /// Create a directory (or keep an existing one) and apply its attributes.
+    pub fn create_dir(&self, rel: &str, meta: &PosixMeta) -> Result<()> {
+        self.checked_parent(rel)?;
+        let abs = self.abs(rel);
+        match fs::symlink_metadata(&abs) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::InvalidName {
+                    name: rel.to_string(),
+                    reason: "a file or symlink of that name is in the way".into(),
+                })
+            }
+            Err(_) => match fs::create_dir(&abs) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io(format!("create {}", abs.display()), e)),
+            },
+        }
+        let f = File::open(&abs).map_err(|e| Error::io(format!("open {}", abs.display()), e))?;
+        apply_meta(&f, meta, self.chown, false)
+            .map_err(|e| Error::io(format!("set attributes of {}", abs.display()), e))
+    }
+
+    /// Set a directory's modification time (after its content was written).
+    pub fn set_dir_mtime(&self, rel: &str, mtime_ns: i64) -> Result<()> {
+        let abs = self.abs(rel);
+        let f = File::open(&abs).map_err(|e| Error::io(format!("open {}", abs.display()), e))?;
+        f.set_times(FileTimes::new().set_modified(system_time(mtime_ns)))
+            .map_err(|e| Error::io(format!("set mtime of {}", abs.display()), e))
+    }
+
+    /// Create (or replace) a symlink atomically.
+    pub fn create_symlink(&self, rel: &str, target: &str, meta: &PosixMeta) -> Result<()> {
+        let dir = self.checked_parent(rel)?;
+        let tmp = dir.join(temp_name());
+        std::os::unix::fs::symlink(target, &tmp)
+            .map_err(|e| Error::io(format!("create symlink {}", tmp.display()), e))?;
+        if self.chown && (meta.uid.is_some() || meta.gid.is_some()) {
+            if let Err(e) = std::os::unix::fs::lchown(&tmp, meta.uid, meta.gid) {
+                let _ = fs::remove_file(&tmp);
+                return Err(Error::io(format!("chown {}", tmp.display()), e));
+            }
+        }
+        let abs = self.abs(rel);
+        if let Err(e) = fs::rename(&tmp, &abs) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(format!("rename to {}", abs.display()), e));
+        }
+        sync_dir(&dir)
+    }
+
+    /// Remove a file, symlink or whole directory tree (never following symlinks).
+    pub fn remove(&self, rel: &str, kind: EntryKind) -> Result<()> {
+        self.checked_parent(rel)?;
+        let abs = self.abs(rel);
+        let res = match kind {
+            EntryKind::Dir => fs::remove_dir_all(&abs),
+            _ => fs::remove_file(&abs),
+        };
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("remove {}", abs.display()), e)),
+        }
+    }
+}
+
+fn is_root() -> bool {
+    // The owner of /proc/self is the effective uid of this process.
+    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+fn temp_name() -> String {
+    format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>())
+}
+
+fn system_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn apply_meta(f: &File, meta: &PosixMeta, chown: bool, set_mtime: bool) -> std::io::Result<()> {
+    if chown && (meta.uid.is_some() || meta.gid.is_some()) {
+        std::os::unix::fs::fchown(f, meta.uid, meta.gid)?;
+    }
+    if let Some(mode) = meta.mode {
+        f.set_permissions(Permissions::from_mode(mode & 0o7777))?;
+    }
+    if set_mtime {
+        if let Some(ns) = meta.mtime_ns {
+            f.set_times(FileTimes::new().set_modified(system_time(ns)))?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("fsync directory {}", dir.display()), e))
+}
+
+/// Reads a file and, at the end, checks that it did not change meanwhile.
+pub struct PosixReader {
+    file: File,
+    expect: Entry,
+    abs: PathBuf,
+}
+
+impl PosixReader {
+    /// Up to `max` bytes, or `None` at the end of the file.
+    pub fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>> {
+        let mut buf = BytesMut::zeroed(max);
+        let mut filled = 0;
+        while filled < max {
+            match self.file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(format!("read {}", self.abs.display()), e)),
+            }
+        }
+        if filled == 0 {
+            return Ok(None);
+        }
+        buf.truncate(filled);
+        Ok(Some(buf.freeze()))
+    }
+
+    /// Fail when size, mtime, ctime or inode differ from what the listing saw.
+    pub fn check_unchanged(&self) -> Result<()> {
+        let md = self.file.metadata().map_err(|e| Error::io(format!("stat {}", self.abs.display()), e))?;
+        let mtime = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+        let ctime = md.ctime() * 1_000_000_000 + md.ctime_nsec();
+        let same_identity = self.expect.local.is_none_or(|l| l.ino == md.ino() && l.ctime_ns == ctime);
+        if md.size() != self.expect.size || Some(mtime) != self.expect.mtime_ns || !same_identity {
+            return Err(Error::SourceChanged(self.abs.display().to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// A file being written under a temporary name.
+pub struct PosixWriter {
+    file: Option<File>,
+    tmp: PathBuf,
+    final_path: PathBuf,
+    dir: PathBuf,
+    chown: bool,
+}
+
+impl PosixWriter {
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        let f = self.file.as_mut().expect("write after commit");
+        f.write_all(data).map_err(|e| Error::io(format!("write {}", self.tmp.display()), e))
+    }
+
+    /// Make the data durable, apply attributes, and move it to its final name.
+    pub fn commit(mut self, meta: &PosixMeta) -> Result<()> {
+        let f = self.file.take().expect("commit twice");
+        let ctx = |what: &str| format!("{what} {}", self.tmp.display());
+        f.sync_data().map_err(|e| Error::io(ctx("fsync"), e))?;
+        let mode_meta = PosixMeta { mode: Some(meta.mode.unwrap_or(0o644)), ..*meta };
+        apply_meta(&f, &mode_meta, self.chown, true).map_err(|e| Error::io(ctx("set attributes of"), e))?;
+        drop(f);
+        if let Ok(md) = fs::symlink_metadata(&self.final_path) {
+            if md.is_dir() {
+                return Err(Error::InvalidName {
+                    name: self.final_path.display().to_string(),
+                    reason: "a directory of that name is in the way".into(),
+                });
+            }
+        }
+        fs::rename(&self.tmp, &self.final_path)
+            .map_err(|e| Error::io(format!("rename to {}", self.final_path.display()), e))?;
+        self.tmp.clear();
+        sync_dir(&self.dir)
+    }
+}
+
+impl Drop for PosixWriter {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(mode: u32, mtime_ns: i64) -> PosixMeta {
+        PosixMeta { mode: Some(mode), uid: None, gid: None, mtime_ns: Some(mtime_ns) }
+    }
+
+    #[test]
+    fn write_is_atomic_and_applies_attributes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = PosixRoot::open(dir.path(), false, false).unwrap();
+        let mut w = root.create_file("a/b/file.txt").unwrap();
+        w.write(b"hello").unwrap();
+        assert!(!dir.path().join("a/b/file.txt").exists(), "invisible before commit");
+        w.commit(&meta(0o640, 1_600_000_000_123_456_789)).unwrap();
+        let e = root.stat("a/b/file.txt").unwrap().unwrap();
+        assert_eq!(e.size, 5);
+        assert_eq!(e.meta.mode, Some(0o640));
+        assert_eq!(e.mtime_ns, Some(1_600_000_000_123_456_789));
+        let names: Vec<_> = fs::read_dir(dir.path().join("a/b")).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file left");
+    }
+
+    #[test]
+    fn dropped_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = PosixRoot::open(dir.path(), false, false).unwrap();
+        let mut w = root.create_file("x").unwrap();
+        w.write(b"partial").unwrap();
+        drop(w);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn refuses_to_write_through_symlinks_or_outside() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        let root = PosixRoot::open(dir.path(), false, false).unwrap();
+        assert!(matches!(root.create_file("link/evil"), Err(Error::SymlinkInPath(_))));
+        assert!(matches!(root.create_file("../evil"), Err(Error::InvalidName { .. })));
+        assert!(matches!(root.create_file("/etc/evil"), Err(Error::InvalidName { .. })));
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn listing_sweeps_temporary_files_and_sorts() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("b"), b"1").unwrap();
+        fs::write(dir.path().join("a"), b"1").unwrap();
+        fs::write(dir.path().join(format!("{TEMP_PREFIX}0123")), b"partial").unwrap();
+        let root = PosixRoot::open(dir.path(), false, false).unwrap();
+        let l = root.list_dir("").unwrap();
+        let names: Vec<_> = l.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(!dir.path().join(format!("{TEMP_PREFIX}0123")).exists());
+    }
+
+    #[test]
+    fn reader_detects_change() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), b"12345").unwrap();
+        let root = PosixRoot::open(dir.path(), false, false).unwrap();
+        let e = root.stat("f").unwrap().unwrap();
+        let mut r = root.open_read(&e).unwrap();
+        assert_eq!(&r.read_chunk(1024).unwrap().unwrap()[..], b"12345");
+        r.check_unchanged().unwrap();
+        fs::OpenOptions::new().append(true).open(dir.path().join("f")).unwrap().write_all(b"6").unwrap();
+        assert!(matches!(r.check_unchanged(), Err(Error::SourceChanged(_))));
+    }
+}

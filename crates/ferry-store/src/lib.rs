@@ -1,0 +1,290 @@
+//! Persistence for ferry: SQLite (the embedded default) and PostgreSQL
+//! (multi-node deployments) behind one [`Store`], each with its own
+//! migrations, run on connect through sqlx's migrator.
+//!
+//! Queries are written once in the common SQL subset; the only difference
+//! between the back-ends is the placeholder syntax, handled by [`sql`].
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::Row;
+use thiserror::Error;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+    #[error("cannot open database {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A connection pool to ferry's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    backend: Backend,
+}
+
+/// A run of `ferry sync` that can be resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub run_id: i64,
+    /// True when an earlier, unfinished run with the same key existed.
+    pub resumed: bool,
+}
+
+/// An item whose copy is complete and durable at the destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoneItem {
+    pub dir: String,
+    pub name: String,
+    /// Source size and mtime when it was copied: a changed source is copied again.
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+fn migrator(kind: &str) -> Migrator {
+    let sql: &'static str = match kind {
+        "sqlite" => include_str!("../migrations/sqlite/0001_sync_checkpoints.sql"),
+        _ => include_str!("../migrations/postgres/0001_sync_checkpoints.sql"),
+    };
+    Migrator {
+        migrations: Cow::Owned(vec![Migration::new(
+            1,
+            Cow::Borrowed("sync checkpoints"),
+            MigrationType::Simple,
+            Cow::Borrowed(sql),
+            false,
+        )]),
+        ..Migrator::DEFAULT
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Store {
+    /// Open `sqlite://PATH` (created if missing) or `postgres://…`, and migrate.
+    pub async fn connect(url: &str) -> Result<Store> {
+        let connect_err = |source| Error::Connect { url: redact(url), source };
+        let backend = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(connect_err)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(std::time::Duration::from_secs(10));
+            let pool =
+                SqlitePoolOptions::new().max_connections(4).connect_with(opts).await.map_err(connect_err)?;
+            migrator("sqlite").run(&pool).await?;
+            Backend::Sqlite(pool)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(std::time::Duration::from_secs(10))
+                .connect(url)
+                .await
+                .map_err(connect_err)?;
+            migrator("postgres").run(&pool).await?;
+            Backend::Postgres(pool)
+        } else {
+            return Err(Error::UnsupportedUrl(redact(url)));
+        };
+        Ok(Store { backend })
+    }
+
+    /// Open (creating it if needed) a SQLite database file.
+    pub async fn open_sqlite_file(path: &std::path::Path) -> Result<Store> {
+        Store::connect(&format!("sqlite://{}", path.display())).await
+    }
+
+    /// Find the unfinished run with this key, or start a new one.
+    pub async fn begin_run(&self, run_key: &str, src: &str, dst: &str) -> Result<Checkpoint> {
+        let now = now_ms();
+        let existing =
+            self.fetch_optional_i64(sql(self, "SELECT id FROM sync_runs WHERE run_key = ?"), run_key).await?;
+        if let Some(run_id) = existing {
+            self.exec(sql(self, "UPDATE sync_runs SET updated_at = ? WHERE id = ?"), |q| {
+                q.bind(now).bind(run_id)
+            })
+            .await?;
+            return Ok(Checkpoint { run_id, resumed: true });
+        }
+        let insert = sql(
+            self,
+            "INSERT INTO sync_runs (run_key, src, dst, started_at, updated_at) VALUES (?, ?, ?, ?, ?) RETURNING id",
+        );
+        let run_id: i64 = match &self.backend {
+            Backend::Sqlite(p) => sqlx::query(&insert)
+                .bind(run_key)
+                .bind(src)
+                .bind(dst)
+                .bind(now)
+                .bind(now)
+                .fetch_one(p)
+                .await?
+                .get(0),
+            Backend::Postgres(p) => sqlx::query(&insert)
+                .bind(run_key)
+                .bind(src)
+                .bind(dst)
+                .bind(now)
+                .bind(now)
+                .fetch_one(p)
+                .await?
+                .get(0),
+        };
+        Ok(Checkpoint { run_id, resumed: false })
+    }
+
+    /// Items of one directory already done in this run: name → (size, mtime).
+    pub async fn done_in_dir(&self, run_id: i64, dir: &str) -> Result<HashMap<String, (u64, i64)>> {
+        let q = sql(self, "SELECT name, size, mtime_ns FROM sync_done WHERE run_id = ? AND dir = ?");
+        let rows: Vec<(String, i64, i64)> = match &self.backend {
+            Backend::Sqlite(p) => sqlx::query_as(&q).bind(run_id).bind(dir).fetch_all(p).await?,
+            Backend::Postgres(p) => sqlx::query_as(&q).bind(run_id).bind(dir).fetch_all(p).await?,
+        };
+        Ok(rows.into_iter().map(|(n, s, m)| (n, (s as u64, m))).collect())
+    }
+
+    /// Record finished items, all in one transaction.
+    pub async fn record_done(&self, run_id: i64, items: &[DoneItem]) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let upsert = sql(
+            self,
+            "INSERT INTO sync_done (run_id, dir, name, size, mtime_ns) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (run_id, dir, name) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns",
+        );
+        macro_rules! run_batch {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                for it in items {
+                    sqlx::query(&upsert)
+                        .bind(run_id)
+                        .bind(&it.dir)
+                        .bind(&it.name)
+                        .bind(it.size as i64)
+                        .bind(it.mtime_ns)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }};
+        }
+        match &self.backend {
+            Backend::Sqlite(p) => run_batch!(p),
+            Backend::Postgres(p) => run_batch!(p),
+        }
+        Ok(())
+    }
+
+    /// Forget a run that completed: its done set is no longer needed.
+    pub async fn finish_run(&self, run_id: i64) -> Result<()> {
+        self.exec(sql(self, "DELETE FROM sync_done WHERE run_id = ?"), |q| q.bind(run_id)).await?;
+        self.exec(sql(self, "DELETE FROM sync_runs WHERE id = ?"), |q| q.bind(run_id)).await
+    }
+
+    /// Number of items recorded as done for a run (for tests and reports).
+    pub async fn done_count(&self, run_id: i64) -> Result<u64> {
+        let q = sql(self, "SELECT COUNT(*) FROM sync_done WHERE run_id = ?");
+        let n: i64 = match &self.backend {
+            Backend::Sqlite(p) => sqlx::query(&q).bind(run_id).fetch_one(p).await?.get(0),
+            Backend::Postgres(p) => sqlx::query(&q).bind(run_id).fetch_one(p).await?.get(0),
+        };
+        Ok(n as u64)
+    }
+
+    async fn fetch_optional_i64(&self, q: String, key: &str) -> Result<Option<i64>> {
+        Ok(match &self.backend {
+            Backend::Sqlite(p) => sqlx::query(&q).bind(key).fetch_optional(p).await?.map(|r| r.get(0)),
+            Backend::Postgres(p) => sqlx::query(&q).bind(key).fetch_optional(p).await?.map(|r| r.get(0)),
+        })
+    }
+
+    async fn exec(&self, q: String, bind: impl Fn(AnyQuery<'_>) -> AnyQuery<'_>) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(p) => {
+                let AnyQuery::Sqlite(q) = bind(AnyQuery::Sqlite(sqlx::query(&q))) else { unreachable!() };
+                q.execute(p).await?;
+            }
+            Backend::Postgres(p) => {
+                let AnyQuery::Postgres(q) = bind(AnyQuery::Postgres(sqlx::query(&q))) else { unreachable!() };
+                q.execute(p).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A query for either back-end, so that binding code is written once.
+enum AnyQuery<'q> {
+    Sqlite(sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>),
+    Postgres(sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>),
+}
+
+impl<'q> AnyQuery<'q> {
+    fn bind(self, v: i64) -> Self {
+        match self {
+            AnyQuery::Sqlite(q) => AnyQuery::Sqlite(q.bind(v)),
+            AnyQuery::Postgres(q) => AnyQuery::Postgres(q.bind(v)),
+        }
+    }
+}
+
+/// Rewrite `?` placeholders as `$1, $2, …` for PostgreSQL.
+fn sql(store: &Store, q: &str) -> String {
+    match store.backend {
+        Backend::Sqlite(_) => q.to_string(),
+        Backend::Postgres(_) => {
+            let mut out = String::with_capacity(q.len() + 8);
+            let mut n = 0;
+            for ch in q.chars() {
+                if ch == '?' {
+                    n += 1;
+                    out.push_str(&format!("${n}"));
+                } else {
+                    out.push(ch);
+                }
+            }
+            out
+        }
+    }
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,89 @@
+//! One story of the checkpoint store, run against SQLite always and against
+//! PostgreSQL when `FERRY_TEST_POSTGRES_URL` is set (CI sets it). Each
+//! PostgreSQL run gets a fresh database that is dropped afterwards.
+
+use ferry_store::{DoneItem, Store};
+use sqlx::Connection;
+
+async fn story(store: &Store) {
+    let cp = store.begin_run("key-1", "/src", "s3://b/p").await.unwrap();
+    assert!(!cp.resumed);
+    let again = store.begin_run("key-1", "/src", "s3://b/p").await.unwrap();
+    assert_eq!(again, ferry_store::Checkpoint { run_id: cp.run_id, resumed: true });
+    let other = store.begin_run("key-2", "/src", "/dst").await.unwrap();
+    assert_ne!(other.run_id, cp.run_id);
+
+    let items: Vec<DoneItem> = (0..300)
+        .map(|i| DoneItem {
+            dir: if i % 2 == 0 { String::new() } else { "sub/dir".into() },
+            name: format!("file-{i}"),
+            size: i,
+            mtime_ns: 1_700_000_000_000_000_000 + i as i64,
+        })
+        .collect();
+    store.record_done(cp.run_id, &items).await.unwrap();
+    // Recording an item again updates it instead of failing.
+    store
+        .record_done(
+            cp.run_id,
+            &[DoneItem { dir: String::new(), name: "file-0".into(), size: 7, mtime_ns: 9 }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.done_count(cp.run_id).await.unwrap(), 300);
+    let root = store.done_in_dir(cp.run_id, "").await.unwrap();
+    assert_eq!(root.len(), 150);
+    assert_eq!(root["file-0"], (7, 9));
+    assert_eq!(root["file-2"], (2, 1_700_000_000_000_000_002));
+    let sub = store.done_in_dir(cp.run_id, "sub/dir").await.unwrap();
+    assert_eq!(sub.len(), 150);
+    assert!(store.done_in_dir(other.run_id, "").await.unwrap().is_empty(), "runs are separate");
+
+    // Names with quotes and SQL metacharacters are data, not SQL.
+    let odd =
+        DoneItem { dir: "a'; DROP TABLE sync_done; --".into(), name: "b\"c".into(), size: 1, mtime_ns: 1 };
+    store.record_done(other.run_id, std::slice::from_ref(&odd)).await.unwrap();
+    assert_eq!(store.done_in_dir(other.run_id, &odd.dir).await.unwrap()["b\"c"], (1, 1));
+
+    store.finish_run(cp.run_id).await.unwrap();
+    assert_eq!(store.done_count(cp.run_id).await.unwrap(), 0);
+    let fresh = store.begin_run("key-1", "/src", "s3://b/p").await.unwrap();
+    assert!(!fresh.resumed, "a finished run is not resumed");
+}
+
+#[tokio::test]
+async fn story_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.db");
+    let store = Store::open_sqlite_file(&path).await.unwrap();
+    story(&store).await;
+    // Reopening runs migrations again without harm and keeps the data.
+    let cp = store.begin_run("persist", "a", "b").await.unwrap();
+    drop(store);
+    let store = Store::open_sqlite_file(&path).await.unwrap();
+    assert!(store.begin_run("persist", "a", "b").await.unwrap().resumed);
+    assert!(cp.run_id > 0);
+}
+
+#[tokio::test]
+async fn story_on_postgres() {
+    let Ok(base) = std::env::var("FERRY_TEST_POSTGRES_URL") else {
+        eprintln!("FERRY_TEST_POSTGRES_URL not set: PostgreSQL story not run");
+        return;
+    };
+    let name = format!("ferry_test_{:016x}", rand::random::<u64>());
+    let mut admin = sqlx::PgConnection::connect(&base).await.expect("connect to FERRY_TEST_POSTGRES_URL");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    let url = match base.rsplit_once('/') {
+        Some((head, _)) => format!("{head}/{name}"),
+        None => panic!("FERRY_TEST_POSTGRES_URL needs a database name"),
+    };
+    {
+        let store = Store::connect(&url).await.unwrap();
+        story(&store).await;
+        // A second connect finds the schema migrated already.
+        let again = Store::connect(&url).await.unwrap();
+        assert!(again.begin_run("key-2", "/src", "/dst").await.unwrap().resumed);
+    }
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+}

@@ -1,0 +1,299 @@
+//! Test support for ferry: an in-process S3 server (s3s-fs over a temp dir) with
+//! real SigV4 authentication and live-adjustable fault injection.
+
+mod faults;
+
+pub use faults::{Faults, OpClass, RequestCounts};
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use s3s::auth::SimpleAuth;
+use s3s::service::{S3Service, S3ServiceBuilder};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+use faults::{classify, error_code, Class, Counters};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+type RespBody = UnsyncBoxBody<Bytes, BoxError>;
+
+const ACCESS_KEY: &str = "ferrytestak";
+const SECRET_KEY: &str = "ferrytestsecretkey0123456789";
+const REGION: &str = "us-east-1";
+
+/// State shared between the [`S3Server`] handle and the serving task.
+#[derive(Debug, Default)]
+struct Shared {
+    faults: Faults,
+    counters: Counters,
+}
+
+/// An s3s-fs S3 server over a temporary directory, serving on `127.0.0.1:<random port>`.
+///
+/// Dropping it stops the server (accept loop and open connections) and deletes the
+/// directory.
+pub struct S3Server {
+    task: JoinHandle<()>,
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    root: PathBuf,
+    // Dropped last (fields drop in declaration order).
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for S3Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Server").field("addr", &self.addr).field("root", &self.root).finish_non_exhaustive()
+    }
+}
+
+impl S3Server {
+    /// Starts s3s-fs over a fresh temp dir on 127.0.0.1:0 with SigV4 auth checked,
+    /// and creates the given buckets. Must be called within a tokio runtime.
+    ///
+    /// # Panics
+    /// If the temp dir, the buckets or the listener cannot be created.
+    pub async fn start(buckets: &[&str]) -> S3Server {
+        let dir =
+            tempfile::Builder::new().prefix("ferry-s3-").tempdir().expect("create temp dir for S3 server");
+        let root = dir.path().canonicalize().expect("canonicalize temp dir");
+        for b in buckets {
+            std::fs::create_dir_all(root.join(b)).expect("create bucket dir");
+        }
+        let service = build_service(&root, ACCESS_KEY, SECRET_KEY).expect("build s3s-fs service");
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let shared = Arc::new(Shared::default());
+        let task = tokio::spawn(accept_loop(listener, service, shared.clone()));
+        S3Server { task, shared, addr, root, _dir: dir }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn access_key(&self) -> &str {
+        ACCESS_KEY
+    }
+
+    pub fn secret_key(&self) -> &str {
+        SECRET_KEY
+    }
+
+    /// Always `us-east-1` (the server accepts any region in signatures).
+    pub fn region(&self) -> &str {
+        REGION
+    }
+
+    /// The s3s-fs root directory (canonicalized); buckets are its subdirectories.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Environment for a child process: `AWS_ENDPOINT_URL`, `AWS_REGION`,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".to_owned(), self.endpoint()),
+            ("AWS_REGION".to_owned(), REGION.to_owned()),
+            ("AWS_ACCESS_KEY_ID".to_owned(), ACCESS_KEY.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY".to_owned(), SECRET_KEY.to_owned()),
+        ]
+    }
+
+    /// Live-adjustable fault injection.
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
+    /// Snapshot of the requests seen so far, by class.
+    pub fn counts(&self) -> RequestCounts {
+        self.shared.counters.snapshot()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        // Aborting the accept task drops its JoinSet, which aborts all connections.
+        self.task.abort();
+    }
+}
+
+/// Serves s3s-fs over `root` (which must exist) with SigV4 auth for the given key
+/// pair, without faults, until the future is dropped or accepting fails fatally.
+/// Used by the `ferry-s3-test-server` binary.
+pub async fn serve(
+    listener: TcpListener,
+    root: &Path,
+    access_key: &str,
+    secret_key: &str,
+) -> std::io::Result<()> {
+    let service = build_service(root, access_key, secret_key)?;
+    accept_loop(listener, service, Arc::new(Shared::default())).await;
+    Ok(())
+}
+
+fn build_service(root: &Path, access_key: &str, secret_key: &str) -> std::io::Result<S3Service> {
+    let fs = s3s_fs::FileSystem::new(root)
+        .map_err(|e| std::io::Error::other(format!("s3s-fs over {}: {e:?}", root.display())))?;
+    let mut builder = S3ServiceBuilder::new(fs);
+    builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
+    Ok(builder.build())
+}
+
+async fn accept_loop(listener: TcpListener, service: S3Service, shared: Arc<Shared>) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            res = listener.accept() => match res {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let service = service.clone();
+                    let shared = shared.clone();
+                    conns.spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| {
+                            handle(service.clone(), shared.clone(), req)
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+                // E.g. EMFILE: back off briefly instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+async fn handle(
+    service: S3Service,
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, BoxError> {
+    let class = classify(req.method(), req.uri());
+    shared.counters.record(class);
+
+    if let Some(status) = shared.faults.injected_status(class) {
+        // Drain the request body so the client gets a clean error response rather
+        // than a reset while it is still uploading.
+        let mut body = req.into_body();
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                break;
+            }
+        }
+        return Ok(error_response(status));
+    }
+
+    let resp = service.call(req.map(s3s::Body::from)).await.map_err(BoxError::from)?;
+    let resp = resp.map(|b| b.boxed_unsync());
+
+    if class == Class::Get && resp.status().is_success() {
+        let len = resp
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .or_else(|| resp.body().size_hint().exact());
+        if let Some(len) = len.filter(|&l| l > 0) {
+            if shared.faults.short_body() {
+                return Ok(resp.map(|inner| ShortBody::new(inner, len / 2).boxed_unsync()));
+            }
+        }
+    }
+    Ok(resp)
+}
+
+fn error_response(status: u16) -> Response<RespBody> {
+    let code = error_code(status);
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected</Message><RequestId>ferry-testkit</RequestId></Error>"
+    );
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = Response::new(Full::new(Bytes::from(xml)).map_err(|never| match never {}).boxed_unsync());
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/xml"));
+    resp
+}
+
+/// Passes through at most `remaining` bytes of `inner`, then (after a short pause so
+/// the data is flushed to the socket) fails, which makes hyper abort the connection.
+struct ShortBody {
+    inner: RespBody,
+    remaining: u64,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    done: bool,
+}
+
+impl ShortBody {
+    fn new(inner: RespBody, remaining: u64) -> Self {
+        ShortBody { inner, remaining, pause: None, done: false }
+    }
+}
+
+impl Body for ShortBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.remaining == 0 {
+            let pause =
+                this.pause.get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(20))));
+            if pause.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.done = true;
+            return Poll::Ready(Some(Err("ferry-testkit: injected short body".into())));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(mut data) => {
+                    let max = usize::try_from(this.remaining).unwrap_or(usize::MAX);
+                    if data.len() > max {
+                        data.truncate(max);
+                    }
+                    this.remaining -= data.len() as u64;
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            Poll::Ready(None) => {
+                // Inner ended early: fail right away.
+                this.remaining = 0;
+                self.poll_frame(cx)
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}

@@ -1,0 +1,138 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// ferry moves data between POSIX file systems and object storage.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about = None)]
+pub struct Cli {
+    /// Log more (also: FERRY_LOG=debug).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy what is missing or different from SRC to DST (one-shot, resumable).
+    #[command(long_about = SYNC_HELP)]
+    Sync(SyncArgs),
+}
+
+const SYNC_HELP: &str = "\
+Copy what is missing or different from SRC to DST, keeping POSIX metadata.
+
+Locations:
+  /dir, ./dir, dir          a local directory
+  s3://bucket/prefix        any S3-compatible store; endpoint, region and credentials
+                            from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+                            AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, overridable with
+                            ?endpoint=URL&region=R&path_style=true
+  obs:// oss:// cos://      Huawei OBS, Alibaba OSS, Tencent COS (OBS_*, OSS_*, COS_* variables)
+  azblob://container/prefix Azure Blob / WASB (AZURE_STORAGE_ACCOUNT, AZURE_STORAGE_KEY)
+  gcs://bucket/prefix       Google Cloud Storage (GOOGLE_APPLICATION_CREDENTIALS)
+  file:///dir               a bucket emulated by a local directory
+  memory://                 an in-memory bucket (tests)
+
+Exit status: 0 when every item succeeded, 1 when some failed (the summary names
+them and why), 2 on usage or fatal errors.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerifyArg {
+    /// Check sizes; compute a CRC32C while streaming.
+    None,
+    /// Read back every transferred item and compare its CRC32C.
+    Transferred,
+    /// At the end, compare every file on both sides by CRC32C.
+    All,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Source location.
+    pub src: String,
+    /// Destination location (created if it is a missing local directory).
+    pub dst: String,
+
+    /// Compare content checksums (CRC32C) instead of size and modification time.
+    #[arg(short = 'c', long, conflicts_with_all = ["force", "ignore_existing"])]
+    pub checksum: bool,
+    /// Skip items that are newer at the destination.
+    #[arg(short = 'u', long)]
+    pub update: bool,
+    /// Skip items that exist at the destination, whatever their content.
+    #[arg(long, conflicts_with = "force")]
+    pub ignore_existing: bool,
+    /// Copy every item, even unchanged ones.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Delete destination items absent from the source. Never runs after any error.
+    #[arg(long)]
+    pub delete: bool,
+    /// With --delete: refuse to delete more than N items (nothing is deleted then).
+    #[arg(long, value_name = "N", requires = "delete")]
+    pub max_delete: Option<u64>,
+
+    /// Only copy files matching GLOB (repeatable). A GLOB without '/' matches file
+    /// names anywhere; with '/' it matches the path from the root.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out files and directories matching GLOB (repeatable); wins over --include.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Leave out files smaller than SIZE (bytes, or with K, M, G, T suffixes: 1024-based).
+    #[arg(long, value_name = "SIZE", value_parser = crate::size::parse_size)]
+    pub min_size: Option<u64>,
+    /// Leave out files larger than SIZE.
+    #[arg(long, value_name = "SIZE", value_parser = crate::size::parse_size)]
+    pub max_size: Option<u64>,
+    /// Only copy the files listed in FILE (one relative path per line; '-' for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Option<PathBuf>,
+
+    /// Print the plan; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Print a machine-readable JSON summary on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing but errors (and the JSON summary with --json).
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Items checked and transferred at once.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub threads: u16,
+    /// Directories listed at once.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub list_threads: u16,
+    /// Limit total bandwidth, e.g. 10M (bytes per second; K, M, G suffixes).
+    #[arg(long, value_name = "RATE", value_parser = crate::size::parse_rate)]
+    pub bwlimit: Option<u64>,
+    /// Post-copy verification.
+    #[arg(long, value_enum, default_value_t = VerifyArg::None)]
+    pub verify: VerifyArg,
+    /// Follow symlinks in the source and copy what they point to.
+    #[arg(short = 'L', long)]
+    pub copy_links: bool,
+
+    /// Part size for large objects (multipart upload, ranged reads).
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = crate::size::parse_size)]
+    pub part_size: u64,
+    /// Parts of one large object in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub part_concurrency: u16,
+    /// Retries of a request that failed with a temporary error (503, 429, resets).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub retries: usize,
+
+    /// Checkpoint database: sqlite://PATH or postgres://… (default: a SQLite file
+    /// in $FERRY_STATE_DIR, else ~/.local/state/ferry/).
+    #[arg(long, value_name = "URL", env = "FERRY_STATE_DB")]
+    pub state_db: Option<String>,
+    /// Do not keep a checkpoint (a rerun then re-checks everything).
+    #[arg(long)]
+    pub no_checkpoint: bool,
+}

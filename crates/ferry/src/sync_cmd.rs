@@ -1,0 +1,162 @@
+//! `ferry sync SRC DST`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use ferry_engine::{CheckpointSpec, Compare, Filter, Report, Sync, SyncOptions, Verify};
+use ferry_storage::{Location, OpenOptions, PartPolicy, ProcessEnv};
+use ferry_store::Store;
+
+use crate::cli::{SyncArgs, VerifyArg};
+use crate::progress::Display;
+use crate::size::human;
+
+pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
+    let opts = options(&args)?;
+    let parts = PartPolicy {
+        chunk: args.part_size.max(5 << 20) as usize,
+        concurrent: args.part_concurrency as usize,
+    };
+    let open = |create| OpenOptions { follow_links: args.copy_links, create, parts, retries: args.retries };
+    let src = Location::open(&args.src, &ProcessEnv, open(false))
+        .await
+        .with_context(|| format!("source {}", args.src))?;
+    let dst = Location::open(&args.dst, &ProcessEnv, open(!args.dry_run))
+        .await
+        .with_context(|| format!("destination {}", args.dst))?;
+
+    let mut sync = Sync::new(src, dst, opts);
+    if !args.no_checkpoint && !args.dry_run {
+        let url = match &args.state_db {
+            Some(url) => url.clone(),
+            None => default_state_db()?,
+        };
+        let store = Store::connect(&url).await.context("opening the checkpoint database (see --state-db)")?;
+        sync = sync.with_checkpoint(CheckpointSpec { store });
+    }
+    let display = (!args.quiet && !args.json && std::io::stderr().is_terminal())
+        .then(|| Display::start(sync.progress()));
+    let report = sync.run().await;
+    if let Some(d) = display {
+        d.finish();
+    }
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !args.quiet || !report.success() {
+        print_text(&report, args.quiet);
+    }
+    Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn options(args: &SyncArgs) -> anyhow::Result<SyncOptions> {
+    let compare = if args.checksum {
+        Compare::Checksum
+    } else if args.force {
+        Compare::Force
+    } else if args.ignore_existing {
+        Compare::IgnoreExisting
+    } else {
+        Compare::SizeMtime
+    };
+    let files_from = match &args.files_from {
+        None => None,
+        Some(path) => {
+            let text = if path.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading --files-from from stdin")?
+            } else {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --files-from {}", path.display()))?
+            };
+            Some(
+                text.lines()
+                    .map(|l| l.trim_end_matches('\r').trim_start_matches("./").to_string())
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .collect(),
+            )
+        }
+    };
+    if let (Some(min), Some(max)) = (args.min_size, args.max_size) {
+        if min > max {
+            bail!("--min-size {min} is larger than --max-size {max}");
+        }
+    }
+    Ok(SyncOptions {
+        compare,
+        update: args.update,
+        delete: args.delete,
+        max_delete: args.max_delete,
+        filter: Filter::new(&args.include, &args.exclude, args.min_size, args.max_size)?,
+        files_from,
+        dry_run: args.dry_run,
+        threads: args.threads as usize,
+        list_threads: args.list_threads as usize,
+        bwlimit: args.bwlimit,
+        verify: match args.verify {
+            VerifyArg::None => Verify::None,
+            VerifyArg::Transferred => Verify::Transferred,
+            VerifyArg::All => Verify::All,
+        },
+        copy_links: args.copy_links,
+        ..SyncOptions::default()
+    })
+}
+
+fn default_state_db() -> anyhow::Result<String> {
+    let dir = match std::env::var_os("FERRY_STATE_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => match std::env::var_os("XDG_STATE_HOME") {
+            Some(d) => PathBuf::from(d).join("ferry"),
+            None => match std::env::var_os("HOME") {
+                Some(h) => PathBuf::from(h).join(".local/state/ferry"),
+                None => bail!("cannot place the checkpoint database: set FERRY_STATE_DIR or use --state-db"),
+            },
+        },
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+    Ok(format!("sqlite://{}", dir.join("sync.db").display()))
+}
+
+fn print_text(r: &Report, quiet: bool) {
+    if !quiet {
+        if r.dry_run {
+            for line in &r.plan {
+                println!(
+                    "would {} {} ({}, {})",
+                    line.action,
+                    line.path,
+                    human(line.size as f64),
+                    line.reason
+                );
+            }
+        }
+        let rate = r.transferred_bytes as f64 / r.elapsed_seconds.max(0.001);
+        println!(
+            "{}{} item(s), {} transferred in {:.1}s ({}/s); {} unchanged, {} excluded, {} deleted, {} failed{}",
+            if r.dry_run { "dry run: would transfer " } else { "transferred " },
+            r.transferred,
+            human(r.transferred_bytes as f64),
+            r.elapsed_seconds,
+            human(rate),
+            r.skipped,
+            r.excluded,
+            r.deleted,
+            r.failed,
+            if r.resumed { " (resumed from checkpoint)" } else { "" },
+        );
+        for w in &r.warnings {
+            println!("warning: {w}");
+        }
+    }
+    if let Some(why) = &r.delete_skipped {
+        eprintln!("deletions skipped: {why}");
+    }
+    if !r.failures.is_empty() {
+        eprintln!("failed items:");
+        for f in &r.failures {
+            eprintln!("  {}: {}", if f.path.is_empty() { "(run)" } else { &f.path }, f.reason);
+        }
+    }
+}

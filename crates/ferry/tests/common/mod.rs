@@ -1,0 +1,149 @@
+//! Helpers for end-to-end tests through the real `ferry` binary.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use ferry_testkit::S3Server;
+
+/// A run of the binary: exit code, stdout, stderr.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
+    }
+}
+
+pub fn ferry_cmd(state: &Path, env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    for k in
+        ["AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
+    {
+        cmd.env_remove(k);
+    }
+    cmd.env("FERRY_STATE_DIR", state);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+pub fn ferry(state: &Path, env: &[(String, String)], args: &[&str]) -> Run {
+    let out: Output = ferry_cmd(state, env).args(args).output().expect("run ferry");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub fn set_mtime(path: &Path, ns: i64) {
+    let t = UNIX_EPOCH + Duration::from_nanos(ns as u64);
+    let f = fs::File::options().write(true).open(path).or_else(|_| fs::File::open(path)).unwrap();
+    f.set_times(fs::FileTimes::new().set_modified(t)).unwrap();
+}
+
+/// A small tree with the cases that matter: attributes, unicode (NFC and
+/// NFD), spaces, a 255-byte name, a symlink, an empty directory, a larger file.
+pub fn make_tree(root: &Path, long_names: bool) {
+    fs::create_dir_all(root.join("dir/sub")).unwrap();
+    fs::create_dir_all(root.join("empty dir")).unwrap();
+    let files: Vec<(String, Vec<u8>)> = vec![
+        ("plain.txt".into(), b"hello ferry\n".to_vec()),
+        ("with space.txt".into(), b"spaces".to_vec()),
+        ("caf\u{e9}.txt".into(), b"nfc".to_vec()),
+        ("cafe\u{301}.txt".into(), b"nfd".to_vec()),
+        ("\u{65e5}\u{672c}/\u{30c7}\u{30fc}\u{30bf}.bin".into(), vec![7u8; 1000]),
+        ("dir/empty.dat".into(), Vec::new()),
+        (
+            "dir/sub/".to_string() + &"n".repeat(if long_names { 251 } else { 100 }) + ".txt",
+            b"long name".to_vec(),
+        ),
+        (
+            "dir/big.bin".into(),
+            (0..(9 << 20)).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect(),
+        ),
+    ];
+    for (i, (name, data)) in files.iter().enumerate() {
+        let p = root.join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, data).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(if i % 2 == 0 { 0o640 } else { 0o604 })).unwrap();
+        std::os::unix::fs::chown(&p, Some(1000 + i as u32), Some(2000 + i as u32)).unwrap();
+        set_mtime(&p, 1_600_000_000_000_000_000 + i as i64 * 1_000_000_123);
+    }
+    std::os::unix::fs::symlink("plain.txt", root.join("link-to-plain")).unwrap();
+    std::os::unix::fs::symlink("../outside/target", root.join("dir/dangling")).unwrap();
+}
+
+/// What a tree looks like: path → (kind, content or link target, mode, uid, gid, mtime).
+pub type Snapshot = BTreeMap<String, (char, Vec<u8>, u32, u32, u32, i64)>;
+
+pub fn snapshot(root: &Path, with_dirs: bool) -> Snapshot {
+    let mut out = BTreeMap::new();
+    walk(root, root, with_dirs, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, with_dirs: bool, out: &mut Snapshot) {
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let md = fs::symlink_metadata(&p).unwrap();
+        let mtime = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+        if md.file_type().is_symlink() {
+            let t = fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes();
+            out.insert(rel, ('l', t, 0, md.uid(), md.gid(), 0));
+        } else if md.is_dir() {
+            if with_dirs {
+                out.insert(rel, ('d', Vec::new(), 0, 0, 0, 0));
+            }
+            walk(root, &p, with_dirs, out);
+        } else {
+            out.insert(rel, ('f', fs::read(&p).unwrap(), md.mode() & 0o7777, md.uid(), md.gid(), mtime));
+        }
+    }
+}
+
+/// Every file name below `root` (to look for temporary leftovers).
+pub fn all_names(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64
+}
+
+pub fn assert_same(a: &Snapshot, b: &Snapshot) {
+    let ka: Vec<_> = a.keys().collect();
+    let kb: Vec<_> = b.keys().collect();
+    assert_eq!(ka, kb, "same entries");
+    for (k, va) in a {
+        let vb = &b[k];
+        assert_eq!(va.0, vb.0, "{k}: kind");
+        assert!(va.1 == vb.1, "{k}: content differs");
+        assert_eq!((va.2, va.3, va.4, va.5), (vb.2, vb.3, vb.4, vb.5), "{k}: mode/uid/gid/mtime");
+    }
+}

@@ -1,0 +1,65 @@
+//! Bad input: one clear line naming the problem and the fix, exit 2 (or 1
+//! for a single failed item), nothing half-written.
+
+mod common;
+
+use common::*;
+
+fn fatal(r: &Run, needle: &str) {
+    assert_eq!(r.code, 2, "exit code; stderr: {}", r.stderr);
+    let lines: Vec<_> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {}", r.stderr);
+    assert!(lines[0].starts_with("ferry: error:"), "{}", r.stderr);
+    assert!(r.stderr.contains(needle), "expected {needle:?} in: {}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_locations_and_flags() {
+    let s3 = S3Server::start(&["bkt-real"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let dst = tmp.path().join("never-created");
+    let d = dst.to_str().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), "x").unwrap();
+    let s = src.to_str().unwrap();
+
+    fatal(&ferry(&state, &[], &["sync", "ftp://host/x", d]), "unknown scheme \"ftp\"");
+    fatal(&ferry(&state, &[], &["sync", "s3:bucket", d]), "s3://bucket/prefix");
+    fatal(&ferry(&state, &[], &["sync", "s3://bkt/p?endpoint=http://127.0.0.1:1", d]), "AWS_ACCESS_KEY_ID");
+    fatal(&ferry(&state, &s3.env(), &["sync", "s3://no-such-bucket/p", d]), "create it first");
+    fatal(&ferry(&state, &[], &["sync", "/definitely/not/here", d]), "not found");
+    let mut wrong = s3.env();
+    wrong.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
+    wrong.push(("AWS_SECRET_ACCESS_KEY".into(), "wrong-secret".into()));
+    fatal(&ferry(&state, &wrong, &["sync", s, "s3://bkt-real/p"]), "AWS_SECRET_ACCESS_KEY");
+    fatal(&ferry(&state, &[], &["sync", s, d, "--include", "a[b"]), "a[b");
+    assert!(!dst.exists(), "nothing written on a fatal error");
+
+    // Usage errors are clap's: exit 2 with a usage line.
+    let r = ferry(&state, &[], &["sync", s, d, "--no-such-flag"]);
+    assert_eq!(r.code, 2);
+    let r = ferry(&state, &[], &["sync", s, d, "--threads", "0"]);
+    assert_eq!(r.code, 2);
+    let r = ferry(&state, &[], &["sync", s, d, "--checksum", "--force"]);
+    assert_eq!(r.code, 2);
+    let r = ferry(&state, &[], &["sync", s, d, "--bwlimit", "fast"]);
+    assert_eq!(r.code, 2);
+    assert!(!dst.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_source_item_fails_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (tmp.path().join("src"), tmp.path().join("dst"), tmp.path().join("state"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("good"), "ok").unwrap();
+    let fifo = src.join("pipe");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let r = ferry(&state, &[], &["sync", src.to_str().unwrap(), dst.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("pipe") && r.stderr.contains("fifo"), "{}", r.stderr);
+    assert_eq!(std::fs::read(dst.join("good")).unwrap(), b"ok");
+    assert!(!dst.join("pipe").exists());
+}
