@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ferry_store::{Checkpoint, DoneItem, Store};
+use ferry_store::{Checkpoint, DoneItem, Known, Store};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -64,11 +64,14 @@ impl Recorder {
         Ok(Self { store, checkpoint, tx: Some(tx), task: Some(task) })
     }
 
-    pub(crate) async fn done_in_dir(&self, dir: &str) -> HashMap<String, (u64, i64)> {
-        if !self.checkpoint.resumed {
-            return HashMap::new();
+    pub(crate) async fn done_in_dir(&self, dir: &str) -> HashMap<String, Known> {
+        match self.store.done_in_dir(self.checkpoint.run_id, dir).await {
+            Ok(known) => known,
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint lookup failed; checking items in full");
+                HashMap::new()
+            }
         }
-        self.store.done_in_dir(self.checkpoint.run_id, dir).await.unwrap_or_default()
     }
 
     pub(crate) async fn record(&self, item: DoneItem) {

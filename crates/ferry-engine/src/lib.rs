@@ -12,6 +12,7 @@ mod options;
 mod progress;
 mod ratelimit;
 mod sync;
+mod walk;
 
 pub use checkpoint::CheckpointSpec;
 pub use error::{Error, Result};
@@ -20,3 +21,4 @@ pub use options::{Compare, SyncOptions, Verify};
 pub use progress::{Failure, PlanLine, Progress, Report};
 pub use ratelimit::RateLimit;
 pub use sync::Sync;
+pub use walk::walk;

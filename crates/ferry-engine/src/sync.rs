@@ -69,8 +69,10 @@ struct Item {
 }
 
 enum Outcome {
-    Skipped,
-    Transferred(u64),
+    /// Up to date; with the destination version to remember when it was checked in full.
+    Skipped(Option<String>),
+    /// Copied: bytes, and the new destination version when the store gave one.
+    Transferred(u64, Option<String>),
 }
 
 impl Sync {
@@ -296,6 +298,7 @@ impl Run {
             Some(r) => r.done_in_dir(&dir).await,
             None => HashMap::new(),
         };
+        let resumed = self.recorder.as_ref().is_some_and(|r| r.checkpoint.resumed);
 
         let mut subdirs = Vec::new();
         let mut dst_iter = dst_list.entries.into_iter().peekable();
@@ -324,11 +327,24 @@ impl Run {
             if let Some(l) = s.local.filter(|l| l.nlink > 1 && s.kind == EntryKind::File) {
                 self.hard_links.lock().expect("lock").entry((l.dev, l.ino)).or_default().push(s.path.clone());
             }
-            // Done in an interrupted run of the same sync, and still there.
-            if let (Some(&(size, mtime)), Some(dd)) = (done.get(s.name()), &d) {
-                if size == s.size && Some(mtime) == s.mtime_ns && dd.size == s.size && dd.kind == s.kind {
+            // Known up to date: the source is as it was when copied, and the
+            // destination is still the version ferry wrote or checked (or, when
+            // resuming an interrupted run, still there with the right size).
+            if let (Some((size, mtime, version)), Some(dd)) = (done.get(s.name()), &d) {
+                let src_same = *size == s.size && Some(*mtime) == s.mtime_ns;
+                let dst_same = dd.size == s.size
+                    && dd.kind == s.kind
+                    && (resumed || version.is_some() && *version == dst_version(dd));
+                // --force re-copies everything; --checksum trusts (size, mtime)
+                // only to resume an interrupted run.
+                let mode_allows = match self.opts.compare {
+                    Compare::Force => false,
+                    Compare::Checksum => resumed,
+                    Compare::SizeMtime | Compare::IgnoreExisting => true,
+                };
+                if src_same && dst_same && mode_allows {
                     p.skipped.fetch_add(1, Relaxed);
-                    p.skipped_bytes.fetch_add(size, Relaxed);
+                    p.skipped_bytes.fetch_add(*size, Relaxed);
                     continue;
                 }
             }
@@ -395,21 +411,18 @@ impl Run {
         let mut attempt = 1;
         loop {
             match self.process(&item).await {
-                Ok(Outcome::Skipped) => {
+                Ok(Outcome::Skipped(version)) => {
                     p.skipped.fetch_add(1, Relaxed);
                     p.skipped_bytes.fetch_add(item.src.size, Relaxed);
+                    if version.is_some() {
+                        self.remember(&item, version).await;
+                    }
                 }
-                Ok(Outcome::Transferred(bytes)) => {
+                Ok(Outcome::Transferred(bytes, version)) => {
                     p.transferred.fetch_add(1, Relaxed);
                     p.transferred_bytes.fetch_add(bytes, Relaxed);
-                    if let (Some(rec), false) = (&self.recorder, self.opts.dry_run) {
-                        rec.record(DoneItem {
-                            dir: item.dir.clone(),
-                            name: item.src.name().to_string(),
-                            size: item.src.size,
-                            mtime_ns: item.src.mtime_ns.unwrap_or(0),
-                        })
-                        .await;
+                    if !self.opts.dry_run {
+                        self.remember(&item, version).await;
                     }
                 }
                 Err(e) if e.is_temporary() && attempt < self.opts.item_attempts => {
@@ -426,11 +439,34 @@ impl Run {
         }
     }
 
+    /// Record an item as up to date in the checkpoint.
+    async fn remember(&self, item: &Item, dst_version: Option<String>) {
+        if let Some(rec) = &self.recorder {
+            rec.record(DoneItem {
+                dir: item.dir.clone(),
+                name: item.src.name().to_string(),
+                size: item.src.size,
+                mtime_ns: item.src.mtime_ns.unwrap_or(0),
+                dst_version,
+            })
+            .await;
+        }
+    }
+
     async fn process(&self, item: &Item) -> Result<Outcome, StorageError> {
         let mut s = item.src.clone();
         let mut d = item.dst.clone();
         let reason = match self.decide(&mut s, d.as_mut()).await? {
-            None => return Ok(Outcome::Skipped),
+            None => {
+                // Checked in full against an object: remember the version seen
+                // in the listing so that the next run needs no request.
+                let full_check = self.opts.compare == Compare::SizeMtime
+                    && !self.opts.update
+                    && !self.check_only
+                    && !self.dst.is_posix();
+                let version = if full_check { item.dst.as_ref().and_then(dst_version) } else { None };
+                return Ok(Outcome::Skipped(version));
+            }
             Some(reason) => reason,
         };
         if self.check_only {
@@ -441,7 +477,7 @@ impl Run {
         }
         if self.opts.dry_run {
             self.progress.plan("copy", &s.path, s.size, reason);
-            return Ok(Outcome::Transferred(s.size));
+            return Ok(Outcome::Transferred(s.size, None));
         }
         self.progress.to_transfer.fetch_add(1, Relaxed);
         self.progress.to_transfer_bytes.fetch_add(s.size, Relaxed);
@@ -449,9 +485,9 @@ impl Run {
             EntryKind::Symlink => {
                 let target = self.src.read_link(&s).await?;
                 self.dst.create_symlink(&s.path, &target, &write_meta(&s)).await?;
-                Ok(Outcome::Transferred(0))
+                Ok(Outcome::Transferred(0, None))
             }
-            _ => self.copy_file(&s).await.map(Outcome::Transferred),
+            _ => self.copy_file(&s).await.map(|(n, version)| Outcome::Transferred(n, version)),
         }
     }
 
@@ -462,7 +498,9 @@ impl Run {
         d: Option<&mut Entry>,
     ) -> Result<Option<&'static str>, StorageError> {
         let Some(d) = d else {
-            self.load_src_meta(s).await?;
+            if !self.opts.dry_run {
+                self.load_src_meta(s).await?;
+            }
             return Ok(Some("missing"));
         };
         if d.kind == EntryKind::Dir {
@@ -516,11 +554,12 @@ impl Run {
     }
 
     /// Stream one file into the destination; visible only once complete and verified.
-    async fn copy_file(&self, s: &Entry) -> Result<u64, StorageError> {
+    async fn copy_file(&self, s: &Entry) -> Result<(u64, Option<String>), StorageError> {
         let meta = write_meta(s);
         let mut stream = self.src.open_read(s, self.opts.chunk).await?;
         let mut crc = 0u32;
         let mut n: u64 = 0;
+        let version;
         if s.size <= SMALL_FILE {
             let mut buf = BytesMut::with_capacity(s.size as usize);
             while let Some(chunk) = stream.next().await {
@@ -542,7 +581,7 @@ impl Run {
                 sink.abort().await;
                 return Err(e);
             }
-            sink.commit(&meta).await?;
+            version = sink.commit(&meta).await?;
         } else {
             let mut sink = self.dst.create_file(&s.path, &meta, None, s.size).await?;
             let res: Result<(), StorageError> = async {
@@ -567,7 +606,7 @@ impl Run {
                 sink.abort().await;
                 return Err(e);
             }
-            sink.commit(&meta).await?;
+            version = sink.commit(&meta).await?;
         }
         if self.opts.verify == Verify::Transferred {
             let written = Entry { etag: None, crc32c: None, meta_loaded: true, local: None, ..s.clone() };
@@ -579,7 +618,7 @@ impl Run {
                 });
             }
         }
-        Ok(n)
+        Ok((n, version))
     }
 
     async fn throttle(&self, n: usize) {
@@ -672,6 +711,12 @@ impl Run {
         }
         check.progress.failed.load(Relaxed)
     }
+}
+
+/// What identifies the current content of a listed object: its ETag, else
+/// its listed modification time.
+fn dst_version(d: &Entry) -> Option<String> {
+    d.etag.clone().or_else(|| d.mtime_ns.map(|ns| format!("mtime:{ns}")))
 }
 
 /// Attributes to give the copy: the source's, with its listed mtime when

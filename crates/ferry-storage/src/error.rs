@@ -47,20 +47,22 @@ impl Error {
     /// Whether the same operation may succeed when tried again.
     pub fn is_temporary(&self) -> bool {
         match self {
-            Error::Store { source, .. } => {
-                source.is_temporary()
-                    || matches!(source.kind(), opendal::ErrorKind::RateLimited)
-                    || matches!(source.kind(), opendal::ErrorKind::Unexpected) && !source.is_permanent()
+            Error::Store { source, .. } => store_temporary(source),
+            Error::Io { source, .. } => {
+                // Read streams carry OpenDAL errors inside io::Error.
+                if let Some(inner) = source.get_ref().and_then(|e| e.downcast_ref::<opendal::Error>()) {
+                    return store_temporary(inner);
+                }
+                matches!(
+                    source.kind(),
+                    io::ErrorKind::Interrupted
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::BrokenPipe
+                )
             }
-            Error::Io { source, .. } => matches!(
-                source.kind(),
-                io::ErrorKind::Interrupted
-                    | io::ErrorKind::TimedOut
-                    | io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::UnexpectedEof
-                    | io::ErrorKind::BrokenPipe
-            ),
             Error::SizeMismatch { .. } | Error::SourceChanged(_) => true,
             _ => false,
         }
@@ -88,4 +90,13 @@ impl Error {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound { .. })
     }
+}
+
+/// Temporary by OpenDAL's judgement, or a throttling answer, or an unexpected
+/// failure not known to be permanent (retries already ran out does not make
+/// the next attempt of the whole item futile).
+fn store_temporary(e: &opendal::Error) -> bool {
+    e.is_temporary()
+        || matches!(e.kind(), opendal::ErrorKind::RateLimited)
+        || matches!(e.kind(), opendal::ErrorKind::Unexpected) && !e.is_permanent()
 }

@@ -245,16 +245,18 @@ impl Sink {
         }
     }
 
-    /// Make the item durable and visible under its final name.
-    pub async fn commit(self, meta: &PosixMeta) -> Result<()> {
+    /// Make the item durable and visible under its final name. Returns the
+    /// object's ETag when the store reported one.
+    pub async fn commit(self, meta: &PosixMeta) -> Result<Option<String>> {
         match self {
             Sink::Posix(w) => {
                 let meta = *meta;
-                blocking(move || w.commit(&meta)).await
+                blocking(move || w.commit(&meta)).await?;
+                Ok(None)
             }
             Sink::Object(mut w, name) => {
-                w.close().await.map_err(|e| Error::store(format!("complete {name}"), e))?;
-                Ok(())
+                let md = w.close().await.map_err(|e| Error::store(format!("complete {name}"), e))?;
+                Ok(md.etag().map(str::to_string))
             }
         }
     }

@@ -48,15 +48,15 @@ pub struct Store {
     backend: Backend,
 }
 
-/// A run of `ferry sync` that can be resumed.
+/// The record of a `ferry sync` pair (source, destination, options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checkpoint {
     pub run_id: i64,
-    /// True when an earlier, unfinished run with the same key existed.
+    /// True when the last run of this pair did not finish.
     pub resumed: bool,
 }
 
-/// An item whose copy is complete and durable at the destination.
+/// An item known to be up to date at the destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DoneItem {
     pub dir: String,
@@ -64,23 +64,41 @@ pub struct DoneItem {
     /// Source size and mtime when it was copied: a changed source is copied again.
     pub size: u64,
     pub mtime_ns: i64,
+    /// The destination's version (ETag or listed mtime) once known.
+    pub dst_version: Option<String>,
+}
+
+/// What the store knows of one item: source (size, mtime) and destination version.
+pub type Known = (u64, i64, Option<String>);
+
+/// The migrations of one back-end, in order: (version, description, SQL).
+fn migrations(kind: &str) -> [(i64, &'static str, &'static str); 2] {
+    match kind {
+        "sqlite" => [
+            (1, "sync checkpoints", include_str!("../migrations/sqlite/0001_sync_checkpoints.sql")),
+            (2, "sync state", include_str!("../migrations/sqlite/0002_sync_state.sql")),
+        ],
+        _ => [
+            (1, "sync checkpoints", include_str!("../migrations/postgres/0001_sync_checkpoints.sql")),
+            (2, "sync state", include_str!("../migrations/postgres/0002_sync_state.sql")),
+        ],
+    }
 }
 
 fn migrator(kind: &str) -> Migrator {
-    let sql: &'static str = match kind {
-        "sqlite" => include_str!("../migrations/sqlite/0001_sync_checkpoints.sql"),
-        _ => include_str!("../migrations/postgres/0001_sync_checkpoints.sql"),
-    };
-    Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            Cow::Borrowed("sync checkpoints"),
-            MigrationType::Simple,
-            Cow::Borrowed(sql),
-            false,
-        )]),
-        ..Migrator::DEFAULT
-    }
+    let migrations = migrations(kind)
+        .into_iter()
+        .map(|(version, description, sql)| {
+            Migration::new(
+                version,
+                Cow::Borrowed(description),
+                MigrationType::Simple,
+                Cow::Borrowed(sql),
+                false,
+            )
+        })
+        .collect::<Vec<_>>();
+    Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
 
 fn now_ms() -> i64 {
@@ -123,17 +141,18 @@ impl Store {
         Store::connect(&format!("sqlite://{}", path.display())).await
     }
 
-    /// Find the unfinished run with this key, or start a new one.
+    /// Start a run of the pair with this key, keeping what earlier runs recorded.
     pub async fn begin_run(&self, run_key: &str, src: &str, dst: &str) -> Result<Checkpoint> {
         let now = now_ms();
-        let existing =
-            self.fetch_optional_i64(sql(self, "SELECT id FROM sync_runs WHERE run_key = ?"), run_key).await?;
-        if let Some(run_id) = existing {
-            self.exec(sql(self, "UPDATE sync_runs SET updated_at = ? WHERE id = ?"), |q| {
-                q.bind(now).bind(run_id)
-            })
-            .await?;
-            return Ok(Checkpoint { run_id, resumed: true });
+        let q = sql(self, "SELECT id, finished FROM sync_runs WHERE run_key = ?");
+        let existing: Option<(i64, bool)> = match &self.backend {
+            Backend::Sqlite(p) => sqlx::query_as(&q).bind(run_key).fetch_optional(p).await?,
+            Backend::Postgres(p) => sqlx::query_as(&q).bind(run_key).fetch_optional(p).await?,
+        };
+        if let Some((run_id, finished)) = existing {
+            let q = sql(self, "UPDATE sync_runs SET updated_at = ?, finished = FALSE WHERE id = ?");
+            self.exec(q, |q| q.bind(now).bind(run_id)).await?;
+            return Ok(Checkpoint { run_id, resumed: !finished });
         }
         let insert = sql(
             self,
@@ -162,14 +181,15 @@ impl Store {
         Ok(Checkpoint { run_id, resumed: false })
     }
 
-    /// Items of one directory already done in this run: name → (size, mtime).
-    pub async fn done_in_dir(&self, run_id: i64, dir: &str) -> Result<HashMap<String, (u64, i64)>> {
-        let q = sql(self, "SELECT name, size, mtime_ns FROM sync_done WHERE run_id = ? AND dir = ?");
-        let rows: Vec<(String, i64, i64)> = match &self.backend {
+    /// Items of one directory known to be done: name → (size, mtime, destination version).
+    pub async fn done_in_dir(&self, run_id: i64, dir: &str) -> Result<HashMap<String, Known>> {
+        let q =
+            sql(self, "SELECT name, size, mtime_ns, dst_version FROM sync_done WHERE run_id = ? AND dir = ?");
+        let rows: Vec<(String, i64, i64, Option<String>)> = match &self.backend {
             Backend::Sqlite(p) => sqlx::query_as(&q).bind(run_id).bind(dir).fetch_all(p).await?,
             Backend::Postgres(p) => sqlx::query_as(&q).bind(run_id).bind(dir).fetch_all(p).await?,
         };
-        Ok(rows.into_iter().map(|(n, s, m)| (n, (s as u64, m))).collect())
+        Ok(rows.into_iter().map(|(n, s, m, v)| (n, (s as u64, m, v))).collect())
     }
 
     /// Record finished items, all in one transaction.
@@ -179,8 +199,9 @@ impl Store {
         }
         let upsert = sql(
             self,
-            "INSERT INTO sync_done (run_id, dir, name, size, mtime_ns) VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (run_id, dir, name) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns",
+            "INSERT INTO sync_done (run_id, dir, name, size, mtime_ns, dst_version) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (run_id, dir, name) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, \
+             dst_version = excluded.dst_version",
         );
         macro_rules! run_batch {
             ($pool:expr) => {{
@@ -192,6 +213,7 @@ impl Store {
                         .bind(&it.name)
                         .bind(it.size as i64)
                         .bind(it.mtime_ns)
+                        .bind(&it.dst_version)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -205,8 +227,14 @@ impl Store {
         Ok(())
     }
 
-    /// Forget a run that completed: its done set is no longer needed.
+    /// Mark a run complete: the next run of the pair is not a resume, but
+    /// still uses the known state.
     pub async fn finish_run(&self, run_id: i64) -> Result<()> {
+        self.exec(sql(self, "UPDATE sync_runs SET finished = TRUE WHERE id = ?"), |q| q.bind(run_id)).await
+    }
+
+    /// Forget everything recorded for a pair.
+    pub async fn forget_run(&self, run_id: i64) -> Result<()> {
         self.exec(sql(self, "DELETE FROM sync_done WHERE run_id = ?"), |q| q.bind(run_id)).await?;
         self.exec(sql(self, "DELETE FROM sync_runs WHERE id = ?"), |q| q.bind(run_id)).await
     }
@@ -219,13 +247,6 @@ impl Store {
             Backend::Postgres(p) => sqlx::query(&q).bind(run_id).fetch_one(p).await?.get(0),
         };
         Ok(n as u64)
-    }
-
-    async fn fetch_optional_i64(&self, q: String, key: &str) -> Result<Option<i64>> {
-        Ok(match &self.backend {
-            Backend::Sqlite(p) => sqlx::query(&q).bind(key).fetch_optional(p).await?.map(|r| r.get(0)),
-            Backend::Postgres(p) => sqlx::query(&q).bind(key).fetch_optional(p).await?.map(|r| r.get(0)),
-        })
     }
 
     async fn exec(&self, q: String, bind: impl Fn(AnyQuery<'_>) -> AnyQuery<'_>) -> Result<()> {

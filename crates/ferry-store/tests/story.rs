@@ -19,6 +19,7 @@ async fn story(store: &Store) {
             name: format!("file-{i}"),
             size: i,
             mtime_ns: 1_700_000_000_000_000_000 + i as i64,
+            dst_version: (i % 3 == 0).then(|| format!("\"etag-{i}\"")),
         })
         .collect();
     store.record_done(cp.run_id, &items).await.unwrap();
@@ -26,29 +27,47 @@ async fn story(store: &Store) {
     store
         .record_done(
             cp.run_id,
-            &[DoneItem { dir: String::new(), name: "file-0".into(), size: 7, mtime_ns: 9 }],
+            &[DoneItem {
+                dir: String::new(),
+                name: "file-0".into(),
+                size: 7,
+                mtime_ns: 9,
+                dst_version: None,
+            }],
         )
         .await
         .unwrap();
     assert_eq!(store.done_count(cp.run_id).await.unwrap(), 300);
     let root = store.done_in_dir(cp.run_id, "").await.unwrap();
     assert_eq!(root.len(), 150);
-    assert_eq!(root["file-0"], (7, 9));
-    assert_eq!(root["file-2"], (2, 1_700_000_000_000_000_002));
+    assert_eq!(root["file-0"], (7, 9, None));
+    assert_eq!(root["file-2"], (2, 1_700_000_000_000_000_002, None));
+    assert_eq!(root["file-6"], (6, 1_700_000_000_000_000_006, Some("\"etag-6\"".to_string())));
     let sub = store.done_in_dir(cp.run_id, "sub/dir").await.unwrap();
     assert_eq!(sub.len(), 150);
     assert!(store.done_in_dir(other.run_id, "").await.unwrap().is_empty(), "runs are separate");
 
     // Names with quotes and SQL metacharacters are data, not SQL.
-    let odd =
-        DoneItem { dir: "a'; DROP TABLE sync_done; --".into(), name: "b\"c".into(), size: 1, mtime_ns: 1 };
+    let odd = DoneItem {
+        dir: "a'; DROP TABLE sync_done; --".into(),
+        name: "b\"c".into(),
+        size: 1,
+        mtime_ns: 1,
+        dst_version: Some("v'1".into()),
+    };
     store.record_done(other.run_id, std::slice::from_ref(&odd)).await.unwrap();
-    assert_eq!(store.done_in_dir(other.run_id, &odd.dir).await.unwrap()["b\"c"], (1, 1));
+    assert_eq!(store.done_in_dir(other.run_id, &odd.dir).await.unwrap()["b\"c"], (1, 1, Some("v'1".into())));
 
+    // A finished run is not resumed, but its known state stays.
     store.finish_run(cp.run_id).await.unwrap();
+    let next = store.begin_run("key-1", "/src", "s3://b/p").await.unwrap();
+    assert_eq!(next, ferry_store::Checkpoint { run_id: cp.run_id, resumed: false });
+    assert_eq!(store.done_count(cp.run_id).await.unwrap(), 300);
+    // ... and a run that starts again without finishing is resumed next time.
+    assert!(store.begin_run("key-1", "/src", "s3://b/p").await.unwrap().resumed);
+    store.forget_run(cp.run_id).await.unwrap();
     assert_eq!(store.done_count(cp.run_id).await.unwrap(), 0);
-    let fresh = store.begin_run("key-1", "/src", "s3://b/p").await.unwrap();
-    assert!(!fresh.resumed, "a finished run is not resumed");
+    assert!(!store.begin_run("key-1", "/src", "s3://b/p").await.unwrap().resumed);
 }
 
 #[tokio::test]

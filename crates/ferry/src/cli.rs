@@ -17,7 +17,24 @@ pub struct Cli {
 pub enum Command {
     /// Copy what is missing or different from SRC to DST (one-shot, resumable).
     #[command(long_about = SYNC_HELP)]
-    Sync(SyncArgs),
+    Sync(Box<SyncArgs>),
+    /// List a location: one line per entry, `SIZE PATH` (directories end with '/').
+    Ls(LsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Location to list (same forms as `ferry sync`).
+    pub location: String,
+    /// Descend into directories.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    /// Directories listed at once.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub list_threads: u16,
+    /// Print only the totals.
+    #[arg(long)]
+    pub summary: bool,
 }
 
 const SYNC_HELP: &str = "\

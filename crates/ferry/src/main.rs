@@ -1,6 +1,7 @@
 //! The `ferry` command: thin commands over the ferry crates.
 
 mod cli;
+mod ls_cmd;
 mod progress;
 mod size;
 mod sync_cmd;
@@ -27,7 +28,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            cli::Command::Sync(args) => sync_cmd::run(args).await,
+            cli::Command::Sync(args) => sync_cmd::run(*args).await,
+            cli::Command::Ls(args) => ls_cmd::run(args).await,
         }
     });
     match result {

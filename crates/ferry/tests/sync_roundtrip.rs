@@ -182,3 +182,56 @@ async fn hard_links_are_reported() {
     assert_eq!(r["hard_links"], serde_json::json!([["one", "two"]]), "{r}");
     assert_eq!(std::fs::read(dst.join("two")).unwrap(), b"shared");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_items_cost_no_request_and_outside_changes_are_seen() {
+    let s3 = S3Server::start(&["bkt-state"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..20 {
+        std::fs::write(src.join(format!("d/f{i}")), format!("content {i:04}")).unwrap();
+    }
+    let env = s3.env();
+    let s = src.to_str().unwrap();
+    assert_eq!(ferry(&state, &env, &["sync", s, "s3://bkt-state/p"]).code, 0);
+    // The first re-sync may look at objects (HEAD) to learn their versions...
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt-state/p", "--json"]).json();
+    assert_eq!(r["transferred_bytes"], 0, "{r}");
+    // ... the next one only lists.
+    let before = s3.counts();
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt-state/p", "--json"]).json();
+    let after = s3.counts();
+    assert_eq!(r["skipped"].as_u64().unwrap(), 21, "{r}");
+    assert_eq!((after.head - before.head, after.get - before.get, after.put - before.put), (0, 0, 0));
+
+    // An object overwritten behind ferry's back (same size) is noticed and re-copied.
+    // Listed modification times may have one-second precision.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let op = {
+        use opendal::services::S3;
+        opendal::Operator::new(
+            S3::default()
+                .bucket("bkt-state")
+                .endpoint(&s3.endpoint())
+                .region(s3.region())
+                .access_key_id(s3.access_key())
+                .secret_access_key(s3.secret_key())
+                .disable_config_load(),
+        )
+        .unwrap()
+    };
+    op.write("p/d/f3", "CONTENT 0003").await.unwrap();
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt-state/p", "--json"]).json();
+    assert_eq!(r["transferred"], 1, "{r}");
+    assert_eq!(op.read("p/d/f3").await.unwrap().to_vec(), b"content 0003");
+
+    // A changed source file is copied even though the destination is unchanged.
+    std::fs::write(src.join("d/f4"), "CHANGED 0004").unwrap();
+    common::set_mtime(&src.join("d/f4"), 1_500_000_000_000_000_000);
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt-state/p", "--json"]).json();
+    assert_eq!(r["transferred"], 1, "{r}");
+    // --force ignores what is known.
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt-state/p", "--force", "--json"]).json();
+    assert_eq!(r["transferred"], 20, "{r}");
+}
