@@ -481,13 +481,33 @@ impl Run {
         }
         self.progress.to_transfer.fetch_add(1, Relaxed);
         self.progress.to_transfer_bytes.fetch_add(s.size, Relaxed);
+        // A small object not looked at yet: one GET brings body and metadata.
+        let mut prefetched = None;
+        if !s.meta_loaded && s.size <= SMALL_FILE {
+            if let Location::Object(o) = &self.src {
+                let (data, full, warnings) = o.read_whole(&s).await?;
+                for w in warnings {
+                    self.progress.warn(format!("{}: {w}", s.path));
+                }
+                s = full;
+                prefetched = Some(data);
+            }
+        }
         match s.kind {
             EntryKind::Symlink => {
-                let target = self.src.read_link(&s).await?;
+                let target = match prefetched {
+                    Some(body) => {
+                        String::from_utf8(body.to_vec()).map_err(|_| StorageError::InvalidName {
+                            name: s.path.clone(),
+                            reason: "symlink target is not valid UTF-8".into(),
+                        })?
+                    }
+                    None => self.src.read_link(&s).await?,
+                };
                 self.dst.create_symlink(&s.path, &target, &write_meta(&s)).await?;
                 Ok(Outcome::Transferred(0, None))
             }
-            _ => self.copy_file(&s).await.map(|(n, version)| Outcome::Transferred(n, version)),
+            _ => self.copy_file(&s, prefetched).await.map(|(n, version)| Outcome::Transferred(n, version)),
         }
     }
 
@@ -554,26 +574,39 @@ impl Run {
     }
 
     /// Stream one file into the destination; visible only once complete and verified.
-    async fn copy_file(&self, s: &Entry) -> Result<(u64, Option<String>), StorageError> {
+    /// `prefetched` is the whole content when it was already read.
+    async fn copy_file(
+        &self,
+        s: &Entry,
+        prefetched: Option<Bytes>,
+    ) -> Result<(u64, Option<String>), StorageError> {
         let meta = write_meta(s);
-        let mut stream = self.src.open_read(s, self.opts.chunk).await?;
         let mut crc = 0u32;
         let mut n: u64 = 0;
         let version;
         if s.size <= SMALL_FILE {
-            let mut buf = BytesMut::with_capacity(s.size as usize);
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk?;
-                n += chunk.len() as u64;
-                if n > s.size {
-                    return Err(StorageError::SizeMismatch { expected: s.size, got: n });
+            let data = match prefetched {
+                Some(data) => data,
+                None => {
+                    let mut stream = self.src.open_read(s, self.opts.chunk).await?;
+                    let mut buf = BytesMut::with_capacity(s.size as usize);
+                    while let Some(chunk) = stream.next().await {
+                        let chunk = chunk?;
+                        if (buf.len() + chunk.len()) as u64 > s.size {
+                            return Err(StorageError::SizeMismatch {
+                                expected: s.size,
+                                got: (buf.len() + chunk.len()) as u64,
+                            });
+                        }
+                        buf.extend_from_slice(&chunk);
+                    }
+                    buf.freeze()
                 }
-                buf.extend_from_slice(&chunk);
-            }
+            };
+            n = data.len() as u64;
             if n != s.size {
                 return Err(StorageError::SizeMismatch { expected: s.size, got: n });
             }
-            let data = buf.freeze();
             crc = crc32c::crc32c(&data);
             self.throttle(data.len()).await;
             let mut sink = self.dst.create_file(&s.path, &meta, Some(crc), s.size).await?;
@@ -583,6 +616,7 @@ impl Run {
             }
             version = sink.commit(&meta).await?;
         } else {
+            let mut stream = self.src.open_read(s, self.opts.chunk).await?;
             let mut sink = self.dst.create_file(&s.path, &meta, None, s.size).await?;
             let res: Result<(), StorageError> = async {
                 while let Some(chunk) = stream.next().await {

@@ -18,6 +18,10 @@ pub async fn walk(
     mut f: impl FnMut(Entry),
     mut bad: impl FnMut(String, String),
 ) -> Result<()> {
+    if let (true, Location::Object(o)) = (recursive, loc) {
+        o.list_recursive(f, bad).await?;
+        return Ok(());
+    }
     let mut queue = VecDeque::from([String::new()]);
     let mut running = FuturesUnordered::new();
     loop {

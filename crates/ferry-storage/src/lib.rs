@@ -157,13 +157,15 @@ impl Location {
                     let Some(mut reader) = state else { return Ok(None) };
                     let (reader, chunk) = blocking(move || {
                         let c = reader.read_chunk(chunk)?;
-                        if c.is_none() {
+                        if c.is_none() || reader.at_eof() {
                             reader.check_unchanged()?;
                         }
                         Ok((reader, c))
                     })
                     .await?;
-                    Ok(chunk.map(|c| (c, Some(reader))))
+                    // At the end of the file the stream ends without another read.
+                    let next = (!reader.at_eof()).then_some(reader);
+                    Ok(chunk.map(|c| (c, next)))
                 });
                 Ok(Box::pin(stream))
             }

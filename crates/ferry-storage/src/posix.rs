@@ -166,7 +166,7 @@ impl PosixRoot {
     pub fn open_read(&self, entry: &Entry) -> Result<PosixReader> {
         let abs = self.abs(&entry.path);
         let file = File::open(&abs).map_err(|e| Error::io(format!("open {}", abs.display()), e))?;
-        Ok(PosixReader { file, expect: entry.clone(), abs })
+        Ok(PosixReader { file, expect: entry.clone(), abs, pos: 0, eof: false })
     }
 
     /// Check that every directory above `rel` is a real directory inside the
@@ -324,16 +324,28 @@ pub struct PosixReader {
     file: File,
     expect: Entry,
     abs: PathBuf,
+    /// Bytes read so far.
+    pos: u64,
+    /// The end of the file was seen.
+    eof: bool,
 }
 
 impl PosixReader {
-    /// Up to `max` bytes, or `None` at the end of the file.
+    /// Up to `max` bytes, or `None` at the end of the file. Buffers are sized
+    /// by what is left of the expected size (plus one byte, to notice growth),
+    /// so that small files cost small allocations.
     pub fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>> {
-        let mut buf = BytesMut::zeroed(max);
+        let left = self.expect.size.saturating_sub(self.pos);
+        let want = (left.saturating_add(1)).min(max as u64).max(1) as usize;
+        let mut buf = BytesMut::zeroed(want);
+        let max = want;
         let mut filled = 0;
         while filled < max {
             match self.file.read(&mut buf[filled..]) {
-                Ok(0) => break,
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::io(format!("read {}", self.abs.display()), e)),
@@ -342,8 +354,14 @@ impl PosixReader {
         if filled == 0 {
             return Ok(None);
         }
+        self.pos += filled as u64;
         buf.truncate(filled);
         Ok(Some(buf.freeze()))
+    }
+
+    /// Whether the end of the file was reached.
+    pub fn at_eof(&self) -> bool {
+        self.eof
     }
 
     /// Fail when size, mtime, ctime or inode differ from what the listing saw.
