@@ -57,11 +57,12 @@ TOML
     G="garage -c $WORK/server/garage.toml"
     $G server > "$WORK/server/log" 2>&1 & SERVER_PID=$!
     sleep 3
-    node=$($G status 2>/dev/null | awk '/NO ROLE ASSIGNED/{print $1; exit}')
+    for _ in $(seq 30); do $G status >/dev/null 2>&1 && break; sleep 1; done
+    node=$($G node id -q 2>/dev/null | cut -d@ -f1)
     $G layout assign -z dc1 -c 10G "$node" >/dev/null
     $G layout apply --version 1 >/dev/null
     $G bucket create bench >/dev/null
-    keyout=$($G key import --yes "GK$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')" "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" -n bench 2>/dev/null || $G key create bench)
+    keyout=$($G key create bench)
     AK=$(echo "$keyout" | awk '/Key ID/{print $NF}')
     SK=$(echo "$keyout" | awk '/Secret key/{print $NF}')
     $G bucket allow --read --write --owner bench --key bench >/dev/null
@@ -79,7 +80,7 @@ export AWS_ENDPOINT_URL=http://127.0.0.1:$PORT AWS_REGION=$REGION AWS_ACCESS_KEY
 export FERRY_STATE_DIR=$WORK/state
 export RCLONE_CONFIG_BENCH_TYPE=s3 RCLONE_CONFIG_BENCH_PROVIDER=Other RCLONE_CONFIG_BENCH_ENDPOINT=$AWS_ENDPOINT_URL \
     RCLONE_CONFIG_BENCH_ACCESS_KEY_ID=$AK RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY=$SK \
-    RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE=true RCLONE_CONFIG_BENCH_REGION=$REGION
+    RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE=true RCLONE_CONFIG_BENCH_REGION=$REGION RCLONE_CONFIG_BENCH_LIST_VERSION=2
 RCLONE_FLAGS=(--transfers 64 --checkers 64 --s3-upload-concurrency 8 --s3-chunk-size 16M)
 
 echo "making data in $WORK/data ..." >&2

@@ -58,6 +58,8 @@ struct Run {
     hard_links: Mutex<HashMap<(u64, u64), Vec<String>>>,
     /// Verification pass: report differences instead of copying.
     check_only: bool,
+    /// Directories already walked, by (device, inode), when following symlinks.
+    visited: Mutex<std::collections::HashSet<(u64, u64)>>,
 }
 
 /// One file or symlink to check and maybe transfer.
@@ -113,6 +115,7 @@ impl Sync {
             extraneous: Mutex::new(Vec::new()),
             hard_links: Mutex::new(HashMap::new()),
             check_only: false,
+            visited: Mutex::new(Default::default()),
         });
 
         run.clone().scan_and_transfer().await;
@@ -201,6 +204,13 @@ impl Run {
 
     /// Walk both trees level by level, several directories at a time.
     async fn scan_tree(self: &Arc<Self>, tx: mpsc::Sender<Item>) {
+        if self.opts.copy_links {
+            if let Ok(Some((root, _))) = self.src.stat("").await {
+                if let Some(l) = root.local {
+                    self.visited.lock().expect("lock").insert((l.dev, l.ino));
+                }
+            }
+        }
         let mut queue: VecDeque<(String, bool)> = VecDeque::from([(String::new(), true)]);
         let mut running = FuturesUnordered::new();
         loop {
@@ -361,6 +371,15 @@ impl Run {
     /// Make sure a source directory exists at the destination.
     async fn scan_subdir(&self, s: &Entry, d: Option<&Entry>) -> Option<(String, bool)> {
         let p = &self.progress;
+        if let (true, Some(l)) = (self.opts.copy_links, s.local) {
+            if !self.visited.lock().expect("lock").insert((l.dev, l.ino)) {
+                p.fail(
+                    &s.path,
+                    "directory already copied through another path (symlink loop?); not followed again",
+                );
+                return None;
+            }
+        }
         match d {
             Some(d) if d.kind == EntryKind::Dir => {
                 p.skipped.fetch_add(1, Relaxed);
@@ -737,6 +756,7 @@ impl Run {
             extraneous: Mutex::new(Vec::new()),
             hard_links: Mutex::new(HashMap::new()),
             check_only: true,
+            visited: Mutex::new(Default::default()),
         });
         check.clone().scan_and_transfer().await;
         let failures = std::mem::take(&mut *check.progress.failures.lock().expect("lock"));

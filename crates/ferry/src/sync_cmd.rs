@@ -78,6 +78,9 @@ fn options(args: &SyncArgs) -> anyhow::Result<SyncOptions> {
             )
         }
     };
+    if args.delete && args.files_from.is_some() {
+        bail!("--delete needs a full listing of the source and cannot be combined with --files-from");
+    }
     if let (Some(min), Some(max)) = (args.min_size, args.max_size) {
         if min > max {
             bail!("--min-size {min} is larger than --max-size {max}");

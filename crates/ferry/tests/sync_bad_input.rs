@@ -63,3 +63,38 @@ async fn an_unusable_source_item_fails_alone() {
     assert_eq!(std::fs::read(dst.join("good")).unwrap(), b"ok");
     assert!(!dst.join("pipe").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_links_follows_links_but_not_loops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (tmp.path().join("src"), tmp.path().join("dst"), tmp.path().join("state"));
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("data"), "followed").unwrap();
+    std::fs::write(src.join("a/file"), "x").unwrap();
+    std::os::unix::fs::symlink(&outside, src.join("ext")).unwrap();
+    std::os::unix::fs::symlink("..", src.join("a/up")).unwrap(); // a loop back to src
+    let r = ferry(&state, &[], &["sync", src.to_str().unwrap(), dst.to_str().unwrap(), "-L", "--json"]);
+    assert_eq!(r.code, 1, "the loop is reported: {}", r.stdout);
+    assert!(r.stdout.contains("symlink loop"), "{}", r.stdout);
+    assert_eq!(std::fs::read(dst.join("ext/data")).unwrap(), b"followed");
+    assert!(std::fs::symlink_metadata(dst.join("ext")).unwrap().is_dir(), "followed, not copied as a link");
+    // --delete with --files-from is refused up front.
+    let list = tmp.path().join("list");
+    std::fs::write(&list, "a/file\n").unwrap();
+    let r = ferry(
+        &state,
+        &[],
+        &[
+            "sync",
+            src.to_str().unwrap(),
+            dst.to_str().unwrap(),
+            "--delete",
+            "--files-from",
+            list.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--files-from"), "{}", r.stderr);
+}
