@@ -30,9 +30,13 @@ fi
 cargo build --release -q -p ferry -p ferry-testkit
 FERRY=$CARGO_TARGET_DIR/release/ferry
 
-rm -rf "$WORK"; mkdir -p "$WORK"/{data,out,server,state}
+# Data on tmpfs; the server's storage on disk (BENCH_SERVER_DIR) so that
+# gigabytes of objects do not compete with the data for memory.
+SERVER_DIR=${BENCH_SERVER_DIR:-/var/tmp/ferry-bench-server}
+rm -rf "$WORK" "$SERVER_DIR"; mkdir -p "$WORK"/{data,out,state} "$SERVER_DIR"
+ln -s "$SERVER_DIR" "$WORK/server"
 SERVER_PID=
-cleanup() { [[ -n "$SERVER_PID" ]] && kill "$SERVER_PID" 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() { [[ -n "$SERVER_PID" ]] && kill "$SERVER_PID" 2>/dev/null || true; rm -rf "$WORK" "$SERVER_DIR"; }
 trap cleanup EXIT
 
 if command -v garage >/dev/null; then

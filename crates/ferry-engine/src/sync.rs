@@ -537,7 +537,9 @@ impl Run {
         d: Option<&mut Entry>,
     ) -> Result<Option<&'static str>, StorageError> {
         let Some(d) = d else {
-            if !self.opts.dry_run {
+            // Small objects get their attributes with the GET that copies them.
+            let prefetch = !self.src.is_posix() && s.size <= SMALL_FILE;
+            if !self.opts.dry_run && !prefetch {
                 self.load_src_meta(s).await?;
             }
             return Ok(Some("missing"));

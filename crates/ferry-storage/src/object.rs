@@ -215,6 +215,8 @@ impl ObjectRoot {
         let ctx = format!("read {}/{}", self.display, entry.path);
         let opts = ReaderOptions {
             if_match: entry.etag.clone(),
+            // The size is known from the listing: no HEAD to learn it.
+            content_length_hint: Some(entry.size),
             concurrent: if entry.size > self.parts.chunk as u64 { self.parts.concurrent } else { 1 },
             chunk: Some(self.parts.chunk),
             ..Default::default()
@@ -234,7 +236,11 @@ impl ObjectRoot {
     /// reports no metadata on reads.
     pub async fn read_whole(&self, entry: &Entry) -> Result<(Bytes, Entry, Vec<String>)> {
         let ctx = || format!("read {}/{}", self.display, entry.path);
-        let opts = ReaderOptions { if_match: entry.etag.clone(), ..Default::default() };
+        let opts = ReaderOptions {
+            if_match: entry.etag.clone(),
+            content_length_hint: Some(entry.size),
+            ..Default::default()
+        };
         let reader =
             self.op.reader_options(&self.key(&entry.path), opts).await.map_err(|e| Error::store(ctx(), e))?;
         let body = reader.read(0..entry.size).await.map_err(|e| Error::store(ctx(), e))?.to_bytes();

@@ -235,3 +235,23 @@ async fn unchanged_items_cost_no_request_and_outside_changes_are_seen() {
     let r = ferry(&state, &env, &["sync", s, "s3://bkt-state/p", "--force", "--json"]).json();
     assert_eq!(r["transferred"], 20, "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_costs_one_get_per_small_object() {
+    let s3 = S3Server::start(&["bkt-count"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, back, state) = (tmp.path().join("src"), tmp.path().join("back"), tmp.path().join("state"));
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..30 {
+        std::fs::write(src.join(format!("f{i}")), format!("body {i}")).unwrap();
+    }
+    let env = s3.env();
+    assert_eq!(ferry(&state, &env, &["sync", src.to_str().unwrap(), "s3://bkt-count/p"]).code, 0);
+    let before = s3.counts();
+    let r = ferry(&state, &env, &["sync", "s3://bkt-count/p", back.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let after = s3.counts();
+    assert_eq!(after.get - before.get, 30, "one GET per object");
+    assert_eq!(after.head - before.head, 0, "no HEAD: attributes come with the GET");
+    assert_same(&snapshot(&src, false), &snapshot(&back, false));
+}
