@@ -113,6 +113,7 @@ RESULTS=$WORK/results.tsv
 # measure NAME TOOL FILES BYTES -- command...
 measure() {
     local name=$1 tool=$2 files=$3 bytes=$4 t; shift 5
+    [[ "$name" =~ ${BENCH_CASES:-.} ]] || return 0
     sync; echo "  $name / $tool" >&2
     if /usr/bin/time -f "%e %M" "$@" > "$WORK/cmd.out" 2> "$WORK/cmd.err"; then
         t=$(tail -n1 "$WORK/cmd.err")
@@ -139,8 +140,10 @@ measure "large down" ferry "$LARGE_N" "$LB" -- "$FERRY" sync s3://bench/ferry/la
 rm -rf "$O"/*
 measure "large down" rclone "$LARGE_N" "$LB" -- "${R[@]}" copy bench:bench/rclone/large/ "$O/rclone-large" "${RCLONE_FLAGS[@]}" -M
 rm -rf "$O"/*
-echo "  uploading $LIST_N objects for the listing case" >&2
-"$FERRY" sync "$D/list" s3://bench/list --quiet --threads 64 --no-checkpoint
+if [[ "list" =~ ${BENCH_CASES:-.} ]]; then
+    echo "  uploading $LIST_N objects for the listing case" >&2
+    "$FERRY" sync "$D/list" s3://bench/list --quiet --threads 64 --no-checkpoint
+fi
 measure "list ($LIST_N objects)" ferry "$LIST_N" 0 -- "$FERRY" ls -R s3://bench/list --summary
 measure "list ($LIST_N objects)" rclone "$LIST_N" 0 -- "${R[@]}" lsf -R bench:bench/list/ --checkers 64
 

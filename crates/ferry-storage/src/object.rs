@@ -17,6 +17,9 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::{Listing, ReadStream};
 
+/// Largest ranged read of one object.
+const READ_CHUNK: usize = 8 << 20;
+
 /// How large parts are, and how many move at once, for one large object.
 #[derive(Debug, Clone, Copy)]
 pub struct PartPolicy {
@@ -26,7 +29,7 @@ pub struct PartPolicy {
 
 impl Default for PartPolicy {
     fn default() -> Self {
-        Self { chunk: 16 << 20, concurrent: 8 }
+        Self { chunk: 8 << 20, concurrent: 8 }
     }
 }
 
@@ -217,8 +220,10 @@ impl ObjectRoot {
             if_match: entry.etag.clone(),
             // The size is known from the listing: no HEAD to learn it.
             content_length_hint: Some(entry.size),
-            concurrent: if entry.size > self.parts.chunk as u64 { self.parts.concurrent } else { 1 },
-            chunk: Some(self.parts.chunk),
+            // Reads need less in flight than writes to keep a store busy: at
+            // most 4 ranges of at most 8 MiB per object bounds memory.
+            concurrent: if entry.size > READ_CHUNK as u64 { self.parts.concurrent.min(4) } else { 1 },
+            chunk: Some(self.parts.chunk.min(READ_CHUNK)),
             ..Default::default()
         };
         let reader = self

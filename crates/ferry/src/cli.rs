@@ -136,7 +136,7 @@ pub struct SyncArgs {
     pub copy_links: bool,
 
     /// Part size for large objects (multipart upload, ranged reads).
-    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = crate::size::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = crate::size::parse_size)]
     pub part_size: u64,
     /// Parts of one large object in flight at once.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
