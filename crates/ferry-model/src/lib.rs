@@ -1,8 +1,10 @@
-//! Types shared by every ferry crate: entries, POSIX metadata and the rules a
-//! relative path must follow before ferry reads or writes anything with it.
+//! Types shared by every ferry crate: entries, POSIX metadata, the rules a
+//! relative path must follow before ferry reads or writes anything with it,
+//! and the wire types of the SFS Turbo-compatible API ([`hpc`]).
 //!
 //! Nothing here does IO.
 
+pub mod hpc;
 mod path;
 
 pub use path::{validate_rel_path, NameError, MAX_COMPONENT_BYTES, MAX_PATH_BYTES};
