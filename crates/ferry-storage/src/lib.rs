@@ -71,7 +71,7 @@ impl Location {
                 Ok(Location::Posix(root))
             }
             LocationSpec::Object(spec) => {
-                let root = build_object_root(&spec, env, opts.parts, opts.retries)?;
+                let root = build_object_root(&spec, env, opts.parts, opts.retries, opts.create)?;
                 root.check_reachable().await?;
                 Ok(Location::Object(root))
             }

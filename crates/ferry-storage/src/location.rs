@@ -196,11 +196,13 @@ fn need(env: &dyn Env, keys: &[&str], what: &str, display: &str) -> Result<Strin
 }
 
 /// Build an operator for an object location, with retry and timeout layers.
+/// `create` makes a missing `file://` directory (a destination).
 pub fn build_object_root(
     spec: &ObjectSpec,
     env: &dyn Env,
     parts: PartPolicy,
     retries: usize,
+    create: bool,
 ) -> Result<ObjectRoot> {
     let d = spec.display.as_str();
     let endpoint = |keys: &[&str]| spec.endpoint.clone().or_else(|| keys.iter().find_map(|k| env.var(k)));
@@ -295,6 +297,10 @@ pub fn build_object_root(
         }
         Scheme::File => {
             let root = PathBuf::from(&spec.bucket);
+            if create && !root.exists() {
+                std::fs::create_dir_all(&root)
+                    .map_err(|e| Error::io(format!("create directory {} of {d}", root.display()), e))?;
+            }
             if !root.is_dir() {
                 return Err(Error::NotFound {
                     what: format!("directory {} of {d} (create it first)", root.display()),
@@ -382,12 +388,12 @@ mod tests {
     fn missing_credentials_name_the_variable() {
         let spec = obj("s3://bkt/p?endpoint=http://127.0.0.1:1");
         let env = MapEnv(HashMap::new());
-        let e = build_object_root(&spec, &env, PartPolicy::default(), 1).unwrap_err().to_string();
+        let e = build_object_root(&spec, &env, PartPolicy::default(), 1, false).unwrap_err().to_string();
         assert!(e.contains("AWS_ACCESS_KEY_ID"), "{e}");
         let env = MapEnv(HashMap::from([("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]));
-        build_object_root(&spec, &env, PartPolicy::default(), 1).unwrap();
+        build_object_root(&spec, &env, PartPolicy::default(), 1, false).unwrap();
         for url in ["obs://b/p", "oss://b/p", "cos://b/p"] {
-            let e = build_object_root(&obj(url), &env, PartPolicy::default(), 1).unwrap_err().to_string();
+            let e = build_object_root(&obj(url), &env, PartPolicy::default(), 1, false).unwrap_err().to_string();
             assert!(e.contains("endpoint"), "{url}: {e}");
         }
     }
