@@ -629,6 +629,7 @@ impl Run {
                 return Err(StorageError::SizeMismatch { expected: s.size, got: n });
             }
             crc = crc32c::crc32c(&data);
+            check_stored_crc(s, crc)?;
             self.throttle(data.len()).await;
             let mut sink = self.dst.create_file(&s.path, &meta, Some(crc), s.size).await?;
             if let Err(e) = sink.write(data).await {
@@ -654,6 +655,7 @@ impl Run {
                 if n != s.size {
                     return Err(StorageError::SizeMismatch { expected: s.size, got: n });
                 }
+                check_stored_crc(s, crc)?;
                 Ok(())
             }
             .await;
@@ -766,6 +768,18 @@ impl Run {
             self.progress.failures.lock().expect("lock").push(f.clone());
         }
         check.progress.failed.load(Relaxed)
+    }
+}
+
+/// A source that carries a checksum (written by ferry) must match what was read.
+fn check_stored_crc(s: &Entry, got: u32) -> Result<(), StorageError> {
+    match s.crc32c {
+        Some(want) if want != got => Err(StorageError::ChecksumMismatch {
+            path: s.path.clone(),
+            expected: format!("{want:08x}"),
+            got: format!("{got:08x}"),
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -393,7 +393,8 @@ mod tests {
         let env = MapEnv(HashMap::from([("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]));
         build_object_root(&spec, &env, PartPolicy::default(), 1, false).unwrap();
         for url in ["obs://b/p", "oss://b/p", "cos://b/p"] {
-            let e = build_object_root(&obj(url), &env, PartPolicy::default(), 1, false).unwrap_err().to_string();
+            let e =
+                build_object_root(&obj(url), &env, PartPolicy::default(), 1, false).unwrap_err().to_string();
             assert!(e.contains("endpoint"), "{url}: {e}");
         }
     }

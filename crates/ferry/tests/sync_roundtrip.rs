@@ -255,3 +255,48 @@ async fn a_download_costs_one_get_per_small_object() {
     assert_eq!(after.head - before.head, 0, "no HEAD: attributes come with the GET");
     assert_same(&snapshot(&src, false), &snapshot(&back, false));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_that_does_not_match_its_stored_checksum_is_never_stored() {
+    let s3 = S3Server::start(&["bkt-crc"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (back, state) = (tmp.path().join("back"), tmp.path().join("state"));
+    let op = opendal::Operator::new(
+        opendal::services::S3::default()
+            .bucket("bkt-crc")
+            .endpoint(&s3.endpoint())
+            .region(s3.region())
+            .access_key_id(s3.access_key())
+            .secret_access_key(s3.secret_key())
+            .disable_config_load(),
+    )
+    .unwrap();
+    // An object whose stored checksum is that of other content (a corrupted body).
+    let meta = std::collections::HashMap::from([
+        ("file-checksum".to_string(), format!("crc32c:{:08x}", crc32c_of(b"the original"))),
+        ("file-permissions".to_string(), "0100644".to_string()),
+    ]);
+    let opts = opendal::options::WriteOptions { user_metadata: Some(meta), ..Default::default() };
+    op.write_options("p/bad", b"the corrupt!".to_vec(), opts).await.unwrap();
+    op.write("p/good", b"fine".to_vec()).await.unwrap();
+    let r = ferry(&state, &s3.env(), &["sync", "s3://bkt-crc/p", back.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let j = r.json();
+    assert_eq!(j["failures"][0]["path"], "bad", "{j}");
+    assert!(j["failures"][0]["reason"].as_str().unwrap().contains("checksum mismatch"), "{j}");
+    assert!(!back.join("bad").exists(), "never stored");
+    assert_eq!(std::fs::read(back.join("good")).unwrap(), b"fine");
+    assert!(all_names(&back).iter().all(|p| !p.to_string_lossy().contains(".ferry-tmp.")));
+}
+
+/// CRC32C (Castagnoli), bitwise, to check ferry's stored checksums independently.
+fn crc32c_of(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
