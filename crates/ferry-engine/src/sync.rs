@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ferry_model::{validate_rel_path, Entry, EntryKind, PosixMeta};
-use ferry_storage::{Error as StorageError, Location};
+use ferry_storage::{Error as StorageError, Location, ObjectRoot, Sink};
 use ferry_store::DoneItem;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -24,6 +24,8 @@ use crate::Result;
 /// Files up to this size are read whole before the destination is opened,
 /// so that their checksum can be stored with them.
 const SMALL_FILE: u64 = 8 << 20;
+/// Ranged GETs in flight for one large object downloaded to a local file.
+const DOWNLOAD_STREAMS: u64 = 4;
 /// Items queued between the scan and the transfer pool.
 const QUEUE: usize = 4096;
 
@@ -637,6 +639,20 @@ impl Run {
                 return Err(e);
             }
             version = sink.commit(&meta).await?;
+        } else if let (Location::Object(o), true) = (&self.src, self.dst.is_posix()) {
+            let sink = self.dst.create_file(&s.path, &meta, None, s.size).await?;
+            let res = match self.ranged_download(o, s, &sink).await {
+                Ok(c) => check_stored_crc(s, c).map(|()| c),
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(c) => (crc, n) = (c, s.size),
+                Err(e) => {
+                    sink.abort().await;
+                    return Err(e);
+                }
+            }
+            version = sink.commit(&meta).await?;
         } else {
             let mut stream = self.src.open_read(s, self.opts.chunk).await?;
             let mut sink = self.dst.create_file(&s.path, &meta, None, s.size).await?;
@@ -676,6 +692,50 @@ impl Run {
             }
         }
         Ok((n, version))
+    }
+
+    /// Download a large object into a local file as `DOWNLOAD_STREAMS` ranged
+    /// GETs written at their offsets as they stream: throughput of parallel
+    /// reads without holding whole chunks in memory. Returns the CRC32C of the
+    /// whole content (per-range CRCs combined).
+    async fn ranged_download(&self, o: &ObjectRoot, s: &Entry, sink: &Sink) -> Result<u32, StorageError> {
+        let file = Arc::new(sink.positional().expect("a local destination")?);
+        let part = s.size.div_ceil(DOWNLOAD_STREAMS);
+        let ranges =
+            (0..DOWNLOAD_STREAMS).map(|i| i * part..((i + 1) * part).min(s.size)).filter(|r| !r.is_empty());
+        let parts = futures::future::try_join_all(ranges.map(|r| {
+            let file = file.clone();
+            async move {
+                let mut stream = o.open_range(s, r.clone()).await?;
+                let (mut off, mut crc) = (r.start, 0u32);
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk?;
+                    let len = chunk.len() as u64;
+                    if off + len > r.end {
+                        return Err(StorageError::SizeMismatch {
+                            expected: r.end - r.start,
+                            got: off + len - r.start,
+                        });
+                    }
+                    crc = crc32c::crc32c_append(crc, &chunk);
+                    self.throttle(chunk.len()).await;
+                    self.progress.bytes_moving.fetch_add(len, Relaxed);
+                    tokio::task::block_in_place(|| file.write_at(&chunk, off))?;
+                    off += len;
+                }
+                if off != r.end {
+                    return Err(StorageError::SizeMismatch { expected: r.end - r.start, got: off - r.start });
+                }
+                Ok((crc, r.end - r.start))
+            }
+        }))
+        .await?;
+        let mut iter = parts.into_iter();
+        let (mut crc, _) = iter.next().unwrap_or((0, 0));
+        for (c, len) in iter {
+            crc = crc32c::crc32c_combine(crc, c, len as usize);
+        }
+        Ok(crc)
     }
 
     async fn throttle(&self, n: usize) {

@@ -17,7 +17,7 @@ use futures::Stream;
 pub use error::{Error, Result};
 pub use location::{build_object_root, Env, LocationSpec, ObjectSpec, ProcessEnv, Scheme};
 pub use object::{ObjectRoot, PartPolicy};
-pub use posix::{PosixReader, PosixRoot, PosixWriter, TEMP_PREFIX};
+pub use posix::{PositionalFile, PosixReader, PosixRoot, PosixWriter, TEMP_PREFIX};
 
 /// Where a `file://` bucket stages objects before renaming them into place;
 /// hidden from listings.
@@ -238,6 +238,14 @@ impl Location {
 }
 
 impl Sink {
+    /// For local files: a handle for positional writes (ranged downloads).
+    pub fn positional(&self) -> Option<Result<PositionalFile>> {
+        match self {
+            Sink::Posix(w) => Some(w.positional()),
+            Sink::Object(..) => None,
+        }
+    }
+
     pub async fn write(&mut self, data: Bytes) -> Result<()> {
         match self {
             Sink::Posix(w) => tokio::task::block_in_place(|| w.write(&data)),

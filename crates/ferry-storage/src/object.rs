@@ -29,7 +29,7 @@ pub struct PartPolicy {
 
 impl Default for PartPolicy {
     fn default() -> Self {
-        Self { chunk: 8 << 20, concurrent: 8 }
+        Self { chunk: 8 << 20, concurrent: 6 }
     }
 }
 
@@ -233,6 +233,24 @@ impl ObjectRoot {
             .map_err(|e| Error::store(ctx.clone(), e))?;
         let stream =
             reader.into_bytes_stream(0..entry.size).await.map_err(|e| Error::store(ctx.clone(), e))?;
+        Ok(stream.map_err(move |e| Error::Io { context: ctx.clone(), source: e }).boxed())
+    }
+
+    /// Stream one byte range of an object (one GET), failing if the object
+    /// changed since it was listed (ETag).
+    pub async fn open_range(&self, entry: &Entry, range: std::ops::Range<u64>) -> Result<ReadStream> {
+        let ctx = format!("read {}/{}", self.display, entry.path);
+        let opts = ReaderOptions {
+            if_match: entry.etag.clone(),
+            content_length_hint: Some(entry.size),
+            ..Default::default()
+        };
+        let reader = self
+            .op
+            .reader_options(&self.key(&entry.path), opts)
+            .await
+            .map_err(|e| Error::store(ctx.clone(), e))?;
+        let stream = reader.into_bytes_stream(range).await.map_err(|e| Error::store(ctx.clone(), e))?;
         Ok(stream.map_err(move |e| Error::Io { context: ctx.clone(), source: e }).boxed())
     }
 

@@ -377,6 +377,19 @@ impl PosixReader {
     }
 }
 
+/// Writes at given offsets into a file being written under a temporary name.
+pub struct PositionalFile {
+    file: File,
+    name: String,
+}
+
+impl PositionalFile {
+    pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(data, offset).map_err(|e| Error::io(format!("write {}", self.name), e))
+    }
+}
+
 /// A file being written under a temporary name.
 pub struct PosixWriter {
     file: Option<File>,
@@ -387,6 +400,14 @@ pub struct PosixWriter {
 }
 
 impl PosixWriter {
+    /// A handle to the temporary file for positional writes from several
+    /// tasks at once (ranged downloads); the writer still owns commit.
+    pub fn positional(&self) -> Result<PositionalFile> {
+        let f = self.file.as_ref().expect("positional after commit");
+        let file = f.try_clone().map_err(|e| Error::io(format!("reopen {}", self.tmp.display()), e))?;
+        Ok(PositionalFile { file, name: self.tmp.display().to_string() })
+    }
+
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         let f = self.file.as_mut().expect("write after commit");
         f.write_all(data).map_err(|e| Error::io(format!("write {}", self.tmp.display()), e))

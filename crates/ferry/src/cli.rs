@@ -139,7 +139,7 @@ pub struct SyncArgs {
     #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = crate::size::parse_size)]
     pub part_size: u64,
     /// Parts of one large object in flight at once.
-    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub part_concurrency: u16,
     /// Retries of a request that failed with a temporary error (503, 429, resets).
     #[arg(long, value_name = "N", default_value_t = 5)]
