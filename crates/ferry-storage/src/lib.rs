@@ -41,6 +41,8 @@ pub struct OpenOptions {
     pub follow_links: bool,
     /// Create a missing local directory (destinations).
     pub create: bool,
+    /// Accept a missing local directory as empty (a dry run's destination).
+    pub may_be_missing: bool,
     pub parts: PartPolicy,
     /// Attempts for temporary object-store errors.
     pub retries: usize,
@@ -64,10 +66,11 @@ impl Location {
     pub async fn open(input: &str, env: &dyn Env, opts: OpenOptions) -> Result<Self> {
         match LocationSpec::parse(input)? {
             LocationSpec::Posix(path) => {
-                let (follow, create) = (opts.follow_links, opts.create);
-                let root = tokio::task::spawn_blocking(move || PosixRoot::open(path, create, follow))
-                    .await
-                    .expect("open task panicked")?;
+                let (follow, create, missing) = (opts.follow_links, opts.create, opts.may_be_missing);
+                let root =
+                    tokio::task::spawn_blocking(move || PosixRoot::open_with(path, create, missing, follow))
+                        .await
+                        .expect("open task panicked")?;
                 Ok(Location::Posix(root))
             }
             LocationSpec::Object(spec) => {

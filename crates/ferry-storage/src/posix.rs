@@ -34,6 +34,17 @@ pub struct PosixRoot {
 impl PosixRoot {
     /// Open an existing directory, or create it (and its parents) when `create` is set.
     pub fn open(root: impl Into<PathBuf>, create: bool, follow_links: bool) -> Result<Self> {
+        Self::open_with(root, create, false, follow_links)
+    }
+
+    /// Like [`PosixRoot::open`]; with `may_be_missing` a missing directory is
+    /// accepted and lists as empty (a dry run's destination).
+    pub fn open_with(
+        root: impl Into<PathBuf>,
+        create: bool,
+        may_be_missing: bool,
+        follow_links: bool,
+    ) -> Result<Self> {
         let root: PathBuf = root.into();
         match fs::metadata(&root) {
             Ok(m) if m.is_dir() => {}
@@ -41,6 +52,11 @@ impl PosixRoot {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 fs::create_dir_all(&root)
                     .map_err(|e| Error::io(format!("create directory {}", root.display()), e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_be_missing => {
+                let root = std::path::absolute(&root)
+                    .map_err(|e| Error::io(format!("resolve {}", root.display()), e))?;
+                return Ok(Self { root, follow_links, chown: is_root() });
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NotFound {

@@ -19,11 +19,17 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
         chunk: args.part_size.max(5 << 20) as usize,
         concurrent: args.part_concurrency as usize,
     };
-    let open = |create| OpenOptions { follow_links: args.copy_links, create, parts, retries: args.retries };
+    let open = |is_dst: bool| OpenOptions {
+        follow_links: args.copy_links,
+        create: is_dst && !args.dry_run,
+        may_be_missing: is_dst && args.dry_run,
+        parts,
+        retries: args.retries,
+    };
     let src = Location::open(&args.src, &ProcessEnv, open(false))
         .await
         .with_context(|| format!("source {}", args.src))?;
-    let dst = Location::open(&args.dst, &ProcessEnv, open(!args.dry_run))
+    let dst = Location::open(&args.dst, &ProcessEnv, open(true))
         .await
         .with_context(|| format!("destination {}", args.dst))?;
 

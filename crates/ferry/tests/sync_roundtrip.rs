@@ -90,6 +90,11 @@ async fn change_detection_filters_delete_and_dry_run() {
     }
     let s = src.to_str().unwrap();
     let d = dst.to_str().unwrap();
+    // A dry run into a destination that does not exist yet plans everything, creates nothing.
+    let r = common::ferry(&state, &[], &["sync", s, d, "--dry-run", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["transferred"], 5, "{}", r.stdout);
+    assert!(!dst.exists());
     let ferry = |state: &std::path::Path, env: &[(String, String)], args: &[&str]| {
         let mut all = args.to_vec();
         all.extend(["--exclude", "*.tmp", "--exclude", "logs/**"]);
