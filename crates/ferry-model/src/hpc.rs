@@ -315,6 +315,26 @@ pub struct CreateHpcTaskRequest {
     pub attributes: Option<TargetAttributes>,
 }
 
+/// Task fields only the server sets: a create body naming one is refused
+/// (its sender expects it to take effect, and it would not).
+pub const TASK_READ_ONLY_FIELDS: &[&str] =
+    &["task_id", "status", "start_time", "end_time", "message", "progress"];
+/// Target fields only the server sets.
+pub const TARGET_READ_ONLY_FIELDS: &[&str] = &["target_id", "lifecycle", "creation_time", "failure_details"];
+/// Share fields only the server sets.
+pub const SHARE_READ_ONLY_FIELDS: &[&str] =
+    &["id", "status", "sub_status", "created_at", "export_location", "avail_capacity", "action_progress"];
+
+/// Refuse the `read_only` fields in `object` (named `path` in errors, empty
+/// for the body itself). Unknown fields stay ignored, as API.md says.
+pub fn refuse_read_only(
+    object: &Map<String, Value>,
+    path: &str,
+    read_only: &[&str],
+) -> Result<(), ValidationError> {
+    JsonFields { map: object, path: path.to_owned() }.refuse_read_only(read_only)
+}
+
 /// Longest target directory name, in characters.
 pub const MAX_TARGET_NAME_CHARS: usize = 63;
 /// Longest task prefix, in characters.
@@ -330,6 +350,7 @@ impl CreateHpcTaskRequest {
     /// Validate a create-task body.
     pub fn from_json(body: &Value) -> Result<Self, ValidationError> {
         let fields = JsonFields::body(body)?;
+        fields.refuse_read_only(TASK_READ_ONLY_FIELDS)?;
         let task_type = HpcTaskType::parse(&fields.name("type"), fields.required_str("type")?)?;
 
         let src_target = fields.required_str("src_target")?;
@@ -365,6 +386,7 @@ impl CreateTargetRequest {
     /// Validate a create-target body.
     pub fn from_json(body: &Value) -> Result<Self, ValidationError> {
         let fields = JsonFields::body(body)?;
+        fields.refuse_read_only(TARGET_READ_ONLY_FIELDS)?;
         let file_system_path = fields.required_str("file_system_path")?;
         check_target_name(&fields.name("file_system_path"), file_system_path)?;
         let obs = fields.required_object("obs")?;
@@ -654,6 +676,13 @@ impl<'a> JsonFields<'a> {
     fn required_object(&self, key: &str) -> Result<JsonFields<'a>, ValidationError> {
         self.require(key)?;
         Ok(self.optional_object(key)?.expect("present"))
+    }
+
+    fn refuse_read_only(&self, read_only: &[&str]) -> Result<(), ValidationError> {
+        match read_only.iter().find(|key| self.map.contains_key(**key)) {
+            Some(key) => Err(ValidationError::new(self.name(key), "is read-only (set by the server)")),
+            None => Ok(()),
+        }
     }
 
     fn require(&self, key: &str) -> Result<(), ValidationError> {
@@ -948,6 +977,26 @@ mod tests {
         body["src_target"] = json!("..");
         body["dest_target"] = json!("..");
         assert_eq!(task_error(body).field, "src_target");
+    }
+
+    #[test]
+    fn read_only_fields_are_refused_unknown_ones_ignored() {
+        for key in TASK_READ_ONLY_FIELDS {
+            let mut body = task_body(json!("a/"));
+            body[*key] = json!("SUCCESS");
+            assert_eq!(task_error(body), ValidationError::new(*key, "is read-only (set by the server)"));
+        }
+        for key in TARGET_READ_ONLY_FIELDS {
+            let mut body = target_body(json!({}));
+            body[*key] = json!("AVAILABLE");
+            assert_eq!(target_error(body).field, *key);
+        }
+        let mut body = task_body(json!("a/"));
+        body["comment"] = json!({ "status": "SUCCESS" });
+        assert!(CreateHpcTaskRequest::from_json(&body).is_ok(), "unknown fields are ignored");
+        let share = json!({ "name": "n", "status": "200" });
+        let err = refuse_read_only(share.as_object().unwrap(), "share", SHARE_READ_ONLY_FIELDS).unwrap_err();
+        assert_eq!(err.field, "share.status");
     }
 
     #[test]

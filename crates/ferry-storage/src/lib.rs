@@ -3,6 +3,7 @@
 //! codec that keeps POSIX attributes in object metadata.
 
 pub mod codec;
+mod endpoints;
 mod error;
 mod location;
 mod object;
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use ferry_model::{Entry, EntryKind, PosixMeta};
 use futures::Stream;
 
+pub use endpoints::{check_bucket_name, ObjectStoreConfig, ObjectStores, Provider};
 pub use error::{Error, Result};
 pub use location::{build_object_root, Env, LocationSpec, ObjectSpec, ProcessEnv, Scheme};
 pub use object::{ObjectRoot, PartPolicy};

@@ -176,7 +176,7 @@ fn parse_bool(key: &str, v: &str) -> Result<bool> {
 
 /// Where settings not given in the URL come from (the process environment in
 /// the CLI; a map in tests).
-pub trait Env {
+pub trait Env: Send + Sync {
     fn var(&self, key: &str) -> Option<String>;
 }
 

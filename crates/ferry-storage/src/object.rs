@@ -173,11 +173,32 @@ impl ObjectRoot {
         mut f: impl FnMut(Entry),
         mut bad: impl FnMut(String, String),
     ) -> Result<()> {
+        self.list_recursive_batched(1000, |entries, rejected| {
+            entries.into_iter().for_each(&mut f);
+            rejected.into_iter().for_each(|(k, why)| bad(k, why));
+            std::future::ready(Ok(()))
+        })
+        .await
+    }
+
+    /// Like [`Self::list_recursive`], handing entries over `batch` at a time
+    /// (with the keys rejected meanwhile) and waiting for each hand-over to
+    /// finish: memory stays bounded however slow the consumer is.
+    pub async fn list_recursive_batched<E, Fut>(
+        &self,
+        batch: usize,
+        mut f: impl FnMut(Vec<Entry>, Vec<(String, String)>) -> Fut,
+    ) -> std::result::Result<(), E>
+    where
+        E: From<Error>,
+        Fut: std::future::Future<Output = std::result::Result<(), E>>,
+    {
         let root = self.dir_key("");
         let ctx = || format!("list {}", self.display);
         let opts = ListOptions { recursive: true, ..Default::default() };
         let mut lister = self.op.lister_options(&root, opts).await.map_err(|e| Error::store(ctx(), e))?;
         let strip = self.prefix.len();
+        let (mut entries, mut rejected) = (Vec::with_capacity(batch), Vec::new());
         while let Some(item) = lister.next().await {
             let (path, md) = item.map_err(|e| Error::store(ctx(), e))?.into_parts();
             let path = path.trim_start_matches('/');
@@ -193,9 +214,16 @@ impl ObjectRoot {
                 continue;
             }
             match validate_rel_path(rel_path) {
-                Ok(()) => f(entry_from_listing(rel_path, is_dir || md.is_dir(), &md)),
-                Err(e) => bad(rel_key.to_string(), format!("key cannot be a POSIX path: {e}")),
+                Ok(()) => entries.push(entry_from_listing(rel_path, is_dir || md.is_dir(), &md)),
+                Err(e) => rejected.push((rel_key.to_string(), format!("key cannot be a POSIX path: {e}"))),
             }
+            if entries.len() >= batch {
+                f(std::mem::replace(&mut entries, Vec::with_capacity(batch)), std::mem::take(&mut rejected))
+                    .await?;
+            }
+        }
+        if !entries.is_empty() || !rejected.is_empty() {
+            f(entries, rejected).await?;
         }
         Ok(())
     }

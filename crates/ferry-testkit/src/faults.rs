@@ -174,6 +174,8 @@ struct State {
     list_seen: u32,
     /// Every listing fails with this status.
     list_failure: Option<u16>,
+    /// Requests of a class (index as `error_rules`) wait this long before they are answered.
+    delays: [std::time::Duration; 6],
     rng: StdRng,
 }
 
@@ -197,6 +199,7 @@ impl Default for State {
             list_fail_after: None,
             list_seen: 0,
             list_failure: None,
+            delays: [std::time::Duration::ZERO; 6],
             rng: StdRng::seed_from_u64(DEFAULT_SEED),
         }
     }
@@ -248,6 +251,21 @@ impl Faults {
     /// Shorthand for `set_list_failure(fail.then_some(500))`.
     pub fn fail_list(&self, fail: bool) {
         self.set_list_failure(fail.then_some(500));
+    }
+
+    /// Answers every request of class `op` only after `delay` (a slow store,
+    /// so that tests can act while a transfer runs). Zero disables. A delay
+    /// for a specific class takes precedence over an [`OpClass::Any`] one.
+    pub fn set_delay(&self, op: OpClass, delay: std::time::Duration) {
+        self.state().delays[op_index(op)] = delay;
+    }
+
+    pub(crate) fn delay(&self, class: Class) -> std::time::Duration {
+        let st = self.state();
+        match class.rule_index().map(|i| st.delays[i]) {
+            Some(d) if !d.is_zero() => d,
+            _ => st.delays[ANY_INDEX],
+        }
     }
 
     /// Re-seeds the RNG used for rate-based faults.

@@ -188,6 +188,10 @@ async fn handle(
     let class = classify(req.method(), req.uri());
     shared.counters.record(class);
 
+    let delay = shared.faults.delay(class);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     if let Some(status) = shared.faults.injected_status(class) {
         // Drain the request body so the client gets a clean error response rather
         // than a reset while it is still uploading.
