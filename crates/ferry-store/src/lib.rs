@@ -18,6 +18,9 @@ use sqlx::sqlite::{
 use sqlx::Row;
 use thiserror::Error;
 
+pub mod hpc;
+pub use hpc::*;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, Error)]
@@ -34,6 +37,15 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
+    /// A unique name is already taken (share name in a project, target path in a share).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A per-parent limit is reached (16 targets per share).
+    #[error("limit reached: {0}")]
+    LimitReached(String),
+    /// The row to change, or the row a request refers to, does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
 }
 
 #[derive(Clone, Debug)]
@@ -72,15 +84,17 @@ pub struct DoneItem {
 pub type Known = (u64, i64, Option<String>);
 
 /// The migrations of one back-end, in order: (version, description, SQL).
-fn migrations(kind: &str) -> [(i64, &'static str, &'static str); 2] {
+fn migrations(kind: &str) -> [(i64, &'static str, &'static str); 3] {
     match kind {
         "sqlite" => [
             (1, "sync checkpoints", include_str!("../migrations/sqlite/0001_sync_checkpoints.sql")),
             (2, "sync state", include_str!("../migrations/sqlite/0002_sync_state.sql")),
+            (3, "hpc cache", include_str!("../migrations/sqlite/0003_hpc_cache.sql")),
         ],
         _ => [
             (1, "sync checkpoints", include_str!("../migrations/postgres/0001_sync_checkpoints.sql")),
             (2, "sync state", include_str!("../migrations/postgres/0002_sync_state.sql")),
+            (3, "hpc cache", include_str!("../migrations/postgres/0003_hpc_cache.sql")),
         ],
     }
 }
@@ -283,20 +297,23 @@ impl<'q> AnyQuery<'q> {
 fn sql(store: &Store, q: &str) -> String {
     match store.backend {
         Backend::Sqlite(_) => q.to_string(),
-        Backend::Postgres(_) => {
-            let mut out = String::with_capacity(q.len() + 8);
-            let mut n = 0;
-            for ch in q.chars() {
-                if ch == '?' {
-                    n += 1;
-                    out.push_str(&format!("${n}"));
-                } else {
-                    out.push(ch);
-                }
-            }
-            out
+        Backend::Postgres(_) => numbered_placeholders(q),
+    }
+}
+
+/// `?` placeholders numbered as `$1, $2, …`.
+fn numbered_placeholders(q: &str) -> String {
+    let mut out = String::with_capacity(q.len() + 8);
+    let mut n = 0;
+    for ch in q.chars() {
+        if ch == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(ch);
         }
     }
+    out
 }
 
 /// A database URL without its password, for messages.
