@@ -8,16 +8,18 @@
 mod checkpoint;
 mod error;
 mod filter;
+pub mod hpc;
 mod options;
 mod progress;
 mod ratelimit;
 mod sync;
 mod walk;
+pub mod worker;
 
 pub use checkpoint::CheckpointSpec;
 pub use error::{Error, Result};
 pub use filter::Filter;
-pub use options::{Compare, SyncOptions, Verify};
+pub use options::{Compare, ForcedAttributes, SyncOptions, Verify};
 pub use progress::{Failure, PlanLine, Progress, Report};
 pub use ratelimit::RateLimit;
 pub use sync::Sync;

@@ -53,6 +53,19 @@ pub struct SyncOptions {
     pub chunk: usize,
     /// Follow symlinks in the source instead of copying them as links.
     pub copy_links: bool,
+    /// Give every written entry these attributes instead of the source's
+    /// (a preload applies the target's defaults, not what objects carry).
+    pub attributes: Option<ForcedAttributes>,
+}
+
+/// Attributes that replace the source's on everything a run writes; the
+/// modification time still comes from the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForcedAttributes {
+    pub file_mode: u32,
+    pub dir_mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl Default for SyncOptions {
@@ -72,6 +85,7 @@ impl Default for SyncOptions {
             item_attempts: 3,
             chunk: 8 << 20,
             copy_links: false,
+            attributes: None,
         }
     }
 }
@@ -81,11 +95,12 @@ impl SyncOptions {
     /// only reused by a run with the same key.
     pub fn plan_key(&self) -> String {
         format!(
-            "compare={:?};update={};filter={};files_from={}",
+            "compare={:?};update={};filter={};files_from={};attributes={:?}",
             self.compare,
             self.update,
             self.filter.describe(),
-            self.files_from.as_ref().map(|f| f.len()).unwrap_or(0)
+            self.files_from.as_ref().map(|f| f.len()).unwrap_or(0),
+            self.attributes
         )
     }
 }

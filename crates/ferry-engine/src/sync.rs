@@ -84,6 +84,11 @@ impl Sync {
         Self { src, dst, opts, progress: Arc::new(Progress::default()), checkpoint: None }
     }
 
+    /// Like [`Sync::new`], counting into `progress` (a task's live counters).
+    pub fn with_progress(src: Location, dst: Location, opts: SyncOptions, progress: Arc<Progress>) -> Self {
+        Self { src, dst, opts, progress, checkpoint: None }
+    }
+
     /// Record finished items so that a rerun after a crash skips them.
     pub fn with_checkpoint(mut self, spec: CheckpointSpec) -> Self {
         self.checkpoint = Some(spec);
@@ -179,6 +184,20 @@ impl Sync {
 }
 
 impl Run {
+    /// Attributes to give the copy of `s`: the source's, or the forced ones.
+    fn write_meta(&self, s: &Entry) -> PosixMeta {
+        let meta = write_meta(s);
+        match self.opts.attributes {
+            None => meta,
+            Some(f) => PosixMeta {
+                mode: Some(if s.kind == EntryKind::Dir { f.dir_mode } else { f.file_mode }),
+                uid: Some(f.uid),
+                gid: Some(f.gid),
+                mtime_ns: meta.mtime_ns,
+            },
+        }
+    }
+
     /// Scan and transfer concurrently; the queue between them bounds memory.
     async fn scan_and_transfer(self: Arc<Self>) {
         let (tx, rx) = mpsc::channel::<Item>(QUEUE);
@@ -400,7 +419,7 @@ impl Run {
                 p.transferred.fetch_add(1, Relaxed);
                 Some((s.path.clone(), false))
             }
-            None => match self.dst.create_dir(&s.path, &s.meta).await {
+            None => match self.dst.create_dir(&s.path, &self.write_meta(s)).await {
                 Ok(()) => {
                     p.transferred.fetch_add(1, Relaxed);
                     Some((s.path.clone(), false))
@@ -525,7 +544,7 @@ impl Run {
                     }
                     None => self.src.read_link(&s).await?,
                 };
-                self.dst.create_symlink(&s.path, &target, &write_meta(&s)).await?;
+                self.dst.create_symlink(&s.path, &target, &self.write_meta(&s)).await?;
                 Ok(Outcome::Transferred(0, None))
             }
             _ => self.copy_file(&s, prefetched).await.map(|(n, version)| Outcome::Transferred(n, version)),
@@ -603,7 +622,7 @@ impl Run {
         s: &Entry,
         prefetched: Option<Bytes>,
     ) -> Result<(u64, Option<String>), StorageError> {
-        let meta = write_meta(s);
+        let meta = self.write_meta(s);
         let mut crc = 0u32;
         let mut n: u64 = 0;
         let version;

@@ -1,0 +1,708 @@
+//! The four HPC-cache task types (DESIGN.md) over the sync engine and the
+//! namespace index of each target:
+//!
+//! - `import_metadata`: one paged listing of the bucket; directories are
+//!   created on disk, files become `stub` rows of the index (name, size,
+//!   mtime, attributes task > target > default). No object data is read.
+//! - `import`: the same, with a HEAD per object to restore the uid, gid,
+//!   mode and mtime an earlier export stored.
+//! - `preload`: a sync bucket → directory with the default attributes, then
+//!   the index rows of the materialized files become `cached`.
+//! - `export`: a sync directory → bucket (changed files only, with their
+//!   POSIX metadata); exported files become `cached` in the index.
+//!
+//! A share lives at `<shares root>/<share id>`; a target is the top-level
+//! directory `<share>/<file_system_path>` linked to the bucket's root.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use ferry_model::hpc::{HpcTaskType, TargetAttributes, TargetLifecycle};
+use ferry_model::{Entry, EntryKind, PosixMeta};
+use ferry_storage::{Location, ObjectRoot, ObjectStores, OpenOptions, PosixRoot, TEMP_PREFIX};
+use ferry_store::{EntryState, NsEntry, Store, TargetRow, TaskProgress, TaskRow};
+use tokio::sync::mpsc;
+
+use crate::options::{ForcedAttributes, SyncOptions};
+use crate::progress::{Failure, Progress};
+use crate::{CheckpointSpec, Sync};
+
+/// Mode of imported files when neither the task nor the target gives one.
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
+/// Mode of imported directories when neither the task nor the target gives one.
+pub const DEFAULT_DIR_MODE: u32 = 0o755;
+/// Index rows written per transaction.
+const INDEX_BATCH: usize = 1000;
+
+/// What a worker needs to run tasks.
+#[derive(Debug, Clone)]
+pub struct TaskEnv {
+    pub store: Store,
+    /// Directory holding one directory per share.
+    pub shares_root: PathBuf,
+    pub object_stores: Arc<ObjectStores>,
+    /// Transfers in flight per task.
+    pub threads: usize,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Default)]
+pub struct TaskOutcome {
+    pub progress: TaskProgress,
+    /// Items that failed, with the reason (the failure report).
+    pub failures: Vec<Failure>,
+    /// Why the whole task failed (a listing error, a missing target…).
+    pub fatal: Option<String>,
+}
+
+impl TaskOutcome {
+    pub fn success(&self) -> bool {
+        self.fatal.is_none() && self.failures.is_empty() && self.progress.failed_files == 0
+    }
+
+    /// One line for the task's `message`.
+    pub fn message(&self) -> Option<String> {
+        if let Some(f) = &self.fatal {
+            return Some(f.clone());
+        }
+        if self.progress.failed_files > 0 {
+            let first = self.failures.first().map(|f| format!(", first: {}: {}", f.path, f.reason));
+            return Some(format!(
+                "{} of {} items failed{}",
+                self.progress.failed_files,
+                self.progress.total_files,
+                first.unwrap_or_default()
+            ));
+        }
+        None
+    }
+
+    /// The failure report: CSV `path,status,error_code,message`.
+    pub fn failure_report(&self) -> Option<String> {
+        if self.failures.is_empty() && self.fatal.is_none() {
+            return None;
+        }
+        let mut csv = String::from("path,status,error_code,message\n");
+        if let Some(f) = &self.fatal {
+            csv.push_str(&format!(",FAIL,TASK_FAILED,{}\n", csv_field(f)));
+        }
+        for f in &self.failures {
+            csv.push_str(&format!("{},FAIL,ITEM_FAILED,{}\n", csv_field(&f.path), csv_field(&f.reason)));
+        }
+        Some(csv)
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The task counters as the API shows them.
+pub fn task_progress(p: &Progress) -> TaskProgress {
+    TaskProgress {
+        total_files: p.listed.load(Relaxed),
+        done_files: p.transferred.load(Relaxed),
+        skipped_files: p.skipped.load(Relaxed) + p.excluded.load(Relaxed),
+        failed_files: p.failed.load(Relaxed),
+        total_bytes: p.listed_bytes.load(Relaxed),
+        done_bytes: p.transferred_bytes.load(Relaxed),
+        bytes_per_second: 0,
+    }
+}
+
+/// `<shares root>/<share id>`.
+pub fn share_dir(shares_root: &Path, share_id: &str) -> PathBuf {
+    shares_root.join(share_id)
+}
+
+/// `<shares root>/<share id>/<file_system_path>`.
+pub fn target_dir(shares_root: &Path, share_id: &str, file_system_path: &str) -> PathBuf {
+    share_dir(shares_root, share_id).join(file_system_path)
+}
+
+/// Attributes for imported entries: the task's, else the target's, else the defaults.
+pub fn effective_attributes(task: Option<&TargetAttributes>, target: &TargetAttributes) -> ForcedAttributes {
+    let pick = |f: fn(&TargetAttributes) -> Option<u32>| task.and_then(f).or_else(|| f(target));
+    ForcedAttributes {
+        file_mode: pick(|a| a.file_mode.map(|m| m.bits())).unwrap_or(DEFAULT_FILE_MODE),
+        dir_mode: pick(|a| a.dir_mode.map(|m| m.bits())).unwrap_or(DEFAULT_DIR_MODE),
+        uid: pick(|a| a.uid).unwrap_or(0),
+        gid: pick(|a| a.gid).unwrap_or(0),
+    }
+}
+
+/// Run one task to its end. `progress` is updated live for the worker to report.
+pub async fn run_task(env: &TaskEnv, task: &TaskRow, progress: Arc<Progress>) -> TaskOutcome {
+    let result = match task.task_type {
+        HpcTaskType::Import | HpcTaskType::ImportMetadata => import(env, task, &progress).await,
+        HpcTaskType::Preload => transfer(env, task, &progress, Direction::Preload).await,
+        HpcTaskType::Export => transfer(env, task, &progress, Direction::Export).await,
+    };
+    let failures = progress.failures.lock().expect("failures lock").clone();
+    TaskOutcome { progress: task_progress(&progress), failures, fatal: result.err() }
+}
+
+async fn linked_target(env: &TaskEnv, task: &TaskRow) -> Result<TargetRow, String> {
+    let target = env
+        .store
+        .target_by_path(&task.share_id, &task.src_target)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("backend target {:?} no longer exists", task.src_target))?;
+    if target.lifecycle != TargetLifecycle::Available {
+        return Err(format!(
+            "backend target {:?} is {}, not AVAILABLE",
+            target.file_system_path, target.lifecycle
+        ));
+    }
+    Ok(target)
+}
+
+fn retries_opts(create: bool) -> OpenOptions {
+    OpenOptions { create, retries: 5, ..Default::default() }
+}
+
+/// Open the target directory (creating it when missing) as a POSIX root.
+async fn open_target_dir(env: &TaskEnv, target: &TargetRow, sub: &str) -> Result<Location, String> {
+    let mut dir = target_dir(&env.shares_root, &target.share_id, &target.file_system_path);
+    if !sub.is_empty() {
+        dir = dir.join(sub);
+    }
+    let dir = dir.to_str().ok_or("share path is not UTF-8")?.to_string();
+    Location::open(&dir, &ferry_storage::ProcessEnv, retries_opts(true)).await.map_err(|e| e.to_string())
+}
+
+async fn open_bucket(env: &TaskEnv, target: &TargetRow, prefix: &str) -> Result<ObjectRoot, String> {
+    match env.object_stores.open_bucket(&target.endpoint, &target.bucket, prefix, retries_opts(false)).await {
+        Ok(Location::Object(o)) => Ok(o),
+        Ok(Location::Posix(_)) => Err("the target's store is not an object store".into()),
+        Err(e) => Err(format!("bucket {} at {}: {e}", target.bucket, target.endpoint)),
+    }
+}
+
+/// A task prefix as a directory path (`a/b/` → `a/b`), checked like any relative path.
+fn prefix_dir(prefix: Option<&str>) -> Result<String, String> {
+    let p = prefix.unwrap_or("").trim_matches('/');
+    if !p.is_empty() {
+        ferry_model::validate_rel_path(p).map_err(|e| format!("src_prefix: {e}"))?;
+    }
+    Ok(p.to_string())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Preload,
+    Export,
+}
+
+async fn transfer(
+    env: &TaskEnv,
+    task: &TaskRow,
+    progress: &Arc<Progress>,
+    dir: Direction,
+) -> Result<(), String> {
+    let target = linked_target(env, task).await?;
+    let sub = prefix_dir(task.src_prefix.as_deref())?;
+    let local = open_target_dir(env, &target, &sub).await?;
+    let bucket = Location::Object(open_bucket(env, &target, &sub).await?);
+    let Location::Posix(root) = local.clone() else { unreachable!("target directories are POSIX") };
+    let mut opts = SyncOptions { threads: env.threads, ..Default::default() };
+    let mut exported = None;
+    if dir == Direction::Export {
+        let (changed, unchanged) = changed_files(env, &target, &sub, &root).await?;
+        // Unchanged files cost no request; when most files changed, one
+        // listing of the bucket is cheaper than a HEAD per file.
+        if changed.len() <= 10_000 && changed.len() as u64 <= unchanged {
+            progress.listed.fetch_add(unchanged, Relaxed);
+            progress.skipped.fetch_add(unchanged, Relaxed);
+            if changed.is_empty() {
+                return Ok(());
+            }
+            opts.files_from = Some(changed.iter().map(|e| e.path.clone()).collect());
+        }
+        exported = Some(changed);
+    }
+    let (src, dst) = match dir {
+        Direction::Preload => {
+            opts.attributes = Some(effective_attributes(task.attributes.as_ref(), &target.attributes));
+            (bucket, local.clone())
+        }
+        Direction::Export => (local.clone(), bucket),
+    };
+    let sync = Sync::with_progress(src, dst, opts, progress.clone())
+        .with_checkpoint(CheckpointSpec { store: env.store.clone() });
+    let report = sync.run().await.map_err(|e| e.to_string())?;
+    if report.failed > 0 && report.listed == report.failed && report.transferred == 0 {
+        // Nothing could be read at all: say so rather than list every item.
+        if let Some(f) = report.failures.first() {
+            return Err(format!("{}: {}", f.path, f.reason));
+        }
+    }
+    match exported {
+        // The stat seen before the upload: a file changed since is exported again next time.
+        Some(mut entries) => {
+            let failed: HashSet<&str> = report.failures.iter().map(|f| f.path.as_str()).collect();
+            entries.retain(|e| !failed.contains(e.path.as_str()));
+            record_entries(env, &target, &sub, &entries).await
+        }
+        None => record_cached(env, &target, &sub, root).await,
+    }
+}
+
+/// Export's change detection through the index: a file whose size, mtime,
+/// ctime and inode equal those recorded when it was last imported or
+/// exported is unchanged (ctime cannot be set by users). Returns the other
+/// files (paths relative to `sub`) and the number of unchanged ones.
+async fn changed_files(
+    env: &TaskEnv,
+    target: &TargetRow,
+    sub: &str,
+    root: &PosixRoot,
+) -> Result<(Vec<Entry>, u64), String> {
+    let (mut changed, mut unchanged) = (Vec::new(), 0u64);
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let (r, rel2) = (root.clone(), rel.clone());
+        let listing = tokio::task::spawn_blocking(move || r.list_dir(&rel2))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let full_dir = join_sub(sub, &rel);
+        let known: HashMap<String, NsEntry> = env
+            .store
+            .entries_in_dir(&target.id, &full_dir)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|row| (row.name.clone(), row))
+            .collect();
+        for e in listing.entries {
+            if e.kind == EntryKind::Dir {
+                stack.push(e.path.clone());
+                continue;
+            }
+            let same = known.get(e.name()).is_some_and(|row| {
+                row.state == EntryState::Cached
+                    && row.local_size == Some(e.size)
+                    && row.local_mtime_ns == e.meta.mtime_ns.or(e.mtime_ns)
+                    && row.local_ctime_ns == e.local.map(|l| l.ctime_ns)
+                    && row.local_ino == e.local.map(|l| l.ino)
+            });
+            if same {
+                unchanged += 1;
+            } else {
+                changed.push(e);
+            }
+        }
+    }
+    Ok((changed, unchanged))
+}
+
+fn join_sub(sub: &str, rel: &str) -> String {
+    match (sub.is_empty(), rel.is_empty()) {
+        (true, _) => rel.to_string(),
+        (false, true) => sub.to_string(),
+        (false, false) => format!("{sub}/{rel}"),
+    }
+}
+
+/// Record exported files as `cached` with the stat seen before their upload.
+async fn record_entries(
+    env: &TaskEnv,
+    target: &TargetRow,
+    sub: &str,
+    entries: &[Entry],
+) -> Result<(), String> {
+    for chunk in entries.chunks(INDEX_BATCH) {
+        let rows: Vec<NsEntry> =
+            chunk.iter().map(|e| index_row(&join_sub(sub, &e.path), e, EntryState::Cached, true)).collect();
+        env.store.upsert_entries(&target.id, &rows).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// After a preload or export, every regular file under `sub` is clean and
+/// local: record it as `cached` with the stat seen now.
+async fn record_cached(env: &TaskEnv, target: &TargetRow, sub: &str, root: PosixRoot) -> Result<(), String> {
+    let mut batch = Vec::with_capacity(INDEX_BATCH);
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let r = root.clone();
+        let rel2 = rel.clone();
+        let listing = tokio::task::spawn_blocking(move || r.list_dir(&rel2))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        for e in listing.entries {
+            if e.kind == EntryKind::Dir {
+                stack.push(e.path.clone());
+            }
+            let full = if sub.is_empty() { e.path.clone() } else { format!("{sub}/{}", e.path) };
+            batch.push(index_row(&full, &e, EntryState::Cached, true));
+            if batch.len() >= INDEX_BATCH {
+                env.store.upsert_entries(&target.id, &batch).await.map_err(|e| e.to_string())?;
+                batch.clear();
+            }
+        }
+    }
+    if !batch.is_empty() {
+        env.store.upsert_entries(&target.id, &batch).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn kind_str(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::File => "file",
+        EntryKind::Dir => "dir",
+        EntryKind::Symlink => "symlink",
+    }
+}
+
+fn split_path(path: &str) -> (String, String) {
+    match path.rsplit_once('/') {
+        Some((d, n)) => (d.to_string(), n.to_string()),
+        None => (String::new(), path.to_string()),
+    }
+}
+
+/// An index row for `e` found at `path` (relative to the target directory).
+fn index_row(path: &str, e: &Entry, state: EntryState, local: bool) -> NsEntry {
+    let (dir, name) = split_path(path);
+    let mtime_ns = e.meta.mtime_ns.or(e.mtime_ns).unwrap_or(0);
+    NsEntry {
+        dir,
+        name,
+        kind: kind_str(e.kind).to_string(),
+        size: e.size,
+        mtime_ns,
+        mode: e.meta.mode.unwrap_or(0),
+        uid: e.meta.uid.unwrap_or(0),
+        gid: e.meta.gid.unwrap_or(0),
+        etag: e.etag.clone(),
+        state,
+        local_size: local.then_some(e.size),
+        local_mtime_ns: local.then_some(mtime_ns),
+        local_ctime_ns: if local { e.local.map(|l| l.ctime_ns) } else { None },
+        local_ino: if local { e.local.map(|l| l.ino) } else { None },
+    }
+}
+
+/// `import` / `import_metadata`: fill the index and the directory tree from one listing.
+async fn import(env: &TaskEnv, task: &TaskRow, progress: &Arc<Progress>) -> Result<(), String> {
+    let target = linked_target(env, task).await?;
+    let key_prefix = task.src_prefix.clone().unwrap_or_default();
+    if key_prefix.starts_with('/') || key_prefix.split('/').any(|c| c == "..") {
+        return Err("src_prefix: must be relative and must not contain '..'".into());
+    }
+    // List the deepest directory that holds every key of the prefix.
+    let list_dir = match key_prefix.rfind('/') {
+        Some(i) => key_prefix[..i].to_string(),
+        None => String::new(),
+    };
+    let bucket = open_bucket(env, &target, &list_dir).await?;
+    let Location::Posix(local) = open_target_dir(env, &target, "").await? else {
+        unreachable!("target directories are POSIX")
+    };
+    let defaults = effective_attributes(task.attributes.as_ref(), &target.attributes);
+    let mut importer = Importer {
+        env,
+        progress,
+        with_meta: task.task_type == HpcTaskType::Import,
+        defaults,
+        dir_meta: PosixMeta {
+            mode: Some(defaults.dir_mode),
+            uid: Some(defaults.uid),
+            gid: Some(defaults.gid),
+            mtime_ns: None,
+        },
+        bucket: &bucket,
+        local,
+        target_id: target.id.clone(),
+        key_prefix,
+        list_dir,
+        made_dirs: HashSet::new(),
+    };
+
+    // The listing hands batches over a short queue: it waits while the
+    // importer is behind, so memory stays bounded.
+    let (tx, mut rx) = mpsc::channel::<Batch>(2);
+    let listing = &bucket;
+    let lister = async move {
+        let listed = bucket_list(listing, &tx).await;
+        drop(tx);
+        listed
+    };
+    let consumer = async {
+        while let Some((entries, rejected)) = rx.recv().await {
+            importer.batch(entries, rejected).await?;
+        }
+        Ok::<(), String>(())
+    };
+    let (listed, consumed) = tokio::join!(lister, consumer);
+    consumed?;
+    listed.map_err(|e| e.0)
+}
+
+type Batch = (Vec<Entry>, Vec<(String, String)>);
+
+async fn bucket_list(bucket: &ObjectRoot, tx: &mpsc::Sender<Batch>) -> Result<(), ListError> {
+    bucket
+        .list_recursive_batched(INDEX_BATCH, |entries, rejected| {
+            let tx = tx.clone();
+            async move { tx.send((entries, rejected)).await.map_err(|_| ListError("import stopped".into())) }
+        })
+        .await
+}
+
+/// State of one import run.
+struct Importer<'a> {
+    env: &'a TaskEnv,
+    progress: &'a Progress,
+    /// `import`: restore the attributes stored in object metadata (a HEAD each).
+    with_meta: bool,
+    defaults: ForcedAttributes,
+    dir_meta: PosixMeta,
+    bucket: &'a ObjectRoot,
+    local: PosixRoot,
+    target_id: String,
+    key_prefix: String,
+    /// The bucket directory listed, relative to the bucket root.
+    list_dir: String,
+    made_dirs: HashSet<String>,
+}
+
+impl Importer<'_> {
+    async fn batch(&mut self, entries: Vec<Entry>, rejected: Vec<(String, String)>) -> Result<(), String> {
+        let p = self.progress;
+        for (key, why) in rejected {
+            p.listed.fetch_add(1, Relaxed);
+            p.fail(&key, why);
+        }
+        let mut known = self.existing_rows(&entries).await?;
+        let mut rows = Vec::with_capacity(entries.len());
+        for e in entries {
+            let path = if self.list_dir.is_empty() {
+                e.path.clone()
+            } else {
+                format!("{}/{}", self.list_dir, e.path)
+            };
+            if !path.starts_with(&self.key_prefix) && !format!("{path}/").starts_with(&self.key_prefix) {
+                continue;
+            }
+            p.listed.fetch_add(1, Relaxed);
+            p.listed_bytes.fetch_add(e.size, Relaxed);
+            match self.entry(e, &path, known.remove(&path)).await {
+                Ok(Some(row)) => {
+                    rows.push(row);
+                    p.transferred.fetch_add(1, Relaxed);
+                }
+                Ok(None) => {
+                    p.skipped.fetch_add(1, Relaxed);
+                }
+                Err(why) => p.fail(&path, why),
+            }
+        }
+        if !rows.is_empty() {
+            self.env.store.upsert_entries(&self.target_id, &rows).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The index row of one listed entry, `None` when it is left as it is.
+    async fn entry(
+        &mut self,
+        mut e: Entry,
+        path: &str,
+        known: Option<EntryState>,
+    ) -> Result<Option<NsEntry>, String> {
+        if self.with_meta && e.kind != EntryKind::Dir {
+            match self.bucket.stat(&e.path).await.map_err(|e| e.to_string())? {
+                Some((full, warnings)) => {
+                    for w in warnings {
+                        self.progress.warn(format!("{path}: {w}"));
+                    }
+                    e = Entry { path: e.path.clone(), ..full };
+                }
+                // Deleted since it was listed.
+                None => return Ok(None),
+            }
+        }
+        let (parent, _) = split_path(path);
+        make_dirs(&self.local, &parent, &self.dir_meta, &mut self.made_dirs).await?;
+        if !(self.with_meta && e.meta_loaded) {
+            let mode =
+                if e.kind == EntryKind::Dir { self.defaults.dir_mode } else { self.defaults.file_mode };
+            e.meta.mode = Some(mode);
+            e.meta.uid = Some(self.defaults.uid);
+            e.meta.gid = Some(self.defaults.gid);
+        }
+        e.meta.mtime_ns = e.meta.mtime_ns.or(e.mtime_ns);
+        if e.kind == EntryKind::Dir {
+            let (l, p, meta) = (self.local.clone(), path.to_string(), e.meta);
+            tokio::task::spawn_blocking(move || l.create_dir(&p, &meta))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            self.made_dirs.insert(path.to_string());
+            return Ok(Some(index_row(path, &e, EntryState::Cached, true)));
+        }
+        let state = match known {
+            // Local changes not exported yet win over the bucket.
+            Some(EntryState::Dirty) | Some(EntryState::Local) => return Ok(None),
+            Some(EntryState::Cached) => {
+                // The bucket may hold a newer object: drop the local copy so
+                // that no reader sees stale bytes; the next read loads it again.
+                let (l, p) = (self.local.clone(), path.to_string());
+                tokio::task::spawn_blocking(move || l.remove(&p, EntryKind::File))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("cannot drop the stale local copy: {e}"))?;
+                EntryState::Stub
+            }
+            _ => EntryState::Stub,
+        };
+        Ok(Some(index_row(path, &e, state, false)))
+    }
+
+    /// States already in the index for the entries of one batch, by path.
+    async fn existing_rows(&self, entries: &[Entry]) -> Result<HashMap<String, EntryState>, String> {
+        let mut dirs: HashSet<String> = HashSet::new();
+        for e in entries {
+            let path = if self.list_dir.is_empty() {
+                e.path.clone()
+            } else {
+                format!("{}/{}", self.list_dir, e.path)
+            };
+            dirs.insert(split_path(&path).0);
+        }
+        let dirs: Vec<String> = dirs.into_iter().collect();
+        let rows = self.env.store.entries_in_dirs(&self.target_id, &dirs).await.map_err(|e| e.to_string())?;
+        let mut known = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let path =
+                if row.dir.is_empty() { row.name.clone() } else { format!("{}/{}", row.dir, row.name) };
+            known.insert(path, row.state);
+        }
+        Ok(known)
+    }
+}
+
+/// The error of a listing hand-over: a message.
+struct ListError(String);
+
+impl From<ferry_storage::Error> for ListError {
+    fn from(e: ferry_storage::Error) -> Self {
+        ListError(format!("listing failed: {e}"))
+    }
+}
+
+/// Create `dir` and its missing parents with `meta`, remembering what exists.
+async fn make_dirs(
+    local: &PosixRoot,
+    dir: &str,
+    meta: &PosixMeta,
+    made: &mut HashSet<String>,
+) -> Result<(), String> {
+    if dir.is_empty() || made.contains(dir) {
+        return Ok(());
+    }
+    if made.len() > 100_000 {
+        made.clear();
+    }
+    let mut todo = Vec::new();
+    let mut cur = dir.to_string();
+    loop {
+        if made.contains(&cur) {
+            break;
+        }
+        todo.push(cur.clone());
+        match cur.rsplit_once('/') {
+            Some((parent, _)) => cur = parent.to_string(),
+            None => break,
+        }
+    }
+    let (l, m, dirs) = (local.clone(), *meta, todo.clone());
+    tokio::task::spawn_blocking(move || {
+        for d in dirs.iter().rev() {
+            if l.stat(d)?.is_none_or(|e| e.kind != EntryKind::Dir) {
+                l.create_dir(d, &m)?;
+            }
+        }
+        Ok::<(), ferry_storage::Error>(())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("cannot create directory: {e}"))?;
+    made.extend(todo);
+    Ok(())
+}
+
+/// Remove temporary files (`.ferry-tmp.*`) left under `dir` by an interrupted
+/// write; returns how many were removed.
+pub fn sweep_temp_files(dir: &Path) -> usize {
+    let mut removed = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for ent in rd.flatten() {
+            let Ok(ft) = ent.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(ent.path());
+            } else if ent.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+                && std::fs::remove_file(ent.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_model::hpc::OctalMode;
+
+    use super::*;
+
+    #[test]
+    fn attributes_task_over_target_over_default() {
+        let target =
+            TargetAttributes { file_mode: OctalMode::from_wire(600), uid: Some(7), ..Default::default() };
+        let task = TargetAttributes { uid: Some(9), ..Default::default() };
+        let a = effective_attributes(Some(&task), &target);
+        assert_eq!((a.file_mode, a.dir_mode, a.uid, a.gid), (0o600, DEFAULT_DIR_MODE, 9, 0));
+        let a = effective_attributes(None, &TargetAttributes::default());
+        assert_eq!((a.file_mode, a.dir_mode, a.uid, a.gid), (DEFAULT_FILE_MODE, DEFAULT_DIR_MODE, 0, 0));
+    }
+
+    #[test]
+    fn failure_report_is_csv_with_quoting() {
+        let o = TaskOutcome {
+            failures: vec![Failure { path: "a,b".into(), reason: "said \"no\"".into() }],
+            ..Default::default()
+        };
+        assert_eq!(
+            o.failure_report().unwrap(),
+            "path,status,error_code,message\n\"a,b\",FAIL,ITEM_FAILED,\"said \"\"no\"\"\"\n"
+        );
+        assert!(TaskOutcome::default().failure_report().is_none());
+    }
+
+    #[test]
+    fn sweep_removes_only_temporary_names() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("x/y")).unwrap();
+        std::fs::write(d.path().join(format!("x/y/{TEMP_PREFIX}abc")), b"partial").unwrap();
+        std::fs::write(d.path().join("x/keep"), b"whole").unwrap();
+        assert_eq!(sweep_temp_files(d.path()), 1);
+        assert!(d.path().join("x/keep").exists());
+        assert!(!d.path().join(format!("x/y/{TEMP_PREFIX}abc")).exists());
+    }
+}
