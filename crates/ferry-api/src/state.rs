@@ -1,0 +1,55 @@
+//! What every handler shares.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use ferry_engine::hpc::TaskEnv;
+use ferry_storage::ObjectStores;
+use ferry_store::Store;
+use tokio::sync::Notify;
+
+/// The server's shared state.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    /// Directory holding one directory per share.
+    pub shares_root: PathBuf,
+    pub object_stores: Arc<ObjectStores>,
+    /// Wakes the in-process workers when a task is created.
+    pub wake: Arc<Notify>,
+    /// Bytes used per share, with when they were counted.
+    pub(crate) usage: Arc<Mutex<HashMap<String, (Instant, u64)>>>,
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        shares_root: PathBuf,
+        object_stores: Arc<ObjectStores>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        AppState { store, shares_root, object_stores, wake, usage: Default::default() }
+    }
+
+    /// The environment workers of this process run tasks in.
+    pub fn task_env(&self, threads: usize) -> TaskEnv {
+        TaskEnv {
+            store: self.store.clone(),
+            shares_root: self.shares_root.clone(),
+            object_stores: self.object_stores.clone(),
+            threads,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// A new resource id (a UUID, as SFS Turbo ids are).
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
