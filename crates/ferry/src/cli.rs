@@ -20,7 +20,69 @@ pub enum Command {
     Sync(Box<SyncArgs>),
     /// List a location: one line per entry, `SIZE PATH` (directories end with '/').
     Ls(LsArgs),
+    /// Run the SFS Turbo-compatible HPC cache service (API and workers).
+    #[command(long_about = SERVE_HELP)]
+    Serve(ServeArgs),
+    /// Run workers only (other nodes of a PostgreSQL deployment serve the API).
+    Worker(ServerOpts),
+    /// Manage API tokens (`X-Auth-Token`).
+    #[command(subcommand)]
+    Token(AdminCommand),
+    /// Manage access keys for SDK-HMAC-SHA256 clients (the Huawei Cloud SDKs).
+    #[command(subcommand)]
+    Credential(AdminCommand),
 }
+
+/// Where the server keeps its state; shared by `serve`, `worker` and the admin commands.
+#[derive(Debug, Clone, Args)]
+pub struct ServerOpts {
+    /// Data directory: SQLite database, shares/, buckets/ (the embedded object store).
+    #[arg(long, value_name = "DIR", env = "FERRY_DATA_DIR", default_value = "ferry-data")]
+    pub data_dir: PathBuf,
+    /// TOML configuration file (see ferry.sample.toml).
+    #[arg(long, value_name = "FILE", env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Database URL: postgres://… for several nodes (default: SQLite in the data directory).
+    #[arg(long, value_name = "URL", env = "FERRY_DATABASE")]
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", env = "FERRY_LISTEN")]
+    pub listen: Option<String>,
+    /// Do not run workers in this process.
+    #[arg(long)]
+    pub no_workers: bool,
+    #[command(flatten)]
+    pub server: ServerOpts,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create one for a project and print it (shown once).
+    Create {
+        /// The project the new credential may act on.
+        #[arg(long, value_name = "PROJECT")]
+        project: String,
+        #[command(flatten)]
+        server: ServerOpts,
+    },
+}
+
+const SERVE_HELP: &str = "\
+Run the SFS Turbo-compatible HPC cache service: the REST API of API.md and,
+unless --no-workers, the workers that run import, import_metadata, preload and
+export tasks.
+
+With no configuration it runs the embedded default: SQLite in ./ferry-data,
+shares under ./ferry-data/shares/, and an object store emulated by
+./ferry-data/buckets/ (endpoint \"local\": each subdirectory is a bucket).
+
+Get a token with `ferry token create --project P`, or an access key for the
+Huawei Cloud SDKs with `ferry credential create --project P` (same --data-dir,
+--config and --database options as serve).";
 
 #[derive(Debug, Args)]
 pub struct LsArgs {

@@ -1,8 +1,11 @@
 //! The `ferry` command: thin commands over the ferry crates.
 
+mod admin_cmd;
 mod cli;
+mod config;
 mod ls_cmd;
 mod progress;
+mod serve_cmd;
 mod size;
 mod sync_cmd;
 
@@ -12,7 +15,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let filter = if cli.verbose { "ferry=debug,info" } else { "warn" };
+    let quiet =
+        if matches!(cli.command, cli::Command::Serve(_) | cli::Command::Worker(_)) { "info" } else { "warn" };
+    let filter = if cli.verbose { "ferry=debug,info" } else { quiet };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| filter.into()),
@@ -30,6 +35,10 @@ fn main() -> ExitCode {
         match cli.command {
             cli::Command::Sync(args) => sync_cmd::run(*args).await,
             cli::Command::Ls(args) => ls_cmd::run(args).await,
+            cli::Command::Serve(args) => serve_cmd::serve(args).await,
+            cli::Command::Worker(opts) => serve_cmd::worker(opts).await,
+            cli::Command::Token(cmd) => admin_cmd::token(cmd).await,
+            cli::Command::Credential(cmd) => admin_cmd::credential(cmd).await,
         }
     });
     match result {

@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests through the real `ferry` binary.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

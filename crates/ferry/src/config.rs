@@ -1,0 +1,196 @@
+//! The server configuration: a TOML file, every key overridable by an
+//! environment variable, and defaults that make `ferry serve` work alone.
+//!
+//! | key | variable | default |
+//! |---|---|---|
+//! | `listen` | `FERRY_LISTEN` | `127.0.0.1:8790` |
+//! | `database` | `FERRY_DATABASE` | `sqlite://<data dir>/ferry.db` |
+//! | `workers.tasks` | `FERRY_WORKERS_TASKS` | 4 |
+//! | `workers.threads` | `FERRY_WORKERS_THREADS` | 32 |
+//! | `workers.lease_secs` | `FERRY_WORKERS_LEASE_SECS` | 30 |
+//! | `object_stores[i].<key>` | `FERRY_OBJECT_STORES_<i>_<KEY>` | one `file` store, endpoint `local`, root `<data dir>/buckets` |
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ferry_storage::{ObjectStoreConfig, ObjectStores, Provider};
+use serde::Deserialize;
+
+use crate::cli::ServerOpts;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8790";
+/// Endpoint name of the embedded object store.
+pub const LOCAL_ENDPOINT: &str = "local";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    database: Option<String>,
+    #[serde(default)]
+    workers: WorkersFile,
+    #[serde(default)]
+    object_stores: Vec<ObjectStoreConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkersFile {
+    tasks: Option<usize>,
+    threads: Option<usize>,
+    lease_secs: Option<i64>,
+}
+
+/// Everything `serve`, `worker` and the admin commands need.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: String,
+    pub database: String,
+    pub data_dir: PathBuf,
+    pub shares_root: PathBuf,
+    pub object_stores: ObjectStores,
+    pub worker_tasks: usize,
+    pub worker_threads: usize,
+    pub lease_secs: i64,
+    /// Whether the database is the embedded SQLite file.
+    pub embedded_db: bool,
+}
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+fn env_parse<T: std::str::FromStr>(key: &str) -> Result<Option<T>> {
+    match env(key) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| anyhow::anyhow!("{key}={v:?} is not a valid value")),
+    }
+}
+
+/// Apply `FERRY_OBJECT_STORES_<i>_<KEY>` overrides.
+fn override_store(i: usize, s: &mut ObjectStoreConfig) -> Result<()> {
+    let k = |key: &str| format!("FERRY_OBJECT_STORES_{i}_{key}");
+    if let Some(v) = env(&k("ENDPOINT")) {
+        s.endpoint = v;
+    }
+    if let Some(v) = env(&k("REGION")) {
+        s.region = Some(v);
+    }
+    if let Some(v) = env(&k("ACCESS_KEY_ID")) {
+        s.access_key_id = Some(v);
+    }
+    if let Some(v) = env(&k("SECRET_ACCESS_KEY")) {
+        s.secret_access_key = Some(v);
+    }
+    if let Some(v) = env(&k("SESSION_TOKEN")) {
+        s.session_token = Some(v);
+    }
+    if let Some(v) = env_parse::<bool>(&k("PATH_STYLE"))? {
+        s.path_style = v;
+    }
+    if let Some(v) = env(&k("ROOT")) {
+        s.root = Some(PathBuf::from(v));
+    }
+    Ok(())
+}
+
+fn parse_file(text: &str) -> Result<FileConfig> {
+    Ok(toml::from_str(text)?)
+}
+
+impl Config {
+    pub fn load(opts: &ServerOpts, listen: Option<&str>) -> Result<Config> {
+        let file: FileConfig = match &opts.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the config file {}", path.display()))?;
+                parse_file(&text).with_context(|| format!("config file {} is not valid", path.display()))?
+            }
+        };
+        // Absolute, so that share paths shown by the API do not depend on the working directory.
+        let data_dir = std::path::absolute(&opts.data_dir)
+            .with_context(|| format!("cannot resolve the data directory {}", opts.data_dir.display()))?;
+        let mut stores = file.object_stores;
+        for (i, s) in stores.iter_mut().enumerate() {
+            override_store(i, s)?;
+        }
+        if stores.is_empty() {
+            stores.push(ObjectStoreConfig {
+                endpoint: LOCAL_ENDPOINT.into(),
+                provider: Provider::File,
+                region: None,
+                access_key_id: None,
+                secret_access_key: None,
+                session_token: None,
+                path_style: true,
+                root: Some(data_dir.join("buckets")),
+            });
+        }
+        let object_stores =
+            ObjectStores::new(stores).context("invalid [[object_stores]] in the configuration")?;
+        let database = opts.database.clone().or(file.database);
+        let embedded_db = database.is_none();
+        let database =
+            database.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("ferry.db").display()));
+        let worker_tasks = env_parse("FERRY_WORKERS_TASKS")?.or(file.workers.tasks).unwrap_or(4);
+        let worker_threads = env_parse("FERRY_WORKERS_THREADS")?.or(file.workers.threads).unwrap_or(32);
+        let lease_secs = env_parse("FERRY_WORKERS_LEASE_SECS")?.or(file.workers.lease_secs).unwrap_or(30);
+        if worker_tasks == 0 || worker_threads == 0 || lease_secs < 2 {
+            bail!("workers: tasks and threads must be at least 1 and lease_secs at least 2");
+        }
+        Ok(Config {
+            listen: listen.map(str::to_owned).or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            database,
+            shares_root: data_dir.join("shares"),
+            data_dir,
+            object_stores,
+            worker_tasks,
+            worker_threads,
+            lease_secs,
+            embedded_db,
+        })
+    }
+
+    /// Create the data directories and open (migrating) the database.
+    pub async fn open_store(&self) -> Result<ferry_store::Store> {
+        create_dir(&self.data_dir)?;
+        create_dir(&self.shares_root)?;
+        for s in self.object_stores.all() {
+            if let (Provider::File, Some(root)) = (s.provider, &s.root) {
+                create_dir(root)?;
+            }
+        }
+        ferry_store::Store::connect(&self.database).await.context("cannot open the database")
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_config_is_valid() {
+        let file = parse_file(include_str!("../../../ferry.sample.toml")).unwrap();
+        assert_eq!(file.listen.as_deref(), Some(DEFAULT_LISTEN));
+        assert_eq!(file.workers.lease_secs, Some(30));
+        let stores = ObjectStores::new(file.object_stores).unwrap();
+        assert!(stores.find("http://127.0.0.1:3900").is_some());
+        assert!(stores.find(LOCAL_ENDPOINT).is_some());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let err = format!("{:#}", parse_file("listen = \"x\"\nlisten_addr = 1\n").unwrap_err());
+        assert!(err.contains("listen_addr"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse_file("[[object_stores]]\nendpoint = \"a\"\nprovider = \"ftp\"\n").unwrap_err()
+        );
+        assert!(err.contains("ftp"), "{err}");
+    }
+}

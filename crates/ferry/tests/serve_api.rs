@@ -1,0 +1,362 @@
+//! `ferry serve` end to end, through real HTTP, on SQLite and PostgreSQL:
+//! shares, targets, the four task types against an S3 server, jobs,
+//! authentication and project isolation.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::server::{Auth, Client, Db, Server};
+use common::S3Server;
+use serde_json::{json, Value};
+
+const PROJECT: &str = "proj1";
+const OTHER: &str = "proj2";
+
+/// A config whose only object store is the test S3 server.
+fn write_config(dir: &Path, s3: &S3Server) -> std::path::PathBuf {
+    let path = dir.join("ferry.toml");
+    fs::write(
+        &path,
+        format!(
+            "[[object_stores]]\nendpoint = \"{}\"\nprovider = \"s3\"\nregion = \"us-east-1\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\npath_style = true\n",
+            s3.endpoint(),
+            s3.access_key(),
+            s3.secret_key()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn create_share(c: &Client, name: &str) -> String {
+    let body = json!({"share": {"name": name, "share_proto": "NFS", "share_type": "STANDARD", "size": 100,
+        "availability_zone": "az1", "vpc_id": "v", "subnet_id": "s", "security_group_id": "g"}});
+    let a = c.call("POST", "/shares", Some(&body)).await;
+    assert_eq!(a.status, 202, "{}", a.text);
+    assert_eq!(a.body["status"], "100");
+    let id = a.body["id"].as_str().unwrap().to_string();
+    let job = a.body["job_id"].as_str().unwrap().to_string();
+    let j = c.poll(&format!("/jobs/{job}"), |b| b["status"] == "success" || b["status"] == "failed").await;
+    assert_eq!(j["status"], "success", "{j}");
+    assert_eq!(j["job_type"], "create_share");
+    assert_eq!(j["sub_jobs"].as_array().unwrap().len(), 1);
+    let s = c.get(&format!("/shares/{id}")).await;
+    assert_eq!(s.body["status"], "200", "{}", s.text);
+    id
+}
+
+async fn link_target(
+    c: &Client,
+    share: &str,
+    path: &str,
+    endpoint: &str,
+    bucket: &str,
+    attrs: Value,
+) -> String {
+    let body = json!({"file_system_path": path, "obs": {"bucket": bucket, "endpoint": endpoint, "attributes": attrs}});
+    let a = c.call("POST", &format!("/shares/{share}/targets"), Some(&body)).await;
+    assert_eq!(a.status, 202, "{}", a.text);
+    assert_eq!(a.body["lifecycle"], "CREATING");
+    let id = a.body["target_id"].as_str().unwrap().to_string();
+    let t = c.poll(&format!("/shares/{share}/targets/{id}"), |b| b["lifecycle"] != "CREATING").await;
+    assert_eq!(t["lifecycle"], "AVAILABLE", "{t}");
+    id
+}
+
+async fn run_task(c: &Client, share: &str, kind: &str, target: &str, prefix: Option<&str>) -> Value {
+    let mut body = json!({"type": kind, "src_target": target, "dest_target": target});
+    if let Some(p) = prefix {
+        body["src_prefix"] = json!(p);
+        body["dest_prefix"] = json!(p);
+    }
+    let a = c.call("POST", &format!("/{share}/hpc-cache/task"), Some(&body)).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let id = a.body["task_id"].as_str().unwrap().to_string();
+    c.poll(&format!("/{share}/hpc-cache/task/{id}"), |b| b["status"] != "DOING").await
+}
+
+/// Objects with POSIX metadata, written by `ferry sync` from a local tree.
+fn seed_bucket(s3: &S3Server, tmp: &Path, dst: &str) -> std::path::PathBuf {
+    let src = tmp.join("seed");
+    fs::create_dir_all(src.join("ds/sub")).unwrap();
+    fs::write(src.join("ds/a.txt"), b"alpha").unwrap();
+    fs::write(src.join("ds/sub/b.bin"), vec![9u8; 3 << 20]).unwrap();
+    fs::write(src.join("top.txt"), b"outside the prefix").unwrap();
+    for (p, mode, uid, gid) in [("ds/a.txt", 0o640, 1001, 2001), ("ds/sub/b.bin", 0o600, 1002, 2002)] {
+        let f = src.join(p);
+        fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+        std::os::unix::fs::chown(&f, Some(uid), Some(gid)).unwrap();
+        common::set_mtime(&f, 1_650_000_000_123_456_789);
+    }
+    let r = common::ferry(&tmp.join("state"), &s3.env(), &["sync", src.to_str().unwrap(), dst]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    src
+}
+
+async fn entries(c: &Client, share: &str, target: &str) -> Vec<Value> {
+    let a = c.get(&format!("/shares/{share}/targets/{target}/entries")).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    a.body["entries"].as_array().unwrap().clone()
+}
+
+fn entry<'a>(list: &'a [Value], path: &str) -> &'a Value {
+    list.iter().find(|e| e["path"] == path).unwrap_or_else(|| panic!("no entry {path} in {list:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hpc_cache_story() {
+    for db in Db::all("story").await {
+        story(db).await;
+    }
+}
+
+async fn story(db: Db) {
+    let s3 = S3Server::start(&["bucket1", "bucket2"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &s3);
+    let server = Server::start(&tmp.path().join("data"), Some(&config), &db);
+    assert!(server.banner.contains("ferry token create --project"), "{}", server.banner);
+    let c = server.token(PROJECT);
+    let ep = s3.endpoint();
+
+    seed_bucket(&s3, tmp.path(), "s3://bucket1");
+
+    let share = create_share(&c, "share-one").await;
+    let target = link_target(&c, &share, "data", &ep, "bucket1", json!({"file_mode": 644, "uid": 7})).await;
+    let target_dir = server.share_dir(&share).join("data");
+    assert!(target_dir.is_dir());
+
+    // import_metadata: names, sizes and mtimes in the index, no object GET.
+    let before = s3.counts();
+    let t = run_task(&c, &share, "import_metadata", "data", Some("ds/")).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    let after = s3.counts();
+    assert_eq!(after.get, before.get, "import_metadata must not read object data");
+    assert_eq!(after.head, before.head, "import_metadata needs no HEAD: {before:?} -> {after:?}");
+    assert!(after.list - before.list <= 2, "one paged listing: {before:?} -> {after:?}");
+    let list = entries(&c, &share, &target).await;
+    let a = entry(&list, "ds/a.txt");
+    assert_eq!((a["size"].as_u64(), a["state"].as_str()), (Some(5), Some("stub")));
+    assert_eq!((a["mode"].as_str(), a["uid"].as_u64(), a["gid"].as_u64()), (Some("644"), Some(7), Some(0)));
+    assert!(list.iter().all(|e| e["path"] != "top.txt"), "prefix respected: {list:?}");
+    assert!(target_dir.join("ds/sub").is_dir(), "directory tree created");
+    assert!(!target_dir.join("ds/a.txt").exists(), "no data downloaded");
+    assert_eq!(t["progress"]["failed_files"], 0);
+
+    // import: the attributes stored by the export that wrote the objects.
+    let t = run_task(&c, &share, "import", "data", Some("ds/")).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    let list = entries(&c, &share, &target).await;
+    let b = entry(&list, "ds/sub/b.bin");
+    assert_eq!(
+        (b["mode"].as_str(), b["uid"].as_u64(), b["gid"].as_u64()),
+        (Some("600"), Some(1002), Some(2002))
+    );
+    assert_eq!(b["mtime_ns"].as_i64(), Some(1_650_000_000_123_456_789));
+
+    // preload: bytes on disk, attributes from the defaults.
+    let t = run_task(&c, &share, "preload", "data", Some("ds/")).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    assert_eq!(fs::read(target_dir.join("ds/a.txt")).unwrap(), b"alpha");
+    assert_eq!(fs::read(target_dir.join("ds/sub/b.bin")).unwrap(), vec![9u8; 3 << 20]);
+    let md = fs::metadata(target_dir.join("ds/a.txt")).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o644, 7, 0));
+    assert_eq!(entry(&entries(&c, &share, &target).await, "ds/a.txt")["state"], "cached");
+    assert!(t["progress"]["done_bytes"].as_u64().unwrap() >= 5 + (3 << 20));
+
+    // export: new and changed files only, with their attributes.
+    fs::write(target_dir.join("ds/new.txt"), b"created in the share").unwrap();
+    std::os::unix::fs::chown(target_dir.join("ds/new.txt"), Some(4242), Some(4343)).unwrap();
+    fs::write(target_dir.join("ds/a.txt"), b"alpha, changed").unwrap();
+    let before = s3.counts();
+    let t = run_task(&c, &share, "export", "data", Some("ds/")).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    assert_eq!(s3.counts().put - before.put, 2, "only the new and the changed file are uploaded");
+    assert_eq!(fs::read(s3.root().join("bucket1/ds/a.txt")).unwrap(), b"alpha, changed");
+
+    // A second export of an unchanged tree uploads nothing.
+    let before = s3.counts();
+    let t = run_task(&c, &share, "export", "data", Some("ds/")).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    assert_eq!(s3.counts().put, before.put, "nothing changed, nothing uploaded");
+
+    // Another share imports what was exported: attributes restored, then bytes.
+    let share2 = create_share(&c, "share-two").await;
+    let target2 = link_target(&c, &share2, "copy", &ep, "bucket1", json!({})).await;
+    let t = run_task(&c, &share2, "import", "copy", Some("ds/")).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    let list = entries(&c, &share2, &target2).await;
+    let n = entry(&list, "ds/new.txt");
+    assert_eq!((n["uid"].as_u64(), n["gid"].as_u64()), (Some(4242), Some(4343)), "{n}");
+    let src_md = fs::metadata(target_dir.join("ds/new.txt")).unwrap();
+    assert_eq!(n["mtime_ns"].as_i64(), Some(src_md.mtime() * 1_000_000_000 + src_md.mtime_nsec()));
+    assert_eq!(n["mode"].as_str(), Some(format!("{:o}", src_md.mode() & 0o7777).as_str()));
+
+    // Listing with filters and count.
+    let all = c.get(&format!("/{share}/hpc-cache/tasks")).await;
+    assert_eq!(all.body["count"], 5, "{}", all.text);
+    let exports =
+        c.get(&format!("/{share}/hpc-cache/tasks?type=export&status=SUCCESS&limit=1&offset=1")).await;
+    assert_eq!(
+        (exports.body["count"].as_u64(), exports.body["tasks"].as_array().unwrap().len()),
+        (Some(2), 1)
+    );
+    let future = c.get(&format!("/{share}/hpc-cache/tasks?start_time=2999-01-01T00:00:00")).await;
+    assert_eq!(future.body["count"], 0, "{}", future.text);
+    for t in all.body["tasks"].as_array().unwrap() {
+        for key in [
+            "task_id",
+            "type",
+            "status",
+            "src_target",
+            "src_prefix",
+            "dest_target",
+            "dest_prefix",
+            "start_time",
+            "end_time",
+            "message",
+        ] {
+            assert!(t[key].is_string(), "{key} missing in {t}");
+        }
+    }
+
+    // Delete a finished task: then it is an invalid task id.
+    let id = all.body["tasks"][0]["task_id"].as_str().unwrap();
+    let d = c.call("DELETE", &format!("/{share}/hpc-cache/task/{id}"), None).await;
+    assert!(d.status == 204 || d.status == 200, "{}", d.text);
+    let gone = c.get(&format!("/{share}/hpc-cache/task/{id}")).await;
+    assert_eq!((gone.status, gone.code()), (400, "SFS.TURBO.0106"));
+
+    // Attributes and policy updates.
+    let a = c
+        .call(
+            "PUT",
+            &format!("/shares/{share}/targets/{target}/attributes"),
+            Some(&json!({"attributes": {"dir_mode": 750}})),
+        )
+        .await;
+    assert_eq!((a.status, &a.body["attributes"]["dir_mode"]), (200, &json!(750)), "{}", a.text);
+    let p = json!({"policy": {"auto_export_policy": {"events": ["NEW", "CHANGED"], "prefix": "ds/"}}});
+    let a = c.call("PUT", &format!("/shares/{share}/targets/{target}/policy"), Some(&p)).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let t = c.get(&format!("/shares/{share}/targets/{target}")).await;
+    assert_eq!(t.body["obs"]["policy"]["auto_export_policy"]["events"], json!(["NEW", "CHANGED"]));
+    assert_eq!(t.body["obs"]["attributes"]["dir_mode"], 750);
+
+    // Expand, rename, gc_time.
+    let a =
+        c.call("POST", &format!("/shares/{share}/action"), Some(&json!({"extend": {"new_size": 200}}))).await;
+    assert_eq!(a.status, 202, "{}", a.text);
+    let job = a.body["job_id"].as_str().unwrap().to_string();
+    c.poll(&format!("/jobs/{job}"), |b| b["status"] == "success").await;
+    let s = c.get(&format!("/shares/{share}")).await;
+    assert_eq!(
+        (s.body["size"].as_str(), s.body["sub_status"].as_str()),
+        (Some("200.00"), Some("221")),
+        "{}",
+        s.text
+    );
+    let a = c
+        .call("PUT", &format!("/shares/{share}"), Some(&json!({"action": "config_gc_time", "gc_time": 24})))
+        .await;
+    assert_eq!((a.status, &a.body["gc_time"]), (200, &json!(24)));
+    let a = c
+        .call(
+            "POST",
+            &format!("/shares/{share}/action"),
+            Some(&json!({"change_name": {"name": "share-two"}})),
+        )
+        .await;
+    assert_eq!((a.status, a.code()), (409, "SFS.TURBO.0009"), "name taken");
+
+    // Unlink keeping the data, then with it.
+    let a = c.call("DELETE", &format!("/shares/{share}/targets/{target}"), None).await;
+    assert_eq!((a.status, a.body["lifecycle"].as_str()), (202, Some("DELETING")), "{}", a.text);
+    let job = a.body["job_id"].as_str().unwrap().to_string();
+    let j = c.poll(&format!("/jobs/{job}"), |b| b["status"] == "success" || b["status"] == "failed").await;
+    assert_eq!(j["job_type"], "delete_obs_target", "{j}");
+    assert_eq!(c.get(&format!("/shares/{share}/targets/{target}")).await.status, 404);
+    assert!(target_dir.join("ds/new.txt").exists(), "data kept by default");
+    let a = c
+        .call("DELETE", &format!("/shares/{share2}/targets/{target2}?delete_data_in_file_system=true"), None)
+        .await;
+    let job = a.body["job_id"].as_str().unwrap().to_string();
+    c.poll(&format!("/jobs/{job}"), |b| b["status"] == "success").await;
+    assert!(!server.share_dir(&share2).join("copy").exists(), "data deleted on request");
+
+    // Shares list, delete.
+    let l = c.get("/shares/detail?limit=1").await;
+    assert_eq!(
+        (l.body["count"].as_u64(), l.body["shares"].as_array().unwrap().len()),
+        (Some(2), 1),
+        "{}",
+        l.text
+    );
+    let a = c.call("DELETE", &format!("/shares/{share2}"), None).await;
+    assert_eq!(a.status, 202, "{}", a.text);
+    let job = a.body["job_id"].as_str().unwrap().to_string();
+    c.poll(&format!("/jobs/{job}"), |b| b["status"] == "success").await;
+    assert_eq!(c.get(&format!("/shares/{share2}")).await.status, 404);
+    assert!(!server.share_dir(&share2).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auth_and_isolation() {
+    for db in Db::all("auth").await {
+        let tmp = tempfile::tempdir().unwrap();
+        let server = Server::start(&tmp.path().join("data"), None, &db);
+        let token = server.token(PROJECT);
+        let hmac = server.hmac(PROJECT);
+        let other = server.token(OTHER);
+
+        // Both methods work on every kind of route.
+        let share = create_share(&hmac, "by-hmac").await;
+        let a = token.get(&format!("/shares/{share}")).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        assert!(a.request_id.is_some(), "X-Request-Id on every answer");
+        let a = hmac.get(&format!("/{share}/hpc-cache/tasks?limit=10&type=import")).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        let a = hmac
+            .call(
+                "PUT",
+                &format!("/shares/{share}"),
+                Some(&json!({"action": "config_gc_time", "gc_time": 5})),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.text);
+
+        // No credentials, a wrong token, a tampered signature.
+        let anon = token.with_auth(Auth::None);
+        let a = anon.get("/shares/detail").await;
+        assert_eq!((a.status, a.code()), (401, "APIGW.0301"));
+        assert!(a.request_id.is_some());
+        let a = token.with_auth(Auth::Token("nope".into())).get("/shares/detail").await;
+        assert_eq!(a.status, 401);
+        let Auth::Hmac { ak, .. } = &hmac.auth else { unreachable!() };
+        let a = hmac.with_auth(Auth::Hmac { ak: ak.clone(), sk: "wrong".into() }).get("/shares/detail").await;
+        assert_eq!(a.status, 401, "{}", a.text);
+
+        // Another project's credentials on this project's paths: refused.
+        let a = other.on_project(PROJECT).get(&format!("/shares/{share}")).await;
+        assert_eq!(a.status, 403, "{}", a.text);
+        let a = hmac.on_project(OTHER).get("/shares/detail").await;
+        assert!(a.status == 401 || a.status == 403, "{}", a.text);
+        // On its own paths, the other project sees nothing of this one.
+        let a = other.get("/shares/detail").await;
+        assert_eq!(a.body["count"], 0, "{}", a.text);
+        let a = other.get(&format!("/shares/{share}")).await;
+        assert_eq!((a.status, a.code()), (404, "SFS.TURBO.0002"));
+        let a = other.get(&format!("/{share}/hpc-cache/tasks")).await;
+        assert_eq!(a.status, 404);
+        let a = other.call("DELETE", &format!("/shares/{share}"), None).await;
+        assert_eq!(a.status, 404);
+        assert_eq!(token.get(&format!("/shares/{share}")).await.status, 200, "still there");
+
+        // Health needs no credentials.
+        let a = anon.raw("GET", "/health", None, "application/json").await;
+        assert_eq!(a.status, 200);
+    }
+}
