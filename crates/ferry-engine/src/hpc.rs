@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use ferry_model::hpc::{HpcTaskType, TargetAttributes, TargetLifecycle};
 use ferry_model::{Entry, EntryKind, PosixMeta};
-use ferry_storage::{Location, ObjectRoot, ObjectStores, OpenOptions, PosixRoot, TEMP_PREFIX};
-use ferry_store::{EntryState, NsEntry, Store, TargetRow, TaskProgress, TaskRow};
+use ferry_storage::{Listing, Location, ObjectRoot, ObjectStores, OpenOptions, PosixRoot, TEMP_PREFIX};
+use ferry_store::{CachedStat, EntryState, NsEntry, Store, TargetRow, TaskProgress, TaskRow};
 use tokio::sync::mpsc;
 
 use crate::options::{ForcedAttributes, SyncOptions};
@@ -179,7 +179,8 @@ async fn open_target_dir(env: &TaskEnv, target: &TargetRow, sub: &str) -> Result
 }
 
 async fn open_bucket(env: &TaskEnv, target: &TargetRow, prefix: &str) -> Result<ObjectRoot, String> {
-    match env.object_stores.open_bucket(&target.endpoint, &target.bucket, prefix, retries_opts(false)).await {
+    match env.object_stores.reuse_bucket(&target.endpoint, &target.bucket, prefix, retries_opts(false)).await
+    {
         Ok(Location::Object(o)) => Ok(o),
         Ok(Location::Posix(_)) => Err("the target's store is not an object store".into()),
         Err(e) => Err(format!("bucket {} at {}: {e}", target.bucket, target.endpoint)),
@@ -210,12 +211,14 @@ async fn transfer(
     let target = linked_target(env, task).await?;
     let sub = prefix_dir(task.src_prefix.as_deref())?;
     let local = open_target_dir(env, &target, &sub).await?;
-    let bucket = Location::Object(open_bucket(env, &target, &sub).await?);
     let Location::Posix(root) = local.clone() else { unreachable!("target directories are POSIX") };
     let mut opts = SyncOptions { threads: env.threads, ..Default::default() };
     let mut exported = None;
     if dir == Direction::Export {
+        let t0 = std::time::Instant::now();
         let (changed, unchanged) = changed_files(env, &target, &sub, &root).await?;
+        let elapsed_ms = t0.elapsed().as_millis() as u64;
+        tracing::debug!(changed = changed.len(), unchanged, elapsed_ms, "export change detection");
         // Unchanged files cost no request; when most files changed, one
         // listing of the bucket is cheaper than a HEAD per file.
         if changed.len() <= 10_000 && changed.len() as u64 <= unchanged {
@@ -228,6 +231,8 @@ async fn transfer(
         }
         exported = Some(changed);
     }
+    // Opened only now: an export with nothing to do makes no request at all.
+    let bucket = Location::Object(open_bucket(env, &target, &sub).await?);
     let (src, dst) = match dir {
         Direction::Preload => {
             opts.attributes = Some(effective_attributes(task.attributes.as_ref(), &target.attributes));
@@ -237,7 +242,10 @@ async fn transfer(
     };
     let sync = Sync::with_progress(src, dst, opts, progress.clone())
         .with_checkpoint(CheckpointSpec { store: env.store.clone() });
+    let t0 = std::time::Instant::now();
     let report = sync.run().await.map_err(|e| e.to_string())?;
+    let sync_ms = t0.elapsed().as_millis() as u64;
+    tracing::debug!(sync_ms, transferred = report.transferred, "transfer done");
     if report.failed > 0 && report.listed == report.failed && report.transferred == 0 {
         // Nothing could be read at all: say so rather than list every item.
         if let Some(f) = report.failures.first() {
@@ -251,57 +259,116 @@ async fn transfer(
             entries.retain(|e| !failed.contains(e.path.as_str()));
             record_entries(env, &target, &sub, &entries).await
         }
-        None => record_cached(env, &target, &sub, root).await,
+        None => {
+            let t0 = std::time::Instant::now();
+            record_cached(env, &target, &sub, root).await?;
+            tracing::debug!(elapsed_ms = t0.elapsed().as_millis() as u64, "preloaded files indexed");
+            Ok(())
+        }
     }
 }
+
+/// Directories whose index rows an export's change detection reads in one query.
+const DIRS_PER_QUERY: usize = 256;
+
+/// Directories listed at once (on blocking threads) by that walk.
+const LIST_PARALLELISM: usize = 8;
 
 /// Export's change detection through the index: a file whose size, mtime,
 /// ctime and inode equal those recorded when it was last imported or
 /// exported is unchanged (ctime cannot be set by users). Returns the other
 /// files (paths relative to `sub`) and the number of unchanged ones.
+///
+/// A walker lists directories in parallel and hands them on; meanwhile the
+/// index rows of up to [`DIRS_PER_QUERY`] listed directories are read in one
+/// query and compared. A tree of many small directories thus costs a few
+/// queries, not one each, and the walk never waits for the database.
 async fn changed_files(
     env: &TaskEnv,
     target: &TargetRow,
     sub: &str,
     root: &PosixRoot,
 ) -> Result<(Vec<Entry>, u64), String> {
+    // Bounded: memory holds at most a few batches of listed directories.
+    let (tx, mut rx) = mpsc::channel::<Vec<(String, Listing)>>(4);
+    let walker = tokio::spawn(walk_dirs(root.clone(), tx));
     let (mut changed, mut unchanged) = (Vec::new(), 0u64);
-    let mut stack = vec![String::new()];
-    while let Some(rel) = stack.pop() {
-        let (r, rel2) = (root.clone(), rel.clone());
-        let listing = tokio::task::spawn_blocking(move || r.list_dir(&rel2))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let full_dir = join_sub(sub, &rel);
-        let known: HashMap<String, NsEntry> = env
-            .store
-            .entries_in_dir(&target.id, &full_dir)
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|row| (row.name.clone(), row))
-            .collect();
-        for e in listing.entries {
-            if e.kind == EntryKind::Dir {
-                stack.push(e.path.clone());
-                continue;
+    let mut batch: Vec<(String, Listing)> = Vec::new();
+    let mut open = true;
+    while open || !batch.is_empty() {
+        if open && batch.len() < DIRS_PER_QUERY {
+            match rx.recv().await {
+                Some(listed) => {
+                    batch.extend(listed);
+                    continue;
+                }
+                None => open = false,
             }
-            let same = known.get(e.name()).is_some_and(|row| {
-                row.state == EntryState::Cached
-                    && row.local_size == Some(e.size)
-                    && row.local_mtime_ns == e.meta.mtime_ns.or(e.mtime_ns)
-                    && row.local_ctime_ns == e.local.map(|l| l.ctime_ns)
-                    && row.local_ino == e.local.map(|l| l.ino)
-            });
-            if same {
-                unchanged += 1;
-            } else {
-                changed.push(e);
+        }
+        let take = batch.len().min(DIRS_PER_QUERY);
+        let dirs: Vec<(String, Listing)> = batch.drain(..take).collect();
+        let full_dirs: Vec<String> = dirs.iter().map(|(rel, _)| join_sub(sub, rel)).collect();
+        let rows = env.store.cached_stats_in_dirs(&target.id, &full_dirs).await.map_err(|e| e.to_string())?;
+        let known: HashMap<(&str, &str), &CachedStat> =
+            rows.iter().map(|row| ((row.dir.as_str(), row.name.as_str()), row)).collect();
+        for ((_, listing), full_dir) in dirs.into_iter().zip(&full_dirs) {
+            for e in listing.entries {
+                if e.kind == EntryKind::Dir {
+                    continue;
+                }
+                let same = known.get(&(full_dir.as_str(), e.name())).is_some_and(|row| {
+                    row.size == Some(e.size)
+                        && row.mtime_ns == e.meta.mtime_ns.or(e.mtime_ns)
+                        && row.ctime_ns == e.local.map(|l| l.ctime_ns)
+                        && row.ino == e.local.map(|l| l.ino)
+                });
+                if same {
+                    unchanged += 1;
+                } else {
+                    changed.push(e);
+                }
             }
         }
     }
+    walker.await.map_err(|e| e.to_string())??;
     Ok((changed, unchanged))
+}
+
+/// List every directory under `root` (paths relative to it), a few at a
+/// time in parallel, sending each group of listings on `tx`.
+async fn walk_dirs(root: PosixRoot, tx: mpsc::Sender<Vec<(String, Listing)>>) -> Result<(), String> {
+    use futures::{StreamExt, TryStreamExt};
+
+    let mut pending = vec![String::new()];
+    while !pending.is_empty() {
+        let group = pending.split_off(pending.len().saturating_sub(LIST_PARALLELISM * 4));
+        let listed: Vec<(String, Listing)> = futures::stream::iter(group)
+            .map(|rel| {
+                let r = root.clone();
+                async move {
+                    let listing = tokio::task::spawn_blocking({
+                        let rel = rel.clone();
+                        move || r.list_dir(&rel)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                    Ok::<_, String>((rel, listing))
+                }
+            })
+            .buffered(LIST_PARALLELISM)
+            .try_collect()
+            .await?;
+        for (_, listing) in &listed {
+            pending
+                .extend(listing.entries.iter().filter(|e| e.kind == EntryKind::Dir).map(|e| e.path.clone()));
+        }
+        if tx.send(listed).await.is_err() {
+            // The comparer stopped (an error of its own): nothing more to do.
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 fn join_sub(sub: &str, rel: &str) -> String {
@@ -428,6 +495,7 @@ async fn import(env: &TaskEnv, task: &TaskRow, progress: &Arc<Progress>) -> Resu
         key_prefix,
         list_dir,
         made_dirs: HashSet::new(),
+        dir_rows: Vec::new(),
     };
 
     // The listing hands batches over a short queue: it waits while the
@@ -476,6 +544,8 @@ struct Importer<'a> {
     /// The bucket directory listed, relative to the bucket root.
     list_dir: String,
     made_dirs: HashSet<String>,
+    /// Index rows of directories made for the current batch.
+    dir_rows: Vec<NsEntry>,
 }
 
 impl Importer<'_> {
@@ -509,6 +579,7 @@ impl Importer<'_> {
                 Err(why) => p.fail(&path, why),
             }
         }
+        rows.append(&mut self.dir_rows);
         if !rows.is_empty() {
             self.env.store.upsert_entries(&self.target_id, &rows).await.map_err(|e| e.to_string())?;
         }
@@ -520,7 +591,7 @@ impl Importer<'_> {
         &mut self,
         mut e: Entry,
         path: &str,
-        known: Option<EntryState>,
+        known: Option<NsEntry>,
     ) -> Result<Option<NsEntry>, String> {
         if self.with_meta && e.kind != EntryKind::Dir {
             match self.bucket.stat(&e.path).await.map_err(|e| e.to_string())? {
@@ -535,7 +606,9 @@ impl Importer<'_> {
             }
         }
         let (parent, _) = split_path(path);
-        make_dirs(&self.local, &parent, &self.dir_meta, &mut self.made_dirs).await?;
+        for d in make_dirs(&self.local, &parent, &self.dir_meta, &mut self.made_dirs).await? {
+            self.dir_rows.push(index_row(&d.path, &d, EntryState::Cached, true));
+        }
         if !(self.with_meta && e.meta_loaded) {
             let mode =
                 if e.kind == EntryKind::Dir { self.defaults.dir_mode } else { self.defaults.file_mode };
@@ -553,9 +626,13 @@ impl Importer<'_> {
             self.made_dirs.insert(path.to_string());
             return Ok(Some(index_row(path, &e, EntryState::Cached, true)));
         }
-        let state = match known {
+        let state = match known.as_ref().map(|row| row.state) {
             // Local changes not exported yet win over the bucket.
             Some(EntryState::Dirty) | Some(EntryState::Local) => return Ok(None),
+            // The same object as the local copy: keep it.
+            Some(EntryState::Cached) if known.as_ref().is_some_and(|row| same_object(row, &e)) => {
+                return Ok(None)
+            }
             Some(EntryState::Cached) => {
                 // The bucket may hold a newer object: drop the local copy so
                 // that no reader sees stale bytes; the next read loads it again.
@@ -571,8 +648,8 @@ impl Importer<'_> {
         Ok(Some(index_row(path, &e, state, false)))
     }
 
-    /// States already in the index for the entries of one batch, by path.
-    async fn existing_rows(&self, entries: &[Entry]) -> Result<HashMap<String, EntryState>, String> {
+    /// Rows already in the index for the entries of one batch, by path.
+    async fn existing_rows(&self, entries: &[Entry]) -> Result<HashMap<String, NsEntry>, String> {
         let mut dirs: HashSet<String> = HashSet::new();
         for e in entries {
             let path = if self.list_dir.is_empty() {
@@ -588,7 +665,7 @@ impl Importer<'_> {
         for row in rows {
             let path =
                 if row.dir.is_empty() { row.name.clone() } else { format!("{}/{}", row.dir, row.name) };
-            known.insert(path, row.state);
+            known.insert(path, row);
         }
         Ok(known)
     }
@@ -603,15 +680,28 @@ impl From<ferry_storage::Error> for ListError {
     }
 }
 
-/// Create `dir` and its missing parents with `meta`, remembering what exists.
+/// Whether a listed object is the one an index row was made from: the same
+/// ETag when both have one, else the same size and mtime.
+fn same_object(row: &NsEntry, e: &Entry) -> bool {
+    let mtime = e.meta.mtime_ns.or(e.mtime_ns);
+    match (row.etag.as_deref(), e.etag.as_deref()) {
+        (Some(a), Some(b)) => a == b && row.size == e.size,
+        _ => row.size == e.size && mtime == Some(row.mtime_ns),
+    }
+}
+
+/// Create `dir` and its missing parents with `meta`, remembering them in
+/// `made`. Returns the directories newly seen (as stat after creation), so
+/// that they are indexed: most buckets have no object for a directory, yet a
+/// mount lists them like any other entry.
 async fn make_dirs(
     local: &PosixRoot,
     dir: &str,
     meta: &PosixMeta,
     made: &mut HashSet<String>,
-) -> Result<(), String> {
+) -> Result<Vec<Entry>, String> {
     if dir.is_empty() || made.contains(dir) {
-        return Ok(());
+        return Ok(Vec::new());
     }
     if made.len() > 100_000 {
         made.clear();
@@ -629,19 +719,25 @@ async fn make_dirs(
         }
     }
     let (l, m, dirs) = (local.clone(), *meta, todo.clone());
-    tokio::task::spawn_blocking(move || {
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::with_capacity(dirs.len());
         for d in dirs.iter().rev() {
-            if l.stat(d)?.is_none_or(|e| e.kind != EntryKind::Dir) {
-                l.create_dir(d, &m)?;
-            }
+            let entry = match l.stat(d)? {
+                Some(e) if e.kind == EntryKind::Dir => e,
+                _ => {
+                    l.create_dir(d, &m)?;
+                    l.stat(d)?.ok_or_else(|| ferry_storage::Error::NotFound { what: d.clone() })?
+                }
+            };
+            seen.push(entry);
         }
-        Ok::<(), ferry_storage::Error>(())
+        Ok::<_, ferry_storage::Error>(seen)
     })
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("cannot create directory: {e}"))?;
     made.extend(todo);
-    Ok(())
+    Ok(seen)
 }
 
 /// Remove temporary files (`.ferry-tmp.*`) left under `dir` by an interrupted

@@ -171,7 +171,13 @@ async fn run_one(env: &Arc<TaskEnv>, cfg: &WorkerConfig, task: TaskRow) {
     if let Err(e) = result.await {
         tracing::error!(task = %task.id, error = %e, "cannot record the end of a task");
     } else {
-        tracing::info!(task = %task.id, kind = %task.task_type, ok = outcome.success(), "task finished");
+        tracing::info!(
+            task = %task.id,
+            kind = %task.task_type,
+            ok = outcome.success(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "task finished"
+        );
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
@@ -82,7 +83,12 @@ impl Env for MapEnv {
 #[derive(Debug, Clone, Default)]
 pub struct ObjectStores {
     stores: Vec<ObjectStoreConfig>,
+    /// Buckets opened by [`ObjectStores::reuse_bucket`], by location and options.
+    opened: Arc<Mutex<HashMap<String, Location>>>,
 }
+
+/// Opened buckets kept for reuse; beyond this many the cache starts over.
+const MAX_OPENED: usize = 256;
 
 /// Endpoints compare without scheme case, trailing `/` or default scheme:
 /// `HTTP://Host:9000/` and `http://host:9000` are the same endpoint.
@@ -129,7 +135,7 @@ impl ObjectStores {
                 return Err(Error::Config(format!("object_stores: endpoint {} is listed twice", s.endpoint)));
             }
         }
-        Ok(ObjectStores { stores })
+        Ok(ObjectStores { stores, opened: Arc::default() })
     }
 
     pub fn all(&self) -> &[ObjectStoreConfig] {
@@ -147,13 +153,9 @@ impl ObjectStores {
     }
 
     /// Open `bucket/prefix` on the store of `endpoint`, checking that it is reachable.
-    pub async fn open_bucket(
-        &self,
-        endpoint: &str,
-        bucket: &str,
-        prefix: &str,
-        opts: OpenOptions,
-    ) -> Result<Location> {
+    /// The location URL of a bucket of a configured store, and the
+    /// environment that carries its credentials.
+    fn bucket_url(&self, endpoint: &str, bucket: &str, prefix: &str) -> Result<(String, MapEnv)> {
         let store = self.find(endpoint).ok_or_else(|| {
             Error::Config(format!("endpoint {endpoint:?} is not one of the configured object stores"))
         })?;
@@ -209,7 +211,46 @@ impl ObjectStores {
                 url.to_string()
             }
         };
-        Location::open(&url, &MapEnv(env), opts).await
+        Ok((url, MapEnv(env)))
+    }
+
+    /// Open a bucket of a configured store (see [`Location::open`]): checks
+    /// that it is reachable, every time.
+    pub async fn open_bucket(
+        &self,
+        endpoint: &str,
+        bucket: &str,
+        prefix: &str,
+        opts: OpenOptions,
+    ) -> Result<Location> {
+        let (url, env) = self.bucket_url(endpoint, bucket, prefix)?;
+        Location::open(&url, &env, opts).await
+    }
+
+    /// Like [`ObjectStores::open_bucket`], but a bucket opened before with
+    /// the same prefix and options is handed out again, with its HTTP client
+    /// and open connections, and without another reachability check. Tasks
+    /// use this: building a client and checking the bucket cost tens of
+    /// milliseconds, more than a small task's work.
+    pub async fn reuse_bucket(
+        &self,
+        endpoint: &str,
+        bucket: &str,
+        prefix: &str,
+        opts: OpenOptions,
+    ) -> Result<Location> {
+        let (url, env) = self.bucket_url(endpoint, bucket, prefix)?;
+        let key = format!("{url}\n{opts:?}");
+        if let Some(loc) = self.opened.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(loc.clone());
+        }
+        let loc = Location::open(&url, &env, opts).await?;
+        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        if opened.len() >= MAX_OPENED {
+            opened.clear();
+        }
+        opened.insert(key, loc.clone());
+        Ok(loc)
     }
 }
 

@@ -103,7 +103,7 @@ impl PosixRoot {
                 continue;
             }
             let path = join_path(rel, name);
-            match self.stat_path(&item.path(), path.clone()) {
+            match self.entry_of(&item.path(), path.clone(), item.metadata()) {
                 Ok(Some(e)) => listing.entries.push(e),
                 Ok(None) => {}
                 Err(e) => listing.rejected.push((path, e.to_string())),
@@ -119,7 +119,14 @@ impl PosixRoot {
     }
 
     fn stat_path(&self, abs: &Path, path: String) -> Result<Option<Entry>> {
-        let md = match fs::symlink_metadata(abs) {
+        self.entry_of(abs, path, fs::symlink_metadata(abs))
+    }
+
+    /// The entry for `abs` given its `lstat` result. A listing gets that
+    /// from the directory entry (`fstatat` relative to the open directory),
+    /// which spares resolving the whole path again for every file.
+    fn entry_of(&self, abs: &Path, path: String, md: std::io::Result<fs::Metadata>) -> Result<Option<Entry>> {
+        let md = match md {
             Ok(md) => md,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(format!("stat {}", abs.display()), e)),

@@ -182,6 +182,7 @@ async fn story(db: Db) {
     let t = run_task(&c, &share, "export", "data", Some("ds/")).await;
     assert_eq!(t["status"], "SUCCESS", "{t}");
     assert_eq!(s3.counts().put, before.put, "nothing changed, nothing uploaded");
+    assert_eq!(s3.counts().total(), before.total(), "no request at all: {before:?} -> {:?}", s3.counts());
 
     // Another share imports what was exported: attributes restored, then bytes.
     let share2 = create_share(&c, "share-two").await;
@@ -301,6 +302,61 @@ async fn story(db: Db) {
     c.poll(&format!("/jobs/{job}"), |b| b["status"] == "success").await;
     assert_eq!(c.get(&format!("/shares/{share2}")).await.status, 404);
     assert!(!server.share_dir(&share2).exists());
+}
+
+/// The index holds every directory a mount must list, including those no
+/// object stands for (the prefix's ancestors); importing again keeps the
+/// local copies of unchanged objects and drops those of changed ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reimport_keeps_unchanged_copies_and_indexes_directories() {
+    let s3 = S3Server::start(&["bucket1"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &s3);
+    let server = Server::start(&tmp.path().join("data"), Some(&config), &Db::Sqlite);
+    let c = server.token(PROJECT);
+    let src = seed_bucket(&s3, tmp.path(), "s3://bucket1");
+    let share = create_share(&c, "reimport").await;
+    let target = link_target(&c, &share, "data", &s3.endpoint(), "bucket1", json!({})).await;
+    let dir = server.share_dir(&share).join("data");
+
+    let t = run_task(&c, &share, "import_metadata", "data", Some("ds/sub/")).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    let list = entries(&c, &share, &target).await;
+    for d in ["ds", "ds/sub"] {
+        assert_eq!(entry(&list, d)["kind"], "dir", "{list:?}");
+    }
+    assert_eq!(entry(&list, "ds/sub/b.bin")["state"], "stub");
+    assert!(list.iter().all(|e| e["path"] != "ds/a.txt"), "prefix respected: {list:?}");
+
+    let t = run_task(&c, &share, "preload", "data", Some("ds/")).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    let b_ino = fs::metadata(dir.join("ds/sub/b.bin")).unwrap().ino();
+
+    // Nothing changed in the bucket: the copies stay, nothing is read again.
+    let gets = s3.counts().get;
+    let t = run_task(&c, &share, "import", "data", Some("ds/")).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    let list = entries(&c, &share, &target).await;
+    for f in ["ds/a.txt", "ds/sub/b.bin"] {
+        assert_eq!(entry(&list, f)["state"], "cached", "{f}: {list:?}");
+    }
+    assert_eq!(fs::read(dir.join("ds/a.txt")).unwrap(), b"alpha");
+    assert_eq!(fs::metadata(dir.join("ds/sub/b.bin")).unwrap().ino(), b_ino);
+    assert_eq!(s3.counts().get, gets);
+
+    // One object replaced: its stale copy goes, the other stays.
+    fs::write(src.join("ds/a.txt"), b"alpha, replaced in the bucket").unwrap();
+    let r =
+        common::ferry(&tmp.path().join("state"), &s3.env(), &["sync", src.to_str().unwrap(), "s3://bucket1"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let t = run_task(&c, &share, "import", "data", Some("ds/")).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    let list = entries(&c, &share, &target).await;
+    assert_eq!(entry(&list, "ds/a.txt")["state"], "stub");
+    assert_eq!(entry(&list, "ds/a.txt")["size"], 29);
+    assert!(!dir.join("ds/a.txt").exists(), "no stale bytes left to read");
+    assert_eq!(entry(&list, "ds/sub/b.bin")["state"], "cached");
+    assert_eq!(fs::metadata(dir.join("ds/sub/b.bin")).unwrap().ino(), b_ino);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
