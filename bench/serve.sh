@@ -52,7 +52,7 @@ access_key_id = "$AK"
 secret_access_key = "$SK"
 TOML
 SERVE=("$FERRY" serve --listen 127.0.0.1:$API_PORT --data-dir "$WORK/serve" --config "$WORK/ferry.toml")
-"${SERVE[@]}" > "$WORK/serve.log" 2>&1 & SERVE_PID=$!
+FERRY_LOG=${FERRY_LOG:-info,ferry_engine=debug} ${BENCH_SERVE_WRAP:-} "${SERVE[@]}" > "$WORK/serve.log" 2>&1 & SERVE_PID=$!
 trap 'kill $SERVE_PID 2>/dev/null; cleanup' EXIT
 for _ in $(seq 50); do grep -q listening "$WORK/serve.log" && break; sleep 0.1; done
 TOKEN=$("$FERRY" token create --project bench --data-dir "$WORK/serve" --config "$WORK/ferry.toml")
@@ -75,7 +75,7 @@ def poll(path, done):
         b = call("GET", path)
         if done(b):
             return b
-        time.sleep(0.05)
+        time.sleep(float(os.environ.get("BENCH_POLL", "0.01")))
 
 def rss_kib(pid):
     for line in open(f"/proc/{pid}/status"):
@@ -111,15 +111,24 @@ t_imp, _ = task("import_metadata", "list", "list/")
 row(f"import_metadata of {list_n:,} objects", "ferry", t_imp, "rclone lsf -R", t_ls, "≤ 1.5× rclone's listing time")
 
 t_pre, b = task("preload", "small", "small/")
-t_sync = timed([ferry, "sync", "s3://bench/small", os.path.join(work, "out", "sync-down"), "--quiet", "--threads", "64", "--no-checkpoint"])
-row(f"preload of {small_n:,} × 4 KiB", "ferry preload", t_pre, "ferry sync", t_sync, "≥ ferry sync's speed")
+# Two references: ferry sync as run by default (resumable, like a task) and
+# with --no-checkpoint (nothing recorded: the bare transfer).
+def sync_times(src, dst):
+    with_cp = timed([ferry, "sync", src, dst + "-cp", "--quiet", "--threads", "64"])
+    bare = timed([ferry, "sync", src, dst + "-bare", "--quiet", "--threads", "64", "--no-checkpoint"])
+    return with_cp, bare
+
+t_cp, t_bare = sync_times("s3://bench/small", os.path.join(work, "out", "sync-down"))
+row(f"preload of {small_n:,} × 4 KiB", "ferry preload", t_pre, "ferry sync", t_cp, "≥ ferry sync's speed")
+row(f"preload of {small_n:,} × 4 KiB", "ferry preload", t_pre, "ferry sync --no-checkpoint", t_bare, "(bare transfer)")
 
 # Export of new files: the preloaded tree, changed, into a new prefix.
 newdir = os.path.join(share_dir, "small", "new")
 subprocess.run(["cp", "-a", os.path.join(work, "data", "small"), newdir], check=True)
 t_exp, b = task("export", "small", "new/")
-t_sync = timed([ferry, "sync", os.path.join(work, "data", "small"), "s3://bench/sync-up", "--quiet", "--threads", "64", "--no-checkpoint"])
-row(f"export of {small_n:,} new × 4 KiB", "ferry export", t_exp, "ferry sync", t_sync, "≥ ferry sync's speed")
+t_cp, t_bare = sync_times(os.path.join(work, "data", "small"), "s3://bench/sync-up")
+row(f"export of {small_n:,} new × 4 KiB", "ferry export", t_exp, "ferry sync", t_cp, "≥ ferry sync's speed")
+row(f"export of {small_n:,} new × 4 KiB", "ferry export", t_exp, "ferry sync --no-checkpoint", t_bare, "(bare transfer)")
 
 # Export of an unchanged tree of LIST_N files (materialized by a preload first).
 task("preload", "list", "list/")
@@ -150,3 +159,5 @@ print("|---|---|---|---|---|")
 print("\n".join(rows))
 print(f"\nferry serve peak RSS: {rss_kib(int(serve_pid)) / 1024:.0f} MiB")
 PY
+# Time spent inside the worker, per task (the table's times include HTTP and polling).
+grep -E "task finished|change detection|transfer done|files indexed" "$WORK/serve.log" >&2 || true
