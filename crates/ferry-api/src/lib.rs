@@ -6,6 +6,7 @@
 pub mod auth;
 mod error;
 pub mod http_error;
+pub mod metrics;
 mod middleware;
 mod openapi;
 mod routes;
@@ -30,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .layer(from_fn_with_state(state.clone(), middleware::authenticate));
     Router::new()
         .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/metrics", get(metrics::render))
         .merge(openapi::routes())
         .merge(api)
         .method_not_allowed_fallback(|| async {

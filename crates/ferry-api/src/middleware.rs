@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -28,7 +28,10 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     let id = uuid::Uuid::new_v4().simple().to_string();
     req.extensions_mut().insert(RequestId(id.clone()));
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let started = std::time::Instant::now();
     let mut resp = with_error_body(next.run(req).await).await;
+    crate::metrics::record_request(method.as_str(), &route, resp.status().as_u16(), started.elapsed());
     tracing::debug!(%method, %path, status = resp.status().as_u16(), request_id = %id, "request");
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("X-Request-Id", v);

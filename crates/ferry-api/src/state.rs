@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use ferry_engine::hpc::TaskEnv;
 use ferry_storage::ObjectStores;
 use ferry_store::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
 
 /// The server's shared state.
@@ -21,6 +22,8 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// Bytes used per share, with when they were counted.
     pub(crate) usage: Arc<Mutex<HashMap<String, (Instant, u64)>>>,
+    /// Renders `/metrics`; without it only the store's gauges are shown.
+    pub(crate) metrics: Option<PrometheusHandle>,
 }
 
 impl AppState {
@@ -30,7 +33,13 @@ impl AppState {
         object_stores: Arc<ObjectStores>,
         wake: Arc<Notify>,
     ) -> Self {
-        AppState { store, shares_root, object_stores, wake, usage: Default::default() }
+        AppState { store, shares_root, object_stores, wake, usage: Default::default(), metrics: None }
+    }
+
+    /// Serve `/metrics` from this recorder (see [`crate::metrics::install`]).
+    pub fn with_metrics(mut self, handle: PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
     }
 
     /// The environment workers of this process run tasks in.

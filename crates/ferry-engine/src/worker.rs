@@ -79,6 +79,7 @@ pub async fn run(
             Ok(None) => drop(permit),
             Err(e) => {
                 drop(permit);
+                store_error("claim_task");
                 tracing::warn!(error = %e, "cannot claim tasks");
             }
         }
@@ -90,6 +91,52 @@ pub async fn run(
     }
 }
 
+/// What a running task adds to the process's Prometheus metrics: the
+/// running gauge while it lives, and its counters as they grow.
+struct TaskMetrics {
+    kind: &'static str,
+    reported: TaskProgress,
+}
+
+impl TaskMetrics {
+    fn start(kind: &'static str) -> Self {
+        metrics::gauge!("ferry_tasks_running", "type" => kind).increment(1.0);
+        TaskMetrics { kind, reported: TaskProgress::default() }
+    }
+
+    /// Count what was done since the last call.
+    fn report(&mut self, now: &TaskProgress) {
+        let kind = self.kind;
+        let delta = |new: u64, old: u64| new.saturating_sub(old);
+        metrics::counter!("ferry_task_bytes_total", "type" => kind)
+            .increment(delta(now.done_bytes, self.reported.done_bytes));
+        for (result, new, old) in [
+            ("done", now.done_files, self.reported.done_files),
+            ("skipped", now.skipped_files, self.reported.skipped_files),
+            ("failed", now.failed_files, self.reported.failed_files),
+        ] {
+            metrics::counter!("ferry_task_files_total", "type" => kind, "result" => result)
+                .increment(delta(new, old));
+        }
+        self.reported = *now;
+    }
+
+    /// `status`: SUCCESS, FAIL, or CANCELLED for a task stopped by its deletion.
+    fn finished(&self, status: &'static str) {
+        metrics::counter!("ferry_tasks_finished_total", "type" => self.kind, "status" => status).increment(1);
+    }
+}
+
+impl Drop for TaskMetrics {
+    fn drop(&mut self) {
+        metrics::gauge!("ferry_tasks_running", "type" => self.kind).decrement(1.0);
+    }
+}
+
+fn store_error(op: &'static str) {
+    metrics::counter!("ferry_worker_store_errors_total", "op" => op).increment(1);
+}
+
 /// Run one claimed task, renewing its lease and saving progress every second.
 ///
 /// The task runs in a task of its own. Were it polled by the loop below, it
@@ -98,6 +145,7 @@ pub async fn run(
 /// wait on a lock that can never be released, until the busy timeout.
 async fn run_one(env: &Arc<TaskEnv>, cfg: &WorkerConfig, task: TaskRow) {
     let progress = Arc::new(Progress::default());
+    let mut metered = TaskMetrics::start(task.task_type.as_str());
     let mut work = {
         let (env, task, progress) = (env.clone(), task.clone(), progress.clone());
         tokio::spawn(async move { hpc::run_task(&env, &task, progress).await })
@@ -113,10 +161,15 @@ async fn run_one(env: &Arc<TaskEnv>, cfg: &WorkerConfig, task: TaskRow) {
                 match env.store.renew_lease(&task.id, &cfg.id, until).await {
                     Ok(true) => {}
                     Ok(false) => break None,
-                    Err(e) => tracing::warn!(task = %task.id, error = %e, "cannot renew lease"),
+                    Err(e) => {
+                        store_error("renew_lease");
+                        tracing::warn!(task = %task.id, error = %e, "cannot renew lease");
+                    }
                 }
                 let p = live(&progress, started);
+                metered.report(&p);
                 if let Err(e) = env.store.set_task_progress(&task.id, &p).await {
+                    store_error("save_progress");
                     tracing::warn!(task = %task.id, error = %e, "cannot save progress");
                 }
             }
@@ -127,6 +180,7 @@ async fn run_one(env: &Arc<TaskEnv>, cfg: &WorkerConfig, task: TaskRow) {
         Some(Err(e)) => {
             // A bug, not a condition to retry forever: the task fails.
             tracing::error!(task = %task.id, error = %e, "task run panicked");
+            metered.finished(HpcTaskStatus::Fail.as_str());
             let message = format!("internal error: {e}");
             let r =
                 env.store.set_task_status(&task.id, HpcTaskStatus::Fail, Some(&message), Some(now())).await;
@@ -140,24 +194,30 @@ async fn run_one(env: &Arc<TaskEnv>, cfg: &WorkerConfig, task: TaskRow) {
             // run drops its writers), then leave no partial file.
             work.abort();
             let _ = work.await;
+            metered.report(&live(&progress, started));
             let dir = hpc::target_dir(&env.shares_root, &task.share_id, &task.src_target);
             tokio::task::spawn_blocking(move || hpc::sweep_temp_files(&dir)).await.ok();
-            if let Ok(Some(t)) = env.store.task(&task.share_id, &task.id).await {
-                if t.status == HpcTaskStatus::Deleting {
+            match env.store.task(&task.share_id, &task.id).await {
+                Ok(Some(t)) if t.status == HpcTaskStatus::Deleting => {
+                    metered.finished("CANCELLED");
                     let _ = env.store.delete_task(&task.id).await;
                     tracing::info!(task = %task.id, "task cancelled and deleted");
                 }
+                // Another worker holds it now (this one stalled past its lease).
+                _ => metered.finished("LEASE_LOST"),
             }
             return;
         }
     };
     let p = with_rate(outcome.progress, started);
+    metered.report(&p);
     let result = async {
         env.store.set_task_progress(&task.id, &p).await?;
         if let Some(report) = outcome.failure_report() {
             env.store.set_task_failure_report(&task.id, &report).await?;
         }
         let status = if outcome.success() { HpcTaskStatus::Success } else { HpcTaskStatus::Fail };
+        metered.finished(status.as_str());
         // A task deleted meanwhile is not brought back.
         if let Some(t) = env.store.task(&task.share_id, &task.id).await? {
             if t.status == HpcTaskStatus::Deleting {

@@ -656,6 +656,12 @@ impl Store {
         Ok((rows, count))
     }
 
+    /// How many tasks are in each status, over all shares (metrics).
+    pub async fn count_tasks_by_status(&self) -> Result<Vec<(HpcTaskStatus, u64)>> {
+        let q = "SELECT status, COUNT(*) AS n FROM hpc_tasks GROUP BY status";
+        self.rows(q, &[], |r| Ok((wire(r, "status", HpcTaskStatus::from_wire)?, r.int("n")? as u64))).await
+    }
+
     /// Set a task's status, message and end time (`None` clears them).
     pub async fn set_task_status(
         &self,

@@ -34,8 +34,10 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let cfg = Config::load(&args.server, args.listen.as_deref())?;
     let store = cfg.open_store().await?;
     let wake = Arc::new(Notify::new());
+    let metrics = ferry_api::metrics::install().context("cannot set up metrics")?;
     let state =
-        AppState::new(store, cfg.shares_root.clone(), Arc::new(cfg.object_stores.clone()), wake.clone());
+        AppState::new(store, cfg.shares_root.clone(), Arc::new(cfg.object_stores.clone()), wake.clone())
+            .with_metrics(metrics);
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {} (use --listen ADDR)", cfg.listen))?;

@@ -196,6 +196,29 @@ async fn story(db: Db) {
     assert_eq!(n["mtime_ns"].as_i64(), Some(src_md.mtime() * 1_000_000_000 + src_md.mtime_nsec()));
     assert_eq!(n["mode"].as_str(), Some(format!("{:o}", src_md.mode() & 0o7777).as_str()));
 
+    // Prometheus metrics: no authentication; what the tasks and requests did.
+    let m = c.with_auth(Auth::None).raw("GET", "/metrics", None, "text/plain").await;
+    assert_eq!(m.status, 200, "{}", m.text);
+    let sample = |line_start: &str| -> f64 {
+        let line = m.text.lines().find(|l| l.starts_with(line_start));
+        let line = line.unwrap_or_else(|| panic!("no {line_start} in\n{}", m.text));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(sample(r#"ferry_tasks_finished_total{type="export",status="SUCCESS"}"#), 2.0);
+    assert_eq!(sample(r#"ferry_tasks_finished_total{type="import_metadata",status="SUCCESS"}"#), 1.0);
+    assert!(sample(r#"ferry_task_bytes_total{type="preload"}"#) >= (5 + (3 << 20)) as f64);
+    assert_eq!(sample(r#"ferry_task_files_total{type="export",result="done"}"#), 2.0);
+    assert_eq!(sample(r#"ferry_tasks{status="SUCCESS"}"#), 6.0, "two shares' tasks");
+    assert_eq!(sample(r#"ferry_tasks{status="DOING"}"#), 0.0);
+    assert_eq!(sample(r#"ferry_tasks_running{type="preload"}"#), 0.0);
+    let route = r#"route="/v1/{project_id}/sfs-turbo/{share_id}/hpc-cache/task/{task_id}""#;
+    assert!(
+        m.text.lines().any(|l| l.starts_with("ferry_http_requests_total{") && l.contains(route)),
+        "requests counted by route pattern:\n{}",
+        m.text
+    );
+    assert!(m.text.contains("ferry_http_request_duration_seconds_bucket{"), "{}", m.text);
+
     // Listing with filters and count.
     let all = c.get(&format!("/{share}/hpc-cache/tasks")).await;
     assert_eq!(all.body["count"], 5, "{}", all.text);
