@@ -908,33 +908,31 @@ impl Store {
     }
 
     /// The [`CachedStat`] of every cached file in these directories (one
-    /// query per 500 directories). Reads only what an export compares, which
-    /// makes it several times cheaper than [`Store::entries_in_dirs`].
+    /// query per 500 directories). Each directory comes back as one row that
+    /// packs its files' stats (see [`unpack_stats`]): the database builds the
+    /// string far faster than the driver decodes a row per file, which makes
+    /// an unchanged export's check several times cheaper.
     pub async fn cached_stats_in_dirs(&self, target_id: &str, dirs: &[String]) -> Result<Vec<CachedStat>> {
+        let agg = match self.backend {
+            Backend::Sqlite(_) => "group_concat",
+            Backend::Postgres(_) => "string_agg",
+        };
         let mut out = Vec::new();
         for chunk in dirs.chunks(500) {
             let q = format!(
-                "SELECT dir, name, local_size, local_mtime_ns, local_ctime_ns, local_ino FROM hpc_ns_entries \
-                 WHERE target_id = ? AND dir IN ({}) AND kind = ? AND state = ?",
+                "SELECT dir, {agg}(CAST(length(name) AS TEXT) || ':' || name || \
+                 COALESCE(CAST(local_size AS TEXT), '') || ',' || COALESCE(CAST(local_mtime_ns AS TEXT), '') || ',' || \
+                 COALESCE(CAST(local_ctime_ns AS TEXT), '') || ',' || COALESCE(CAST(local_ino AS TEXT), ''), ';') AS packed \
+                 FROM hpc_ns_entries WHERE target_id = ? AND dir IN ({}) AND kind = ? AND state = ? GROUP BY dir",
                 vec!["?"; chunk.len()].join(", ")
             );
             let mut args = vec![Arg::from(target_id)];
             args.extend(chunk.iter().map(|d| Arg::from(d.as_str())));
             args.push(Arg::from("file"));
             args.push(Arg::from(EntryState::Cached.as_str()));
-            out.extend(
-                self.rows(&q, &args, |r| {
-                    Ok(CachedStat {
-                        dir: r.text("dir")?,
-                        name: r.text("name")?,
-                        size: r.opt_int("local_size")?.map(|v| v as u64),
-                        mtime_ns: r.opt_int("local_mtime_ns")?,
-                        ctime_ns: r.opt_int("local_ctime_ns")?,
-                        ino: r.opt_int("local_ino")?.map(|v| v as u64),
-                    })
-                })
-                .await?,
-            );
+            for (dir, packed) in self.rows(&q, &args, |r| Ok((r.text("dir")?, r.text("packed")?))).await? {
+                unpack_stats(&dir, &packed, &mut out)?;
+            }
         }
         Ok(out)
     }
@@ -994,6 +992,38 @@ impl Store {
     pub async fn delete_entries(&self, target_id: &str) -> Result<()> {
         self.run("DELETE FROM hpc_ns_entries WHERE target_id = ?", args![target_id]).await.map(drop)
     }
+}
+
+/// Parse the records of [`Store::cached_stats_in_dirs`]:
+/// `{name length in characters}:{name}{size},{mtime},{ctime},{ino}`, joined
+/// by `;`, an empty field for NULL. The length prefix makes any name safe.
+fn unpack_stats(dir: &str, packed: &str, out: &mut Vec<CachedStat>) -> Result<()> {
+    let bad = || bad_column("packed", format!("malformed stats of directory {dir:?}"));
+    let mut rest = packed;
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_once(':').ok_or_else(bad)?;
+        let len: usize = len.parse().map_err(|_| bad())?;
+        let name_end = tail.char_indices().nth(len).map_or(tail.len(), |(i, _)| i);
+        let (name, tail) = tail.split_at(name_end);
+        let (fields, next) = tail.split_once(';').unwrap_or((tail, ""));
+        let mut f = fields.split(',');
+        let mut num = || -> Result<Option<i64>> {
+            match f.next().ok_or_else(bad)? {
+                "" => Ok(None),
+                v => v.parse().map(Some).map_err(|_| bad()),
+            }
+        };
+        out.push(CachedStat {
+            dir: dir.to_string(),
+            name: name.to_string(),
+            size: num()?.map(|v| v as u64),
+            mtime_ns: num()?,
+            ctime_ns: num()?,
+            ino: num()?.map(|v| v as u64),
+        });
+        rest = next;
+    }
+    Ok(())
 }
 
 // ---- row decoding ----

@@ -10,7 +10,8 @@ use ferry_model::hpc::{
     ShareStatus, ShareSubStatus, TargetAttributes, TargetLifecycle, TargetPolicy,
 };
 use ferry_store::{
-    EntryState, Error, JobRow, NsEntry, ShareRow, Store, TargetRow, TaskFilter, TaskProgress, TaskRow,
+    CachedStat, EntryState, Error, JobRow, NsEntry, ShareRow, Store, TargetRow, TaskFilter, TaskProgress,
+    TaskRow,
 };
 use serde_json::json;
 use sqlx::Connection;
@@ -754,6 +755,52 @@ async fn namespace_index(store: Store, _backend: &str) {
     assert_eq!(first.len(), 3);
     let after_dir = store.list_entries("t1", Some(("a", "\u{10ffff}")), 1).await.unwrap();
     assert_eq!(after_dir[0].dir, "a b", "'a b' < 'a/b' in bytes");
+
+    // The cached stats an export compares, packed per directory: names
+    // with the packing's own separators, digits, newlines and wide
+    // characters come back exact, NULLs stay NULL, other kinds and states
+    // are left out.
+    let hostile = ["1:x", "a;b,c", "12345", ";;;", ",", "line\nbreak", "日本語:;", "é9,9;"];
+    let mut rows = Vec::new();
+    for (i, name) in hostile.iter().enumerate() {
+        let mut e = entry("c:d;e", name, i as u64);
+        e.state = EntryState::Cached;
+        e.local_size = Some(i as u64);
+        e.local_mtime_ns = Some(-(i as i64) * 1_000_000_007);
+        e.local_ctime_ns = (i % 2 == 0).then_some(i as i64);
+        e.local_ino = Some(u64::MAX - i as u64);
+        rows.push(e);
+    }
+    let mut stub = entry("c:d;e", "stub", 9);
+    stub.state = EntryState::Stub;
+    let mut sub = entry("c:d;e", "sub", 0);
+    sub.kind = "dir".into();
+    sub.state = EntryState::Cached;
+    store.upsert_entries("t1", &[rows.clone(), vec![stub, sub]].concat()).await.unwrap();
+    let dirs = vec!["c:d;e".to_string(), "a/b".to_string(), "none".to_string()];
+    let mut got = store.cached_stats_in_dirs("t1", &dirs).await.unwrap();
+    got.sort_by(|a, b| (&a.dir, &a.name).cmp(&(&b.dir, &b.name)));
+    let mut want: Vec<CachedStat> = rows
+        .iter()
+        .map(|e| CachedStat {
+            dir: e.dir.clone(),
+            name: e.name.clone(),
+            size: e.local_size,
+            mtime_ns: e.local_mtime_ns,
+            ctime_ns: e.local_ctime_ns,
+            ino: e.local_ino,
+        })
+        .collect();
+    want.push(CachedStat {
+        dir: "a/b".into(),
+        name: "file-000".into(),
+        size: Some(5),
+        mtime_ns: None,
+        ctime_ns: None,
+        ino: Some(42),
+    });
+    want.sort_by(|a, b| (&a.dir, &a.name).cmp(&(&b.dir, &b.name)));
+    assert_eq!(got, want);
 
     store.delete_entries("t1").await.unwrap();
     assert_eq!(store.count_entries("t1").await.unwrap(), 0);
