@@ -23,6 +23,19 @@ pub use middleware::RequestId;
 pub use routes::resume_jobs;
 pub use state::AppState;
 
+/// `/health` and `/metrics` alone: what a workers-only node serves.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics::render))
+        .layer(from_fn(middleware::request_id))
+        .with_state(state)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
@@ -30,7 +43,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(from_fn_with_state(state.clone(), middleware::authenticate));
     Router::new()
-        .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/health", get(health))
         .route("/metrics", get(metrics::render))
         .merge(openapi::routes())
         .merge(api)

@@ -24,7 +24,7 @@ pub enum Command {
     #[command(long_about = SERVE_HELP)]
     Serve(ServeArgs),
     /// Run workers only (other nodes of a PostgreSQL deployment serve the API).
-    Worker(ServerOpts),
+    Worker(WorkerArgs),
     /// Manage API tokens (`X-Auth-Token`).
     #[command(subcommand)]
     Token(AdminCommand),
@@ -55,6 +55,15 @@ pub struct ServeArgs {
     /// Do not run workers in this process.
     #[arg(long)]
     pub no_workers: bool,
+    #[command(flatten)]
+    pub server: ServerOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Serve `/health` and `/metrics` (Prometheus) on this address.
+    #[arg(long, value_name = "ADDR", env = "FERRY_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     #[command(flatten)]
     pub server: ServerOpts,
 }

@@ -8,7 +8,7 @@ use ferry_api::AppState;
 use ferry_engine::worker::{self, WorkerConfig};
 use tokio::sync::{watch, Notify};
 
-use crate::cli::{ServeArgs, ServerOpts};
+use crate::cli::{ServeArgs, ServerOpts, WorkerArgs};
 use crate::config::Config;
 
 fn worker_config(cfg: &Config) -> WorkerConfig {
@@ -95,8 +95,8 @@ fn print_banner(cfg: &Config, opts: &ServerOpts, addr: std::net::SocketAddr) {
     );
 }
 
-pub async fn worker(opts: ServerOpts) -> Result<ExitCode> {
-    let cfg = Config::load(&opts, None)?;
+pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
+    let cfg = Config::load(&args.server, None)?;
     let store = cfg.open_store().await?;
     let state = AppState::new(
         store,
@@ -109,6 +109,15 @@ pub async fn worker(opts: ServerOpts) -> Result<ExitCode> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(shutdown_signal(tx));
     println!("ferry worker: running tasks from {}", if cfg.embedded_db { "SQLite" } else { "PostgreSQL" });
+    if let Some(addr) = &args.metrics_listen {
+        let metrics = ferry_api::metrics::install().context("cannot set up metrics")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?;
+        println!("  metrics:       http://{}/metrics", listener.local_addr()?);
+        let app = ferry_api::ops_router(state.with_metrics(metrics));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
     worker::run(env, worker_config(&cfg), Arc::new(Notify::new()), rx).await;
     Ok(ExitCode::SUCCESS)
 }

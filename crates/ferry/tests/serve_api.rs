@@ -327,6 +327,47 @@ async fn story(db: Db) {
     assert!(!server.share_dir(&share2).exists());
 }
 
+/// A deployment of several nodes: `ferry serve --no-workers` answers the
+/// API, a separate `ferry worker` on the same database runs the tasks and
+/// shows what it did at its own `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_node_and_worker_node() {
+    for db in Db::all("nodes").await {
+        let s3 = S3Server::start(&["bucket1"]).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let config = write_config(tmp.path(), &s3);
+        let server = Server::start_api_only(&tmp.path().join("data"), Some(&config), &db);
+        let c = server.token(PROJECT);
+        seed_bucket(&s3, tmp.path(), "s3://bucket1");
+        let share = create_share(&c, "nodes").await;
+        link_target(&c, &share, "data", &s3.endpoint(), "bucket1", json!({})).await;
+
+        // No worker yet: the task waits.
+        let body = json!({"type": "preload", "src_target": "data", "dest_target": "data"});
+        let a = c.call("POST", &format!("/{share}/hpc-cache/task"), Some(&body)).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        let task = a.body["task_id"].as_str().unwrap().to_string();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let t = c.get(&format!("/{share}/hpc-cache/task/{task}")).await.body;
+        assert_eq!(
+            (t["status"].as_str(), t["progress"]["done_files"].as_u64()),
+            (Some("DOING"), Some(0)),
+            "{t}"
+        );
+
+        let (_worker, metrics_url) = server.worker();
+        let t = c.poll(&format!("/{share}/hpc-cache/task/{task}"), |b| b["status"] != "DOING").await;
+        assert_eq!(t["status"], "SUCCESS", "{t}");
+        let dir = server.share_dir(&share).join("data");
+        assert_eq!(fs::read(dir.join("ds/a.txt")).unwrap(), b"alpha");
+        let text = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        assert!(
+            text.lines().any(|l| l == r#"ferry_tasks_finished_total{type="preload",status="SUCCESS"} 1"#),
+            "{text}"
+        );
+    }
+}
+
 /// The index holds every directory a mount must list, including those no
 /// object stands for (the prefix's ancestors); importing again keeps the
 /// local copies of unchanged objects and drops those of changed ones.

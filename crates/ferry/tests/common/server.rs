@@ -63,6 +63,7 @@ pub struct Server {
     pub db: Db,
     pub banner: String,
     envs: Vec<(String, String)>,
+    serve_args: Vec<String>,
 }
 
 impl Server {
@@ -80,9 +81,50 @@ impl Server {
             db: db.clone(),
             banner: String::new(),
             envs,
+            serve_args: Vec::new(),
         };
         s.spawn();
         s
+    }
+
+    /// `ferry serve --no-workers`: the API alone; tasks wait for a
+    /// [`Server::worker`].
+    pub fn start_api_only(data: &Path, config: Option<&Path>, db: &Db) -> Server {
+        let mut s = Server {
+            child: None,
+            url: String::new(),
+            data: data.to_path_buf(),
+            config: config.map(Path::to_path_buf),
+            db: db.clone(),
+            banner: String::new(),
+            envs: Vec::new(),
+            serve_args: vec!["--no-workers".into()],
+        };
+        s.spawn();
+        s
+    }
+
+    /// `ferry worker --metrics-listen 127.0.0.1:0` with the server's options;
+    /// returns it with the URL of its metrics.
+    pub fn worker(&self) -> (ChildGuard, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        cmd.args(["worker", "--metrics-listen", "127.0.0.1:0"]);
+        self.base_args(&mut cmd);
+        cmd.env("FERRY_LOG", "ferry=info,warn");
+        let mut child =
+            cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn ferry worker");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let mut url = None;
+        while out.read_line(&mut line).expect("read worker banner") > 0 {
+            if let Some(u) = line.split("metrics:").nth(1) {
+                url = Some(u.trim().to_string());
+                break;
+            }
+            line.clear();
+        }
+        std::thread::spawn(move || for _ in out.lines() {});
+        (ChildGuard(child), url.expect("the worker prints its metrics URL"))
     }
 
     fn base_args(&self, cmd: &mut Command) {
@@ -104,6 +146,7 @@ impl Server {
     fn spawn(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
         cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+        cmd.args(&self.serve_args);
         self.base_args(&mut cmd);
         cmd.env("FERRY_LOG", "ferry=info,warn");
         let mut child =
@@ -167,6 +210,16 @@ impl Server {
 
     pub fn share_dir(&self, share_id: &str) -> PathBuf {
         self.data.join("shares").join(share_id)
+    }
+}
+
+/// A child process killed when dropped.
+pub struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
