@@ -72,7 +72,23 @@ impl Server {
     }
 
     pub fn start_with_env(data: &Path, config: Option<&Path>, db: &Db, envs: &[(&str, &str)]) -> Server {
-        let envs: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let envs = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::launch(data, config, db, envs, Vec::new())
+    }
+
+    /// `ferry serve --no-workers`: the API alone; tasks wait for a
+    /// [`Server::worker`].
+    pub fn start_api_only(data: &Path, config: Option<&Path>, db: &Db) -> Server {
+        Self::launch(data, config, db, Vec::new(), vec!["--no-workers".into()])
+    }
+
+    fn launch(
+        data: &Path,
+        config: Option<&Path>,
+        db: &Db,
+        envs: Vec<(String, String)>,
+        serve_args: Vec<String>,
+    ) -> Server {
         let mut s = Server {
             child: None,
             url: String::new(),
@@ -81,24 +97,7 @@ impl Server {
             db: db.clone(),
             banner: String::new(),
             envs,
-            serve_args: Vec::new(),
-        };
-        s.spawn();
-        s
-    }
-
-    /// `ferry serve --no-workers`: the API alone; tasks wait for a
-    /// [`Server::worker`].
-    pub fn start_api_only(data: &Path, config: Option<&Path>, db: &Db) -> Server {
-        let mut s = Server {
-            child: None,
-            url: String::new(),
-            data: data.to_path_buf(),
-            config: config.map(Path::to_path_buf),
-            db: db.clone(),
-            banner: String::new(),
-            envs: Vec::new(),
-            serve_args: vec!["--no-workers".into()],
+            serve_args,
         };
         s.spawn();
         s
