@@ -9,6 +9,8 @@
 #   bash bench/serve.sh
 #   LIST_N=20000 SMALL_N=2000 bash bench/serve.sh      # quicker
 #   BENCH_SKIP_IMPORT=1 ...                           # without the import_metadata case
+#   BENCH_POLL=0.05 ...                               # poll task status every 50 ms (default 10 ms)
+#   BENCH_SERVE_WRAP="perf record -g --" ...          # run ferry serve under a profiler
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ferry-target}"
