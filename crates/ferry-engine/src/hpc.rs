@@ -316,12 +316,9 @@ async fn changed_files(
                 if e.kind == EntryKind::Dir {
                     continue;
                 }
-                let same = known.get(&(full_dir.as_str(), e.name())).is_some_and(|row| {
-                    row.size == Some(e.size)
-                        && row.mtime_ns == e.meta.mtime_ns.or(e.mtime_ns)
-                        && row.ctime_ns == e.local.map(|l| l.ctime_ns)
-                        && row.ino == e.local.map(|l| l.ino)
-                });
+                let same = known
+                    .get(&(full_dir.as_str(), e.name()))
+                    .is_some_and(|row| same_local_stat((row.size, row.mtime_ns, row.ctime_ns, row.ino), &e));
                 if same {
                     unchanged += 1;
                 } else {
@@ -369,6 +366,17 @@ async fn walk_dirs(root: PosixRoot, tx: mpsc::Sender<Vec<(String, Listing)>>) ->
         }
     }
     Ok(())
+}
+
+/// Whether a local file still has the (size, mtime, ctime, inode) recorded
+/// when it was last cached or exported. ctime cannot be set by users, so a
+/// changed file never passes for unchanged.
+fn same_local_stat(recorded: (Option<u64>, Option<i64>, Option<i64>, Option<u64>), e: &Entry) -> bool {
+    let (size, mtime_ns, ctime_ns, ino) = recorded;
+    size == Some(e.size)
+        && mtime_ns == e.meta.mtime_ns.or(e.mtime_ns)
+        && ctime_ns == e.local.map(|l| l.ctime_ns)
+        && ino == e.local.map(|l| l.ino)
 }
 
 fn join_sub(sub: &str, rel: &str) -> String {
@@ -634,13 +642,34 @@ impl Importer<'_> {
                 return Ok(None)
             }
             Some(EntryState::Cached) => {
-                // The bucket may hold a newer object: drop the local copy so
-                // that no reader sees stale bytes; the next read loads it again.
+                // The bucket holds another object: drop the local copy so
+                // that no reader sees stale bytes; the next read loads it
+                // again. Unless the copy was changed here since it was
+                // cached: local changes win, and the next export uploads them.
+                let row = known.clone().expect("the state came from the row");
                 let (l, p) = (self.local.clone(), path.to_string());
-                tokio::task::spawn_blocking(move || l.remove(&p, EntryKind::File))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("cannot drop the stale local copy: {e}"))?;
+                let kept = tokio::task::spawn_blocking(move || -> Result<bool, ferry_storage::Error> {
+                    match l.stat(&p)? {
+                        Some(now)
+                            if !same_local_stat(
+                                (row.local_size, row.local_mtime_ns, row.local_ctime_ns, row.local_ino),
+                                &now,
+                            ) =>
+                        {
+                            Ok(true)
+                        }
+                        Some(_) => l.remove(&p, EntryKind::File).map(|()| false),
+                        None => Ok(false),
+                    }
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cannot drop the stale local copy: {e}"))?;
+                if kept {
+                    self.progress
+                        .warn(format!("{path}: changed here since it was cached; kept, not replaced"));
+                    return Ok(None);
+                }
                 EntryState::Stub
             }
             _ => EntryState::Stub,

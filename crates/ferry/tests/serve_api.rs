@@ -408,8 +408,11 @@ async fn reimport_keeps_unchanged_copies_and_indexes_directories() {
     assert_eq!(fs::metadata(dir.join("ds/sub/b.bin")).unwrap().ino(), b_ino);
     assert_eq!(s3.counts().get, gets);
 
-    // One object replaced: its stale copy goes, the other stays.
+    // Two objects replaced: the stale copy of one goes; the other was changed
+    // here since it was cached, and local changes win over the bucket.
     fs::write(src.join("ds/a.txt"), b"alpha, replaced in the bucket").unwrap();
+    fs::write(src.join("ds/sub/b.bin"), b"beta, replaced in the bucket").unwrap();
+    fs::write(dir.join("ds/sub/b.bin"), b"beta, edited in the share").unwrap();
     let r =
         common::ferry(&tmp.path().join("state"), &s3.env(), &["sync", src.to_str().unwrap(), "s3://bucket1"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -419,8 +422,13 @@ async fn reimport_keeps_unchanged_copies_and_indexes_directories() {
     assert_eq!(entry(&list, "ds/a.txt")["state"], "stub");
     assert_eq!(entry(&list, "ds/a.txt")["size"], 29);
     assert!(!dir.join("ds/a.txt").exists(), "no stale bytes left to read");
-    assert_eq!(entry(&list, "ds/sub/b.bin")["state"], "cached");
+    assert_eq!(fs::read(dir.join("ds/sub/b.bin")).unwrap(), b"beta, edited in the share");
     assert_eq!(fs::metadata(dir.join("ds/sub/b.bin")).unwrap().ino(), b_ino);
+
+    // The next export uploads the local edit.
+    let t = run_task(&c, &share, "export", "data", Some("ds/")).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    assert_eq!(fs::read(s3.root().join("bucket1/ds/sub/b.bin")).unwrap(), b"beta, edited in the share");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
