@@ -312,15 +312,39 @@ impl Store {
     pub async fn create_access_key(&self, project: &str) -> Result<(String, String)> {
         let ak = random_string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", 20);
         let sk = random_string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", 40);
+        let stored = match &self.secret_key {
+            Some(key) => key.seal(&sk, &ak),
+            None => sk.clone(),
+        };
         let q = "INSERT INTO hpc_access_keys (access_key, secret_key, project_id, created_at) VALUES (?, ?, ?, ?)";
-        self.run(q, args![ak.as_str(), sk.as_str(), project, now_secs()]).await?;
+        self.run(q, args![ak.as_str(), stored.as_str(), project, now_secs()]).await?;
         Ok((ak, sk))
     }
 
     /// The secret key and project of an access key.
     pub async fn access_key(&self, ak: &str) -> Result<Option<(String, String)>> {
         let q = "SELECT secret_key, project_id FROM hpc_access_keys WHERE access_key = ?";
-        self.row(q, args![ak], |r| Ok((r.text("secret_key")?, r.text("project_id")?))).await
+        let Some((stored, project)) =
+            self.row(q, args![ak], |r| Ok((r.text("secret_key")?, r.text("project_id")?))).await?
+        else {
+            return Ok(None);
+        };
+        let sk = crate::sealed::open(self.secret_key.as_ref(), &stored, ak)?;
+        Ok(Some((sk, project)))
+    }
+
+    /// Seal the secrets stored before a key was set; returns how many.
+    pub async fn seal_stored_secrets(&self) -> Result<u64> {
+        let Some(key) = &self.secret_key else { return Ok(0) };
+        let q = "SELECT access_key, secret_key FROM hpc_access_keys";
+        let rows = self.rows(q, &[], |r| Ok((r.text("access_key")?, r.text("secret_key")?))).await?;
+        let mut sealed = 0;
+        for (ak, stored) in rows.into_iter().filter(|(_, s)| !crate::sealed::is_sealed(s)) {
+            let q = "UPDATE hpc_access_keys SET secret_key = ? WHERE access_key = ? AND secret_key = ?";
+            sealed +=
+                self.run(q, args![key.seal(&stored, &ak).as_str(), ak.as_str(), stored.as_str()]).await?;
+        }
+        Ok(sealed)
     }
 
     // ---- shares ----

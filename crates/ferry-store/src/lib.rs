@@ -19,7 +19,9 @@ use sqlx::Row;
 use thiserror::Error;
 
 pub mod hpc;
+mod sealed;
 pub use hpc::*;
+pub use sealed::SecretKey;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -46,6 +48,9 @@ pub enum Error {
     /// The row to change, or the row a request refers to, does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// A sealed secret that does not open (no key, or another key).
+    #[error("{0}")]
+    Sealed(String),
 }
 
 #[derive(Clone, Debug)]
@@ -58,6 +63,8 @@ enum Backend {
 #[derive(Clone, Debug)]
 pub struct Store {
     backend: Backend,
+    /// Seals access-key secrets at rest; without it they are stored as given.
+    secret_key: Option<SecretKey>,
 }
 
 /// The record of a `ferry sync` pair (source, destination, options).
@@ -147,7 +154,13 @@ impl Store {
         } else {
             return Err(Error::UnsupportedUrl(redact(url)));
         };
-        Ok(Store { backend })
+        Ok(Store { backend, secret_key: None })
+    }
+
+    /// Seal access-key secrets with `key` from now on (and open sealed ones).
+    pub fn with_secret_key(mut self, key: SecretKey) -> Self {
+        self.secret_key = Some(key);
+        self
     }
 
     /// Open (creating it if needed) a SQLite database file.

@@ -8,12 +8,14 @@
 //! | `workers.tasks` | `FERRY_WORKERS_TASKS` | 4 |
 //! | `workers.threads` | `FERRY_WORKERS_THREADS` | 32 |
 //! | `workers.lease_secs` | `FERRY_WORKERS_LEASE_SECS` | 30 |
+//! | `secret_key_file` | `FERRY_SECRET_KEY_FILE` | `<data dir>/secret.key` (created when missing) |
 //! | `object_stores[i].<key>` | `FERRY_OBJECT_STORES_<i>_<KEY>` | one `file` store, endpoint `local`, root `<data dir>/buckets` |
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use ferry_storage::{ObjectStoreConfig, ObjectStores, Provider};
+use ferry_store::SecretKey;
 use serde::Deserialize;
 
 use crate::cli::ServerOpts;
@@ -27,6 +29,7 @@ pub const LOCAL_ENDPOINT: &str = "local";
 struct FileConfig {
     listen: Option<String>,
     database: Option<String>,
+    secret_key_file: Option<PathBuf>,
     #[serde(default)]
     workers: WorkersFile,
     #[serde(default)]
@@ -54,6 +57,9 @@ pub struct Config {
     pub lease_secs: i64,
     /// Whether the database is the embedded SQLite file.
     pub embedded_db: bool,
+    /// The key that seals access-key secrets in the database; every node of
+    /// a deployment must use the same one.
+    pub secret_key_file: PathBuf,
 }
 
 fn env(key: &str) -> Option<String> {
@@ -139,7 +145,12 @@ impl Config {
         if worker_tasks == 0 || worker_threads == 0 || lease_secs < 2 {
             bail!("workers: tasks and threads must be at least 1 and lease_secs at least 2");
         }
+        let secret_key_file = env("FERRY_SECRET_KEY_FILE")
+            .map(PathBuf::from)
+            .or(file.secret_key_file)
+            .unwrap_or_else(|| data_dir.join("secret.key"));
         Ok(Config {
+            secret_key_file,
             listen: listen.map(str::to_owned).or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into()),
             database,
             shares_root: data_dir.join("shares"),
@@ -161,7 +172,42 @@ impl Config {
                 create_dir(root)?;
             }
         }
-        ferry_store::Store::connect(&self.database).await.context("cannot open the database")
+        let store = ferry_store::Store::connect(&self.database).await.context("cannot open the database")?;
+        let store = store.with_secret_key(self.secret_key()?);
+        let sealed = store.seal_stored_secrets().await.context("cannot seal stored secrets")?;
+        if sealed > 0 {
+            tracing::info!(sealed, "sealed access-key secrets stored in clear by an earlier version");
+        }
+        Ok(store)
+    }
+
+    /// The key in `secret_key_file`, made (readable by the owner only) when
+    /// the file does not exist.
+    fn secret_key(&self) -> Result<SecretKey> {
+        let path = &self.secret_key_file;
+        match std::fs::read_to_string(path) {
+            Ok(text) => SecretKey::from_hex(&text)
+                .with_context(|| format!("{} must hold 64 hex digits (a 32-byte key)", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let key = SecretKey::generate();
+                if let Some(dir) = path.parent() {
+                    create_dir(dir)?;
+                }
+                let mut f =
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(path)
+                        .with_context(|| format!("cannot create the secret key file {}", path.display()))?;
+                writeln!(f, "{}", key.to_hex())
+                    .with_context(|| format!("cannot write the secret key file {}", path.display()))?;
+                Ok(key)
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read the secret key file {}", path.display())),
+        }
     }
 }
 

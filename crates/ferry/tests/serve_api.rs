@@ -368,6 +368,58 @@ async fn api_node_and_worker_node() {
     }
 }
 
+/// The secret keys of access keys are sealed in the database with the
+/// server's key file (made 0600 on first start); secrets stored in clear by
+/// an earlier version are sealed at the next start and keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_key_secrets_are_sealed_at_rest() {
+    use sqlx::{Connection, Row};
+    use std::os::unix::fs::PermissionsExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut server = Server::start(&data, None, &Db::Sqlite);
+    let c = server.hmac(PROJECT);
+    assert_eq!(c.get("/shares/detail").await.status, 200);
+    let Auth::Hmac { ak, sk } = c.auth.clone() else { unreachable!() };
+    let mode = fs::metadata(data.join("secret.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the key file is the owner's alone");
+
+    let db_url = format!("sqlite://{}", data.join("ferry.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&db_url).await.unwrap();
+    let stored: String = sqlx::query("SELECT secret_key FROM hpc_access_keys WHERE access_key = ?")
+        .bind(&ak)
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+        .get(0);
+    assert!(stored.starts_with("sealed:v1:") && !stored.contains(&sk), "{stored}");
+
+    // A row as an earlier version wrote it: the secret in clear.
+    let (old_ak, old_sk) = ("OLDACCESSKEY0000000A", "oldsecretkey0000000000000000000000000000");
+    sqlx::query(
+        "INSERT INTO hpc_access_keys (access_key, secret_key, project_id, created_at) VALUES (?, ?, ?, 0)",
+    )
+    .bind(old_ak)
+    .bind(old_sk)
+    .bind(PROJECT)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    server.restart();
+    let stored: String = sqlx::query("SELECT secret_key FROM hpc_access_keys WHERE access_key = ?")
+        .bind(old_ak)
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+        .get(0);
+    assert!(stored.starts_with("sealed:v1:"), "sealed at start: {stored}");
+    for (ak, sk) in [(ak.as_str(), sk.as_str()), (old_ak, old_sk)] {
+        let client = c.at(&server.url).with_auth(Auth::Hmac { ak: ak.into(), sk: sk.into() });
+        assert_eq!(client.get("/shares/detail").await.status, 200, "{ak}");
+    }
+}
+
 /// The index holds every directory a mount must list, including those no
 /// object stands for (the prefix's ancestors); importing again keeps the
 /// local copies of unchanged objects and drops those of changed ones.
