@@ -405,27 +405,19 @@ async fn record_entries(
 /// After a preload or export, every regular file under `sub` is clean and
 /// local: record it as `cached` with the stat seen now.
 async fn record_cached(env: &TaskEnv, target: &TargetRow, sub: &str, root: PosixRoot) -> Result<(), String> {
+    let (tx, mut rx) = mpsc::channel::<Vec<(String, Listing)>>(4);
+    let walker = tokio::spawn(walk_dirs(root, tx));
     let mut batch = Vec::with_capacity(INDEX_BATCH);
-    let mut stack = vec![String::new()];
-    while let Some(rel) = stack.pop() {
-        let r = root.clone();
-        let rel2 = rel.clone();
-        let listing = tokio::task::spawn_blocking(move || r.list_dir(&rel2))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        for e in listing.entries {
-            if e.kind == EntryKind::Dir {
-                stack.push(e.path.clone());
-            }
-            let full = if sub.is_empty() { e.path.clone() } else { format!("{sub}/{}", e.path) };
-            batch.push(index_row(&full, &e, EntryState::Cached, true));
+    while let Some(listed) = rx.recv().await {
+        for e in listed.into_iter().flat_map(|(_, listing)| listing.entries) {
+            batch.push(index_row(&join_sub(sub, &e.path), &e, EntryState::Cached, true));
             if batch.len() >= INDEX_BATCH {
                 env.store.upsert_entries(&target.id, &batch).await.map_err(|e| e.to_string())?;
                 batch.clear();
             }
         }
     }
+    walker.await.map_err(|e| e.to_string())??;
     if !batch.is_empty() {
         env.store.upsert_entries(&target.id, &batch).await.map_err(|e| e.to_string())?;
     }
