@@ -66,18 +66,6 @@ async fn link_target(
     id
 }
 
-async fn run_task(c: &Client, share: &str, kind: &str, target: &str, prefix: Option<&str>) -> Value {
-    let mut body = json!({"type": kind, "src_target": target, "dest_target": target});
-    if let Some(p) = prefix {
-        body["src_prefix"] = json!(p);
-        body["dest_prefix"] = json!(p);
-    }
-    let a = c.call("POST", &format!("/{share}/hpc-cache/task"), Some(&body)).await;
-    assert_eq!(a.status, 200, "{}", a.text);
-    let id = a.body["task_id"].as_str().unwrap().to_string();
-    c.poll(&format!("/{share}/hpc-cache/task/{id}"), |b| b["status"] != "DOING").await
-}
-
 /// Objects with POSIX metadata, written by `ferry sync` from a local tree.
 fn seed_bucket(s3: &S3Server, tmp: &Path, dst: &str) -> std::path::PathBuf {
     let src = tmp.join("seed");
@@ -131,7 +119,7 @@ async fn story(db: Db) {
 
     // import_metadata: names, sizes and mtimes in the index, no object GET.
     let before = s3.counts();
-    let t = run_task(&c, &share, "import_metadata", "data", Some("ds/")).await;
+    let t = c.run_task(&share, "import_metadata", "data", Some("ds/")).await;
     assert_eq!(t["status"], "SUCCESS", "{t}");
     let after = s3.counts();
     assert_eq!(after.get, before.get, "import_metadata must not read object data");
@@ -147,7 +135,7 @@ async fn story(db: Db) {
     assert_eq!(t["progress"]["failed_files"], 0);
 
     // import: the attributes stored by the export that wrote the objects.
-    let t = run_task(&c, &share, "import", "data", Some("ds/")).await;
+    let t = c.run_task(&share, "import", "data", Some("ds/")).await;
     assert_eq!(t["status"], "SUCCESS", "{t}");
     let list = entries(&c, &share, &target).await;
     let b = entry(&list, "ds/sub/b.bin");
@@ -158,7 +146,7 @@ async fn story(db: Db) {
     assert_eq!(b["mtime_ns"].as_i64(), Some(1_650_000_000_123_456_789));
 
     // preload: bytes on disk, attributes from the defaults.
-    let t = run_task(&c, &share, "preload", "data", Some("ds/")).await;
+    let t = c.run_task(&share, "preload", "data", Some("ds/")).await;
     assert_eq!(t["status"], "SUCCESS", "{t}");
     assert_eq!(fs::read(target_dir.join("ds/a.txt")).unwrap(), b"alpha");
     assert_eq!(fs::read(target_dir.join("ds/sub/b.bin")).unwrap(), vec![9u8; 3 << 20]);
@@ -172,14 +160,14 @@ async fn story(db: Db) {
     std::os::unix::fs::chown(target_dir.join("ds/new.txt"), Some(4242), Some(4343)).unwrap();
     fs::write(target_dir.join("ds/a.txt"), b"alpha, changed").unwrap();
     let before = s3.counts();
-    let t = run_task(&c, &share, "export", "data", Some("ds/")).await;
+    let t = c.run_task(&share, "export", "data", Some("ds/")).await;
     assert_eq!(t["status"], "SUCCESS", "{t}");
     assert_eq!(s3.counts().put - before.put, 2, "only the new and the changed file are uploaded");
     assert_eq!(fs::read(s3.root().join("bucket1/ds/a.txt")).unwrap(), b"alpha, changed");
 
     // A second export of an unchanged tree uploads nothing.
     let before = s3.counts();
-    let t = run_task(&c, &share, "export", "data", Some("ds/")).await;
+    let t = c.run_task(&share, "export", "data", Some("ds/")).await;
     assert_eq!(t["status"], "SUCCESS", "{t}");
     assert_eq!(s3.counts().put, before.put, "nothing changed, nothing uploaded");
     assert_eq!(s3.counts().total(), before.total(), "no request at all: {before:?} -> {:?}", s3.counts());
@@ -187,7 +175,7 @@ async fn story(db: Db) {
     // Another share imports what was exported: attributes restored, then bytes.
     let share2 = create_share(&c, "share-two").await;
     let target2 = link_target(&c, &share2, "copy", &ep, "bucket1", json!({})).await;
-    let t = run_task(&c, &share2, "import", "copy", Some("ds/")).await;
+    let t = c.run_task(&share2, "import", "copy", Some("ds/")).await;
     assert_eq!(t["status"], "SUCCESS", "{t}");
     let list = entries(&c, &share2, &target2).await;
     let n = entry(&list, "ds/new.txt");
@@ -435,7 +423,7 @@ async fn reimport_keeps_unchanged_copies_and_indexes_directories() {
     let target = link_target(&c, &share, "data", &s3.endpoint(), "bucket1", json!({})).await;
     let dir = server.share_dir(&share).join("data");
 
-    let t = run_task(&c, &share, "import_metadata", "data", Some("ds/sub/")).await;
+    let t = c.run_task(&share, "import_metadata", "data", Some("ds/sub/")).await;
     assert_eq!(t["status"], "SUCCESS", "{t}");
     let list = entries(&c, &share, &target).await;
     for d in ["ds", "ds/sub"] {
@@ -444,13 +432,13 @@ async fn reimport_keeps_unchanged_copies_and_indexes_directories() {
     assert_eq!(entry(&list, "ds/sub/b.bin")["state"], "stub");
     assert!(list.iter().all(|e| e["path"] != "ds/a.txt"), "prefix respected: {list:?}");
 
-    let t = run_task(&c, &share, "preload", "data", Some("ds/")).await;
+    let t = c.run_task(&share, "preload", "data", Some("ds/")).await;
     assert_eq!(t["status"], "SUCCESS", "{t}");
     let b_ino = fs::metadata(dir.join("ds/sub/b.bin")).unwrap().ino();
 
     // Nothing changed in the bucket: the copies stay, nothing is read again.
     let gets = s3.counts().get;
-    let t = run_task(&c, &share, "import", "data", Some("ds/")).await;
+    let t = c.run_task(&share, "import", "data", Some("ds/")).await;
     assert_eq!(t["status"], "SUCCESS", "{t}");
     let list = entries(&c, &share, &target).await;
     for f in ["ds/a.txt", "ds/sub/b.bin"] {
@@ -468,7 +456,7 @@ async fn reimport_keeps_unchanged_copies_and_indexes_directories() {
     let r =
         common::ferry(&tmp.path().join("state"), &s3.env(), &["sync", src.to_str().unwrap(), "s3://bucket1"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let t = run_task(&c, &share, "import", "data", Some("ds/")).await;
+    let t = c.run_task(&share, "import", "data", Some("ds/")).await;
     assert_eq!(t["status"], "SUCCESS", "{t}");
     let list = entries(&c, &share, &target).await;
     assert_eq!(entry(&list, "ds/a.txt")["state"], "stub");
@@ -478,7 +466,7 @@ async fn reimport_keeps_unchanged_copies_and_indexes_directories() {
     assert_eq!(fs::metadata(dir.join("ds/sub/b.bin")).unwrap().ino(), b_ino);
 
     // The next export uploads the local edit.
-    let t = run_task(&c, &share, "export", "data", Some("ds/")).await;
+    let t = c.run_task(&share, "export", "data", Some("ds/")).await;
     assert_eq!(t["status"], "SUCCESS", "{t}");
     assert_eq!(fs::read(s3.root().join("bucket1/ds/sub/b.bin")).unwrap(), b"beta, edited in the share");
 }

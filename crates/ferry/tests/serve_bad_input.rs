@@ -71,19 +71,6 @@ async fn link_target(c: &Client, share: &str, path: &str, endpoint: &str, bucket
     id
 }
 
-/// Run a task to its end; returns the task.
-async fn run_task(c: &Client, share: &str, kind: &str, target: &str, prefix: Option<&str>) -> Value {
-    let mut body = json!({"type": kind, "src_target": target, "dest_target": target});
-    if let Some(p) = prefix {
-        body["src_prefix"] = json!(p);
-        body["dest_prefix"] = json!(p);
-    }
-    let a = c.call("POST", &format!("/{share}/hpc-cache/task"), Some(&body)).await;
-    assert_eq!(a.status, 200, "{}", a.text);
-    let id = a.body["task_id"].as_str().unwrap().to_string();
-    c.poll(&format!("/{share}/hpc-cache/task/{id}"), |b| b["status"] != "DOING").await
-}
-
 fn token_of(c: &Client) -> String {
     match &c.auth {
         common::server::Auth::Token(t) => t.clone(),
@@ -118,7 +105,7 @@ async fn project(server: &Server, s3: &S3Server, project: &str, share_name: &str
     let client = server.token(project);
     let (share, job) = create_share(&client, share_name).await;
     let target = link_target(&client, &share, "data", &s3.endpoint(), "bkt").await;
-    let task = run_task(&client, &share, "import_metadata", "data", Some("ds/")).await;
+    let task = client.run_task(&share, "import_metadata", "data", Some("ds/")).await;
     assert_eq!(task["status"], "SUCCESS", "{task}");
     let task = task["task_id"].as_str().unwrap().to_string();
     let a = client
@@ -1150,7 +1137,7 @@ async fn hostile_keys(db: Db) {
         ("import", None),
         ("import_metadata", Some("esc/")),
     ] {
-        let t = run_task(&c, &share, kind, "t", prefix).await;
+        let t = c.run_task(&share, kind, "t", prefix).await;
         let status = t["status"].as_str().unwrap_or("");
         assert!(status == "SUCCESS" || status == "FAIL", "{kind} {prefix:?}: {t}");
         let id = t["task_id"].as_str().unwrap();
@@ -1196,13 +1183,13 @@ async fn hostile_keys(db: Db) {
     }
 
     // Preload and export under a prefix with '%' touch that literal prefix only.
-    let t = run_task(&c, &share, "preload", "t", Some("dots/%2e%2e/")).await;
+    let t = c.run_task(&share, "preload", "t", Some("dots/%2e%2e/")).await;
     assert_eq!(t["status"], "SUCCESS", "{t}");
     let files: Vec<String> =
         snapshot(&tdir, false).into_iter().filter(|(_, v)| v.0 == 'f').map(|(k, _)| k).collect();
     assert_eq!(files, ["dots/%2e%2e/x"], "preload fetched only the literal prefix");
     fs::write(tdir.join("dots/%2e%2e/x"), b"changed in the share").unwrap();
-    let t = run_task(&c, &share, "export", "t", Some("dots/%2e%2e/")).await;
+    let t = c.run_task(&share, "export", "t", Some("dots/%2e%2e/")).await;
     assert_eq!(t["status"], "SUCCESS", "{t}");
     let mut expected = bucket_before.clone();
     let key = "dots/%2e%2e/x".to_string();

@@ -338,6 +338,20 @@ impl Client {
         Answer { status, body, request_id, text }
     }
 
+    /// Create a task on `target` (with `prefix` as both src and dest prefix)
+    /// and wait for its end; returns the task.
+    pub async fn run_task(&self, share: &str, kind: &str, target: &str, prefix: Option<&str>) -> Value {
+        let mut body = serde_json::json!({"type": kind, "src_target": target, "dest_target": target});
+        if let Some(p) = prefix {
+            body["src_prefix"] = serde_json::json!(p);
+            body["dest_prefix"] = serde_json::json!(p);
+        }
+        let a = self.call("POST", &format!("/{share}/hpc-cache/task"), Some(&body)).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        let id = a.body["task_id"].as_str().unwrap().to_string();
+        self.poll(&format!("/{share}/hpc-cache/task/{id}"), |b| b["status"] != "DOING").await
+    }
+
     /// Poll `path` until `done(body)` (at most 60 s).
     pub async fn poll(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
         let start = Instant::now();
