@@ -3,6 +3,7 @@
 #
 #   bash bench/run.sh                 # full size (as in the issue)
 #   SMALL_N=2000 LARGE_N=2 LARGE_MB=256 LIST_N=20000 bash bench/run.sh   # quicker
+#   BENCH_REPS=3 BENCH_CASES=large bash bench/run.sh   # repetitions per tool (default 2), a subset of cases
 #
 # Server: garage when `garage` is on PATH (or BENCH_INSTALL_GARAGE=1 to
 # `cargo install garage --locked` it, ~10 min), else ferry's s3s-fs test server.
@@ -23,7 +24,6 @@ PORT=${BENCH_PORT:-39000}
 
 source bench/server.sh
 export FERRY_STATE_DIR=$WORK/state
-RCLONE_FLAGS=(--transfers 64 --checkers 64 --s3-upload-concurrency 8 --s3-chunk-size 16M)
 
 echo "making data in $WORK/data ..." >&2
 python3 - "$WORK/data" "$SMALL_N" "$SMALL_KB" "$LARGE_N" "$LARGE_MB" "$LIST_N" <<'PY'
@@ -48,10 +48,10 @@ PY
 
 RESULTS=$WORK/results.tsv
 : > "$RESULTS"
+REPS=${BENCH_REPS:-2}
 # measure NAME TOOL FILES BYTES -- command...
 measure() {
     local name=$1 tool=$2 files=$3 bytes=$4 t; shift 5
-    [[ "$name" =~ ${BENCH_CASES:-.} ]] || return 0
     sync; echo "  $name / $tool" >&2
     if /usr/bin/time -f "%e %M" "$@" > "$WORK/cmd.out" 2> "$WORK/cmd.err"; then
         t=$(tail -n1 "$WORK/cmd.err")
@@ -60,30 +60,61 @@ measure() {
     fi
     echo -e "$name\t$tool\t$files\t$bytes\t$t" >> "$RESULTS"
 }
-R=(env -u AWS_CA_BUNDLE rclone)
+# pair NAME FILES BYTES FERRY_CMD RCLONE_CMD: both commands REPS times, the
+# order alternating between repetitions, so that neither tool always runs
+# first (the first reader after a large upload pays for the kernel's page
+# cache reclaim and the server's background work). @K@ in a command is the
+# repetition's number (a fresh destination each time). Commands are split on
+# spaces: the paths here have none. The output directory is emptied first.
+pair() {
+    local name=$1 files=$2 bytes=$3 k tool cmd
+    [[ "$name" =~ ${BENCH_CASES:-.} ]] || return 0
+    for ((k = 0; k < REPS; k++)); do
+        for tool in $( ((k % 2 == 0)) && echo ferry rclone || echo rclone ferry); do
+            [[ $tool == ferry ]] && cmd=$4 || cmd=$5
+            rm -rf "${O:?}"/*
+            # shellcheck disable=SC2086
+            measure "$name" "$tool" "$files" "$bytes" -- ${cmd//@K@/$k}
+        done
+    done
+}
+R="env -u AWS_CA_BUNDLE rclone"
+RC="--transfers 64 --checkers 64 --s3-upload-concurrency 8 --s3-chunk-size 16M"
 
 SB=$((SMALL_N * SMALL_KB * 1024)); LB=$((LARGE_N * LARGE_MB * 1024 * 1024))
 D=$WORK/data; O=$WORK/out
-echo "running cases against $SERVER ..." >&2
-measure "small up ($SMALL_N x ${SMALL_KB} KiB)" ferry "$SMALL_N" "$SB" -- "$FERRY" sync "$D/small" s3://bench/ferry/small --quiet --threads 64
-measure "small up ($SMALL_N x ${SMALL_KB} KiB)" rclone "$SMALL_N" "$SB" -- "${R[@]}" copy "$D/small" bench:bench/rclone/small/ "${RCLONE_FLAGS[@]}" -M
-measure "small down" ferry "$SMALL_N" "$SB" -- "$FERRY" sync s3://bench/ferry/small "$O/ferry-small" --quiet --threads 64
-measure "small down" rclone "$SMALL_N" "$SB" -- "${R[@]}" copy bench:bench/rclone/small/ "$O/rclone-small" "${RCLONE_FLAGS[@]}" -M
-measure "no-op re-sync ($SMALL_N unchanged)" ferry "$SMALL_N" 0 -- "$FERRY" sync "$D/small" s3://bench/ferry/small --quiet --threads 64
-measure "no-op re-sync ($SMALL_N unchanged)" rclone "$SMALL_N" 0 -- "${R[@]}" sync "$D/small" bench:bench/rclone/small/ "${RCLONE_FLAGS[@]}" -M
-measure "large up ($LARGE_N x $LARGE_MB MiB)" ferry "$LARGE_N" "$LB" -- "$FERRY" sync "$D/large" s3://bench/ferry/large --quiet
-measure "large up ($LARGE_N x $LARGE_MB MiB)" rclone "$LARGE_N" "$LB" -- "${R[@]}" copy "$D/large" bench:bench/rclone/large/ "${RCLONE_FLAGS[@]}" -M
-rm -rf "$O"/*; 
-measure "large down" ferry "$LARGE_N" "$LB" -- "$FERRY" sync s3://bench/ferry/large "$O/ferry-large" --quiet
-rm -rf "$O"/*
-measure "large down" rclone "$LARGE_N" "$LB" -- "${R[@]}" copy bench:bench/rclone/large/ "$O/rclone-large" "${RCLONE_FLAGS[@]}" -M
-rm -rf "$O"/*
+echo "running cases against $SERVER, $REPS repetitions each ..." >&2
+pair "small up ($SMALL_N x ${SMALL_KB} KiB)" "$SMALL_N" "$SB" \
+    "$FERRY sync $D/small s3://bench/ferry/small-@K@ --quiet --threads 64" \
+    "$R copy $D/small bench:bench/rclone/small-@K@/ $RC -M"
+pair "small down" "$SMALL_N" "$SB" \
+    "$FERRY sync s3://bench/ferry/small-0 $O/ferry-small --quiet --threads 64" \
+    "$R copy bench:bench/rclone/small-0/ $O/rclone-small $RC -M"
+pair "no-op re-sync ($SMALL_N unchanged)" "$SMALL_N" 0 \
+    "$FERRY sync $D/small s3://bench/ferry/small-0 --quiet --threads 64" \
+    "$R sync $D/small bench:bench/rclone/small-0/ $RC -M"
+pair "large up ($LARGE_N x $LARGE_MB MiB)" "$LARGE_N" "$LB" \
+    "$FERRY sync $D/large s3://bench/ferry/large-@K@ --quiet" \
+    "$R copy $D/large bench:bench/rclone/large-@K@/ $RC -M"
+# The large uploads above wrote 4 × LARGE_N × LARGE_MB MiB: the objects to
+# read may have left the server's page cache, and the first reader would then
+# measure the disk. One untimed read of both tools' objects first.
+if [[ "large down" =~ ${BENCH_CASES:-.} ]]; then
+    echo "  warming the server's cache for large down" >&2
+    for tool in ferry rclone; do
+        "$FERRY" sync "s3://bench/$tool/large-0" "$O/warm" --quiet --no-checkpoint; rm -rf "$O/warm"
+    done
+fi
+pair "large down" "$LARGE_N" "$LB" \
+    "$FERRY sync s3://bench/ferry/large-0 $O/ferry-large --quiet" \
+    "$R copy bench:bench/rclone/large-0/ $O/rclone-large $RC -M"
 if [[ "list" =~ ${BENCH_CASES:-.} ]]; then
     echo "  uploading $LIST_N objects for the listing case" >&2
     "$FERRY" sync "$D/list" s3://bench/list --quiet --threads 64 --no-checkpoint
 fi
-measure "list ($LIST_N objects)" ferry "$LIST_N" 0 -- "$FERRY" ls -R s3://bench/list --summary
-measure "list ($LIST_N objects)" rclone "$LIST_N" 0 -- "${R[@]}" lsf -R bench:bench/list/ --checkers 64
+pair "list ($LIST_N objects)" "$LIST_N" 0 \
+    "$FERRY ls -R s3://bench/list --summary" \
+    "$R lsf -R bench:bench/list/ --checkers 64"
 
 python3 - "$RESULTS" "$SERVER" <<'PY'
 import sys, collections
@@ -91,20 +122,26 @@ rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 by = collections.OrderedDict()
 for name, tool, files, nbytes, t in rows:
     secs, rss = t.split()
-    by.setdefault(name, {})[tool] = (float(secs), int(files), int(nbytes), int(rss) / 1024)
+    prev = by.setdefault(name, {}).get(tool)
+    secs, rss = float(secs), int(rss) / 1024
+    runs = (prev[4] if prev else []) + [secs]
+    if prev:
+        secs, rss = min(secs, prev[0]), max(rss, prev[3])
+    by[name][tool] = (secs, int(files), int(nbytes), rss, runs)
 print(f"server: {sys.argv[2]}\n")
-print("| case | tool | seconds | files/s | MiB/s | peak RSS MiB | ferry/rclone (speed) |")
-print("|---|---|---|---|---|---|---|")
+print("Best time of each tool over its repetitions (all times in the last column), highest peak RSS.\n")
+print("| case | tool | seconds | files/s | MiB/s | peak RSS MiB | ferry/rclone (speed) | all runs (s) |")
+print("|---|---|---|---|---|---|---|---|")
 for name, tools in by.items():
     speed = {}
     for tool in ("ferry", "rclone"):
         if tool not in tools: continue
-        secs, files, nbytes, rss = tools[tool]
+        secs, files, nbytes, rss, runs = tools[tool]
         fps = files / secs if secs > 0 else float("nan")
         mbs = nbytes / secs / 2**20 if secs > 0 else float("nan")
         speed[tool] = 1 / secs if secs > 0 else float("nan")
         ratio = ""
         if tool == "rclone" and "ferry" in speed:
             ratio = f"{speed['ferry'] / speed['rclone']:.2f}x"
-        print(f"| {name} | {tool} | {secs:.2f} | {fps:,.0f} | {mbs:,.1f} | {rss:,.0f} | {ratio} |")
+        print(f"| {name} | {tool} | {secs:.2f} | {fps:,.0f} | {mbs:,.1f} | {rss:,.0f} | {ratio} | {' '.join(f'{r:.2f}' for r in runs)} |")
 PY
