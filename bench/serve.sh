@@ -9,7 +9,9 @@
 #   bash bench/serve.sh
 #   LIST_N=20000 SMALL_N=2000 bash bench/serve.sh      # quicker
 #   BENCH_SKIP_IMPORT=1 ...                           # without the import_metadata case
-#   BENCH_POLL=0.05 ...                               # poll task status every 50 ms (default 10 ms)
+#   BENCH_REPS=5 ...                                  # repetitions of the preload/export cases (median; default 3)
+#   BENCH_POLL=0.01 ...                               # poll task status every 10 ms (default 50 ms: on 2 cores,
+#                                                     # 100 polls/s slowed the export case by ~4%)
 #   BENCH_SERVE_WRAP="perf record -g --" ...          # run ferry serve under a profiler
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,12 +75,12 @@ def call(method, path, body=None):
         text = r.read()
         return json.loads(text) if text else {}
 
-def poll(path, done):
+def poll(path, done, every=None):
     while True:
         b = call("GET", path)
         if done(b):
             return b
-        time.sleep(float(os.environ.get("BENCH_POLL", "0.01")))
+        time.sleep(every or float(os.environ.get("BENCH_POLL", "0.05")))
 
 def rss_kib(pid):
     for line in open(f"/proc/{pid}/status"):
@@ -92,16 +94,18 @@ def timed(cmd):
 
 share = call("POST", "/shares", {"share": {"name": "bench", "share_proto": "NFS", "share_type": "STANDARD", "size": 1000}})["id"]
 poll(f"/shares/{share}", lambda b: b["status"] == "200")
-for name, prefix_dir in [("list", "list"), ("small", "small")]:
+reps = int(os.environ.get("BENCH_REPS", "3"))
+# One target per repetition of the small cases: each preload fills a new directory.
+for name in ["list"] + [f"small{k}" for k in range(reps)]:
     t = call("POST", f"/shares/{share}/targets", {"file_system_path": name, "obs": {"bucket": "bench", "endpoint": endpoint}})
     poll(f"/shares/{share}/targets/{t['target_id']}", lambda b: b["lifecycle"] == "AVAILABLE")
 share_dir = os.path.join(work, "serve", "shares", share)
 
-def task(kind, target, prefix):
+def task(kind, target, prefix, poll_every=None):
     t0 = time.monotonic()
     tid = call("POST", f"/{share}/hpc-cache/task", {"type": kind, "src_target": target, "dest_target": target,
                                                     "src_prefix": prefix, "dest_prefix": prefix})["task_id"]
-    b = poll(f"/{share}/hpc-cache/task/{tid}", lambda b: b["status"] != "DOING")
+    b = poll(f"/{share}/hpc-cache/task/{tid}", lambda b: b["status"] != "DOING", poll_every)
     assert b["status"] == "SUCCESS", b
     return time.monotonic() - t0, b
 
@@ -116,31 +120,60 @@ if os.environ.get("BENCH_SKIP_IMPORT") != "1":
     t_imp, _ = task("import_metadata", "list", "list/")
     row(f"import_metadata of {list_n:,} objects", "ferry", t_imp, "rclone lsf -R", t_ls, "≤ 1.5× rclone's listing time")
 
-t_pre, b = task("preload", "small", "small/")
+# Preload and export of SMALL_N files against ferry sync of the same data,
+# run BENCH_REPS times, interleaved, in a rotating order, after an untimed
+# warm-up read: no tool gains from the server's caches by running second.
 # Two references: ferry sync as run by default (resumable, like a task) and
-# with --no-checkpoint (nothing recorded: the bare transfer).
-def sync_times(src, dst):
-    with_cp = timed([ferry, "sync", src, dst + "-cp", "--quiet", "--threads", "64"])
-    bare = timed([ferry, "sync", src, dst + "-bare", "--quiet", "--threads", "64", "--no-checkpoint"])
-    return with_cp, bare
+# with --no-checkpoint (nothing recorded: the bare transfer). Medians reported.
+def median(xs):
+    return sorted(xs)[len(xs) // 2]
 
-t_cp, t_bare = sync_times("s3://bench/small", os.path.join(work, "out", "sync-down"))
-row(f"preload of {small_n:,} × 4 KiB", "ferry preload", t_pre, "ferry sync", t_cp, "≥ ferry sync's speed")
-row(f"preload of {small_n:,} × 4 KiB", "ferry preload", t_pre, "ferry sync --no-checkpoint", t_bare, "(bare transfer)")
+def interleaved(runs):
+    times = {name: [] for name in runs}
+    for k in range(reps):
+        names = list(runs)
+        names = names[k % len(names):] + names[:k % len(names)]
+        for name in names:
+            times[name].append(runs[name](k))
+    print({n: [round(t, 2) for t in ts] for n, ts in times.items()}, file=sys.stderr)
+    return {n: median(ts) for n, ts in times.items()}
 
-# Export of new files: the preloaded tree, changed, into a new prefix.
-newdir = os.path.join(share_dir, "small", "new")
-subprocess.run(["cp", "-a", os.path.join(work, "data", "small"), newdir], check=True)
-t_exp, b = task("export", "small", "new/")
-t_cp, t_bare = sync_times(os.path.join(work, "data", "small"), "s3://bench/sync-up")
-row(f"export of {small_n:,} new × 4 KiB", "ferry export", t_exp, "ferry sync", t_cp, "≥ ferry sync's speed")
-row(f"export of {small_n:,} new × 4 KiB", "ferry export", t_exp, "ferry sync --no-checkpoint", t_bare, "(bare transfer)")
+sync = [ferry, "sync", "--quiet", "--threads", "64"]
+timed(sync + ["--no-checkpoint", "s3://bench/small", os.path.join(work, "out", "warm-up")])
+t = interleaved({
+    "preload": lambda k: task("preload", f"small{k}", "small/")[0],
+    "sync": lambda k: timed(sync + ["s3://bench/small", os.path.join(work, "out", f"down-cp{k}")]),
+    "bare": lambda k: timed(sync + ["--no-checkpoint", "s3://bench/small", os.path.join(work, "out", f"down-bare{k}")]),
+})
+row(f"preload of {small_n:,} × 4 KiB", "ferry preload", t["preload"], "ferry sync", t["sync"], "≥ ferry sync's speed")
+row(f"preload of {small_n:,} × 4 KiB", "ferry preload", t["preload"], "ferry sync --no-checkpoint", t["bare"], "(bare transfer)")
+
+# Export of new files: a copy of the data in each repetition's target, under
+# a prefix of its own (the targets share the bucket: an export into a prefix
+# that already holds identical objects would rightly upload nothing).
+data = os.path.join(work, "data", "small")
+for k in range(reps):
+    subprocess.run(["cp", "-a", data, os.path.join(share_dir, f"small{k}", f"new{k}")], check=True)
+t = interleaved({
+    "export": lambda k: task("export", f"small{k}", f"new{k}/")[0],
+    "sync": lambda k: timed(sync + [data, f"s3://bench/up-cp{k}"]),
+    "bare": lambda k: timed(sync + ["--no-checkpoint", data, f"s3://bench/up-bare{k}"]),
+})
+row(f"export of {small_n:,} new × 4 KiB", "ferry export", t["export"], "ferry sync", t["sync"], "≥ ferry sync's speed")
+row(f"export of {small_n:,} new × 4 KiB", "ferry export", t["export"], "ferry sync --no-checkpoint", t["bare"], "(bare transfer)")
 
 # Export of an unchanged tree of LIST_N files (materialized by a preload first).
+# An unchanged export changes nothing, so both sides simply repeat (5 times,
+# interleaved, medians; find's output goes to /dev/null). A task this short
+# is polled every 10 ms: at 50 ms the polling would be a quarter of it.
 task("preload", "list", "list/")
-t_noop, b = task("export", "list", "list/")
-t_find = timed(["find", os.path.join(share_dir, "list"), "-printf", "%s %T@ %p\n"])
-row(f"export of {list_n:,} unchanged files", "ferry export", t_noop, "find -printf", t_find, "≤ 2× the find walk")
+reps, reps_small = 5, reps
+t = interleaved({
+    "export": lambda k: task("export", "list", "list/", 0.01)[0],
+    "find": lambda k: timed(["find", os.path.join(share_dir, "list"), "-printf", "%s %T@ %p\n"]),
+})
+reps = reps_small
+row(f"export of {list_n:,} unchanged files", "ferry export", t["export"], "find -printf", t["find"], "≤ 2× the find walk")
 
 # 10,000 tasks in one share, inserted straight into the database.
 db = sqlite3.connect(os.path.join(work, "serve", "ferry.db"))
