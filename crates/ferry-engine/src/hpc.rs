@@ -18,6 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ferry_model::hpc::{HpcTaskType, TargetAttributes, TargetLifecycle};
 use ferry_model::{Entry, EntryKind, PosixMeta};
@@ -215,7 +216,7 @@ async fn transfer(
     let mut opts = SyncOptions { threads: env.threads, ..Default::default() };
     let mut exported = None;
     if dir == Direction::Export {
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         let (changed, unchanged) = changed_files(env, &target, &sub, &root).await?;
         let elapsed_ms = t0.elapsed().as_millis() as u64;
         tracing::debug!(changed = changed.len(), unchanged, elapsed_ms, "export change detection");
@@ -242,7 +243,7 @@ async fn transfer(
     };
     let sync = Sync::with_progress(src, dst, opts, progress.clone())
         .with_checkpoint(CheckpointSpec { store: env.store.clone() });
-    let t0 = std::time::Instant::now();
+    let t0 = Instant::now();
     let report = sync.run().await.map_err(|e| e.to_string())?;
     let sync_ms = t0.elapsed().as_millis() as u64;
     tracing::debug!(sync_ms, transferred = report.transferred, "transfer done");
@@ -260,7 +261,7 @@ async fn transfer(
             record_entries(env, &target, &sub, &entries).await
         }
         None => {
-            let t0 = std::time::Instant::now();
+            let t0 = Instant::now();
             record_cached(env, &target, &sub, root).await?;
             tracing::debug!(elapsed_ms = t0.elapsed().as_millis() as u64, "preloaded files indexed");
             Ok(())
@@ -269,7 +270,11 @@ async fn transfer(
 }
 
 /// Directories whose index rows an export's change detection reads in one query.
-const DIRS_PER_QUERY: usize = 256;
+const DIRS_PER_QUERY: usize = 128;
+
+/// Index queries of an export's change detection in flight at once (the
+/// SQLite pool has four connections; WAL lets them read in parallel).
+const QUERIES_IN_FLIGHT: usize = 3;
 
 /// Directories listed at once (on blocking threads) by that walk.
 const LIST_PARALLELISM: usize = 8;
@@ -289,26 +294,42 @@ async fn changed_files(
     sub: &str,
     root: &PosixRoot,
 ) -> Result<(Vec<Entry>, u64), String> {
+    use futures::StreamExt;
+
     // Bounded: memory holds at most a few batches of listed directories.
-    let (tx, mut rx) = mpsc::channel::<Vec<(String, Listing)>>(4);
+    let (tx, rx) = mpsc::channel::<Vec<(String, Listing)>>(4);
     let walker = tokio::spawn(walk_dirs(root.clone(), tx));
-    let (mut changed, mut unchanged) = (Vec::new(), 0u64);
-    let mut batch: Vec<(String, Listing)> = Vec::new();
-    let mut open = true;
-    while open || !batch.is_empty() {
-        if open && batch.len() < DIRS_PER_QUERY {
+    // Listed directories in groups of DIRS_PER_QUERY, each group's index rows
+    // read by one query, QUERIES_IN_FLIGHT queries at once (the walk, the
+    // index reads and the comparison overlap).
+    let batches = futures::stream::unfold((rx, Vec::new()), |(mut rx, mut batch)| async move {
+        while batch.len() < DIRS_PER_QUERY {
             match rx.recv().await {
-                Some(listed) => {
-                    batch.extend(listed);
-                    continue;
-                }
-                None => open = false,
+                Some(listed) => batch.extend(listed),
+                None => break,
             }
         }
-        let take = batch.len().min(DIRS_PER_QUERY);
-        let dirs: Vec<(String, Listing)> = batch.drain(..take).collect();
-        let full_dirs: Vec<String> = dirs.iter().map(|(rel, _)| join_sub(sub, rel)).collect();
-        let rows = env.store.cached_stats_in_dirs(&target.id, &full_dirs).await.map_err(|e| e.to_string())?;
+        if batch.is_empty() {
+            return None;
+        }
+        let rest = batch.split_off(batch.len().min(DIRS_PER_QUERY));
+        Some((batch, (rx, rest)))
+    });
+    let mut queried = std::pin::pin!(batches
+        .map(|dirs: Vec<(String, Listing)>| async move {
+            let t0 = Instant::now();
+            let full_dirs: Vec<String> = dirs.iter().map(|(rel, _)| join_sub(sub, rel)).collect();
+            let rows =
+                env.store.cached_stats_in_dirs(&target.id, &full_dirs).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((dirs, full_dirs, rows, t0.elapsed()))
+        })
+        .buffered(QUERIES_IN_FLIGHT));
+    let (mut changed, mut unchanged) = (Vec::new(), 0u64);
+    let (mut query_time, mut compare_time) = (Duration::ZERO, Duration::ZERO);
+    while let Some(res) = queried.next().await {
+        let (dirs, full_dirs, rows, took) = res?;
+        query_time += took;
+        let t0 = Instant::now();
         let known: HashMap<(&str, &str), &CachedStat> =
             rows.iter().map(|row| ((row.dir.as_str(), row.name.as_str()), row)).collect();
         for ((_, listing), full_dir) in dirs.into_iter().zip(&full_dirs) {
@@ -326,8 +347,14 @@ async fn changed_files(
                 }
             }
         }
+        compare_time += t0.elapsed();
     }
     walker.await.map_err(|e| e.to_string())??;
+    tracing::debug!(
+        query_ms = query_time.as_millis() as u64, // summed over the queries in flight
+        compare_ms = compare_time.as_millis() as u64,
+        "export change detection: index reads and comparison"
+    );
     Ok((changed, unchanged))
 }
 
