@@ -62,6 +62,10 @@ struct Run {
     check_only: bool,
     /// Directories already walked, by (device, inode), when following symlinks.
     visited: Mutex<std::collections::HashSet<(u64, u64)>>,
+    /// Source directories with an exact mtime, to give their copies on a
+    /// local destination once everything inside is written (one entry per
+    /// directory, not per file).
+    dir_times: Mutex<Vec<(String, i64)>>,
 }
 
 /// One file or symlink to check and maybe transfer.
@@ -123,6 +127,7 @@ impl Sync {
             hard_links: Mutex::new(HashMap::new()),
             check_only: false,
             visited: Mutex::new(Default::default()),
+            dir_times: Mutex::new(Vec::new()),
         });
 
         run.clone().scan_and_transfer().await;
@@ -132,6 +137,8 @@ impl Sync {
         if run.opts.delete {
             delete_skipped = run.delete_extraneous().await;
         }
+        // Last: writing and deleting inside a directory changes its mtime.
+        run.set_dir_times().await;
 
         let mut verify_failed = 0;
         if run.opts.verify == Verify::All && !run.opts.dry_run && p.failed.load(Relaxed) == 0 {
@@ -346,6 +353,7 @@ impl Run {
                     continue;
                 }
                 if let Some(next) = self.scan_subdir(&s, d.as_ref()).await {
+                    self.note_dir_time(&s);
                     subdirs.push(next);
                 }
                 continue;
@@ -429,6 +437,38 @@ impl Run {
                     None
                 }
             },
+        }
+    }
+
+    /// Remember a source directory's mtime for its local copy, when exact.
+    fn note_dir_time(&self, s: &Entry) {
+        if !self.dst.is_posix() || self.opts.dry_run || self.check_only || !s.mtime_exact {
+            return;
+        }
+        if let Some(ns) = s.meta.mtime_ns.or(s.mtime_ns) {
+            self.dir_times.lock().expect("lock").push((s.path.clone(), ns));
+        }
+    }
+
+    /// Give local copies of directories their source's mtime. A directory
+    /// that cannot take it is a warning: its content is all there.
+    async fn set_dir_times(&self) {
+        let Location::Posix(root) = &self.dst else { return };
+        let times = std::mem::take(&mut *self.dir_times.lock().expect("lock"));
+        if times.is_empty() {
+            return;
+        }
+        let root = root.clone();
+        let errors = tokio::task::spawn_blocking(move || {
+            times
+                .into_iter()
+                .filter_map(|(path, ns)| root.set_dir_mtime(&path, ns).err().map(|e| (path, e)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (path, e) in errors {
+            self.progress.warn(format!("{path}: directory mtime not set: {e}"));
         }
     }
 
@@ -840,6 +880,7 @@ impl Run {
             hard_links: Mutex::new(HashMap::new()),
             check_only: true,
             visited: Mutex::new(Default::default()),
+            dir_times: Mutex::new(Vec::new()),
         });
         check.clone().scan_and_transfer().await;
         let failures = std::mem::take(&mut *check.progress.failures.lock().expect("lock"));

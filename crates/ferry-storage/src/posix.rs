@@ -260,12 +260,23 @@ impl PosixRoot {
             .map_err(|e| Error::io(format!("set attributes of {}", abs.display()), e))
     }
 
-    /// Set a directory's modification time (after its content was written).
+    /// Set a directory's modification time (after its content was written),
+    /// unless it already has it. Never follows a symlink put in its place.
     pub fn set_dir_mtime(&self, rel: &str, mtime_ns: i64) -> Result<()> {
+        self.checked_parent(rel)?;
         let abs = self.abs(rel);
-        let f = File::open(&abs).map_err(|e| Error::io(format!("open {}", abs.display()), e))?;
+        let ctx = |what: &str| format!("{what} {}", abs.display());
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(&abs)
+            .map_err(|e| Error::io(ctx("open directory"), e))?;
+        let md = f.metadata().map_err(|e| Error::io(ctx("stat"), e))?;
+        if md.mtime() * 1_000_000_000 + md.mtime_nsec() == mtime_ns {
+            return Ok(());
+        }
         f.set_times(FileTimes::new().set_modified(system_time(mtime_ns)))
-            .map_err(|e| Error::io(format!("set mtime of {}", abs.display()), e))
+            .map_err(|e| Error::io(ctx("set mtime of"), e))
     }
 
     /// Create (or replace) a symlink atomically.
@@ -278,6 +289,21 @@ impl PosixRoot {
             if let Err(e) = std::os::unix::fs::lchown(&tmp, meta.uid, meta.gid) {
                 let _ = fs::remove_file(&tmp);
                 return Err(Error::io(format!("chown {}", tmp.display()), e));
+            }
+        }
+        // The link's own time (std can only set a link target's).
+        if let Some(ns) = meta.mtime_ns {
+            use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD, UTIME_OMIT};
+            let times = Timestamps {
+                last_access: Timespec { tv_sec: 0, tv_nsec: UTIME_OMIT },
+                last_modification: Timespec {
+                    tv_sec: ns.div_euclid(1_000_000_000),
+                    tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+                },
+            };
+            if let Err(e) = utimensat(CWD, &tmp, &times, AtFlags::SYMLINK_NOFOLLOW) {
+                let _ = fs::remove_file(&tmp);
+                return Err(Error::io(format!("set mtime of {}", tmp.display()), e.into()));
             }
         }
         let abs = self.abs(rel);

@@ -79,6 +79,47 @@ async fn fs_to_fs_and_file_bucket_keep_empty_dirs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_copies_keep_directory_and_symlink_mtimes() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (tmp.path().join("src"), tmp.path().join("dst"), tmp.path().join("state"));
+    make_tree(&src, false);
+    // Directory times last: creating their content moved them.
+    let dirs = ["dir", "dir/sub", "empty dir", "\u{65e5}\u{672c}"];
+    for (i, d) in dirs.iter().enumerate() {
+        set_mtime(&src.join(d), 1_500_000_000_123_456_789 + i as i64 * 86_400_000_000_000);
+    }
+    set_link_mtime(&src.join("link-to-plain"), 1_400_000_000_987_654_321);
+    let want = dir_mtimes(&src);
+    assert_eq!(want.len(), dirs.len());
+
+    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let r = ferry(&state, &[], &["sync", s, d, "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(dir_mtimes(&dst), want, "directory mtimes after the copy");
+    assert_same(&snapshot(&src, false), &snapshot(&dst, false)); // symlink mtimes included
+
+    // Writing and deleting inside a directory moves its mtime: the next run
+    // (nothing else to copy) puts it back, after its deletions.
+    std::fs::write(dst.join("dir/sub/extra.txt"), "x").unwrap();
+    std::fs::remove_file(dst.join("dir/empty.dat")).unwrap();
+    let r = ferry(&state, &[], &["sync", s, d, "--delete", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["deleted"], 1, "{}", r.stdout);
+    assert_eq!(dir_mtimes(&dst), want, "directory mtimes after changes inside");
+    assert_same(&snapshot(&src, false), &snapshot(&dst, false));
+
+    // Through an object store the symlink keeps its time as well.
+    let env = s3.env();
+    assert_eq!(ferry(&state, &env, &["sync", s, "s3://bkt/t"]).code, 0);
+    let back = tmp.path().join("back");
+    let r = ferry(&state, &env, &["sync", "s3://bkt/t", back.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let link_mtime = |root: &std::path::Path| snapshot(root, false)["link-to-plain"].5;
+    assert_eq!(link_mtime(&back), 1_400_000_000_987_654_321);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_detection_filters_delete_and_dry_run() {
     let tmp = tempfile::tempdir().unwrap();
     let (src, dst, state) = (tmp.path().join("src"), tmp.path().join("dst"), tmp.path().join("state"));

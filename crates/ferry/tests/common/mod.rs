@@ -106,7 +106,7 @@ fn walk(root: &Path, dir: &Path, with_dirs: bool, out: &mut Snapshot) {
         let mtime = md.mtime() * 1_000_000_000 + md.mtime_nsec();
         if md.file_type().is_symlink() {
             let t = fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes();
-            out.insert(rel, ('l', t, 0, md.uid(), md.gid(), 0));
+            out.insert(rel, ('l', t, 0, md.uid(), md.gid(), mtime));
         } else if md.is_dir() {
             if with_dirs {
                 out.insert(rel, ('d', Vec::new(), 0, 0, 0, 0));
@@ -116,6 +116,30 @@ fn walk(root: &Path, dir: &Path, with_dirs: bool, out: &mut Snapshot) {
             out.insert(rel, ('f', fs::read(&p).unwrap(), md.mode() & 0o7777, md.uid(), md.gid(), mtime));
         }
     }
+}
+
+/// The mtime of every directory below `root` (`root` itself left out).
+pub fn dir_mtimes(root: &Path) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for p in all_names(root) {
+        let md = fs::symlink_metadata(&p).unwrap();
+        if md.is_dir() {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            out.insert(rel, md.mtime() * 1_000_000_000 + md.mtime_nsec());
+        }
+    }
+    out
+}
+
+/// Set a symlink's own mtime (`touch -h`).
+pub fn set_link_mtime(path: &Path, ns: i64) {
+    let ok = Command::new("touch")
+        .args(["-h", "-d", &format!("@{}.{:09}", ns / 1_000_000_000, ns % 1_000_000_000)])
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "touch -h {}", path.display());
 }
 
 /// Every file name below `root` (to look for temporary leftovers).
