@@ -3,6 +3,7 @@
 # with bucket "bench", and exports AWS_* and rclone's BENCH remote.
 # Expects WORK (scratch directory, on tmpfs) and PORT to be set; sets FERRY,
 # SERVER, REGION, AK, SK and an EXIT trap that stops the server.
+# BENCH_GARAGE_DB=lmdb runs garage on LMDB metadata instead of SQLite.
 AK=benchak
 SK=benchsecretkey0123456789
 command -v rclone >/dev/null || { apt-get update -qq && apt-get install -y -qq rclone; }
@@ -27,7 +28,7 @@ if command -v garage >/dev/null; then
     cat > "$WORK/server/garage.toml" <<TOML
 metadata_dir = "$WORK/server/meta"
 data_dir = "$WORK/server/data"
-db_engine = "sqlite"
+db_engine = "${BENCH_GARAGE_DB:-sqlite}"
 replication_factor = 1
 compression_level = "none"
 rpc_bind_addr = "127.0.0.1:$((PORT + 1))"
