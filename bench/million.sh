@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ferry-target}"
-cargo build --release -q -p ferry
+cargo build --release -q -p ferry -p ferry-testkit   # same set as the other scripts: no feature-unification rebuilds
 F=$CARGO_TARGET_DIR/release/ferry
 W=${BENCH_DIR:-/dev/shm/ferry-million}
 rm -rf "$W"; mkdir -p "$W/src"
