@@ -56,6 +56,22 @@ fn default_true() -> bool {
     true
 }
 
+impl ObjectStoreConfig {
+    /// A `file` store: one subdirectory of `root` per bucket, no credentials.
+    pub fn local(endpoint: impl Into<String>, root: impl Into<PathBuf>) -> Self {
+        ObjectStoreConfig {
+            endpoint: endpoint.into(),
+            provider: Provider::File,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            path_style: true,
+            root: Some(root.into()),
+        }
+    }
+}
+
 impl std::fmt::Debug for ObjectStoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ObjectStoreConfig")
@@ -311,16 +327,7 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, data).unwrap();
         }
-        let store = ObjectStoreConfig {
-            endpoint: "local".into(),
-            provider: Provider::File,
-            region: None,
-            access_key_id: None,
-            secret_access_key: None,
-            session_token: None,
-            path_style: true,
-            root: Some(dir.path().to_path_buf()),
-        };
+        let store = ObjectStoreConfig::local("local", dir.path());
         let stores = ObjectStores::new(vec![store]).unwrap();
         for prefix in ["%2e%2e", "a%20b/"] {
             let Ok(Location::Object(root)) =

@@ -122,16 +122,7 @@ impl Config {
             override_store(i, s)?;
         }
         if stores.is_empty() {
-            stores.push(ObjectStoreConfig {
-                endpoint: LOCAL_ENDPOINT.into(),
-                provider: Provider::File,
-                region: None,
-                access_key_id: None,
-                secret_access_key: None,
-                session_token: None,
-                path_style: true,
-                root: Some(data_dir.join("buckets")),
-            });
+            stores.push(ObjectStoreConfig::local(LOCAL_ENDPOINT, data_dir.join("buckets")));
         }
         let object_stores =
             ObjectStores::new(stores).context("invalid [[object_stores]] in the configuration")?;
