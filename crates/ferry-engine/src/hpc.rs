@@ -523,6 +523,7 @@ async fn import(env: &TaskEnv, task: &TaskRow, progress: &Arc<Progress>) -> Resu
         list_dir,
         made_dirs: HashSet::new(),
         dir_rows: Vec::new(),
+        dir_times: Vec::new(),
     };
 
     // The listing hands batches over a short queue: it waits while the
@@ -542,7 +543,9 @@ async fn import(env: &TaskEnv, task: &TaskRow, progress: &Arc<Progress>) -> Resu
     };
     let (listed, consumed) = tokio::join!(lister, consumer);
     consumed?;
-    listed.map_err(|e| e.0)
+    listed.map_err(|e| e.0)?;
+    importer.set_dir_times().await;
+    Ok(())
 }
 
 type Batch = (Vec<Entry>, Vec<(String, String)>);
@@ -573,6 +576,9 @@ struct Importer<'a> {
     made_dirs: HashSet<String>,
     /// Index rows of directories made for the current batch.
     dir_rows: Vec<NsEntry>,
+    /// Directories with an mtime stored on their marker object, set once
+    /// everything inside them is created.
+    dir_times: Vec<(String, i64)>,
 }
 
 impl Importer<'_> {
@@ -620,8 +626,15 @@ impl Importer<'_> {
         path: &str,
         known: Option<NsEntry>,
     ) -> Result<Option<NsEntry>, String> {
-        if self.with_meta && e.kind != EntryKind::Dir {
-            match self.bucket.stat(&e.path).await.map_err(|e| e.to_string())? {
+        if self.with_meta {
+            // Directories in a recursive listing are marker objects, which
+            // may carry the directory's attributes.
+            let found = if e.kind == EntryKind::Dir {
+                self.bucket.stat_dir(&e.path).await
+            } else {
+                self.bucket.stat(&e.path).await
+            };
+            match found.map_err(|e| e.to_string())? {
                 Some((full, warnings)) => {
                     for w in warnings {
                         self.progress.warn(format!("{path}: {w}"));
@@ -651,6 +664,9 @@ impl Importer<'_> {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
             self.made_dirs.insert(path.to_string());
+            if let (true, Some(ns)) = (e.mtime_exact, e.meta.mtime_ns) {
+                self.dir_times.push((path.to_string(), ns));
+            }
             return Ok(Some(index_row(path, &e, EntryState::Cached, true)));
         }
         let state = match known.as_ref().map(|row| row.state) {
@@ -694,6 +710,17 @@ impl Importer<'_> {
             _ => EntryState::Stub,
         };
         Ok(Some(index_row(path, &e, state, false)))
+    }
+
+    /// Give directories the mtimes stored on their markers; one that cannot
+    /// take it is a warning.
+    async fn set_dir_times(&mut self) {
+        let (local, times) = (self.local.clone(), std::mem::take(&mut self.dir_times));
+        let errors =
+            tokio::task::spawn_blocking(move || local.set_dir_mtimes(times)).await.unwrap_or_default();
+        for (path, e) in errors {
+            self.progress.warn(format!("{path}: directory mtime not set: {e}"));
+        }
     }
 
     /// Rows already in the index for the entries of one batch, by path.

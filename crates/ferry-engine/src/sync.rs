@@ -69,6 +69,24 @@ struct Run {
 }
 
 /// One file or symlink to check and maybe transfer.
+/// A directory level for the walk to compare.
+struct Walk {
+    path: String,
+    /// The source directory (`None` for the root of the run).
+    src: Option<Entry>,
+    dst: WalkDst,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WalkDst {
+    /// Present at the destination: list it there too.
+    Exists,
+    /// Missing: created when the walk reaches it, with its attributes.
+    Create,
+    /// Missing and not to be created (a dry run): everything in it is new.
+    Missing,
+}
+
 struct Item {
     src: Entry,
     dst: Option<Entry>,
@@ -239,14 +257,15 @@ impl Run {
                 }
             }
         }
-        let mut queue: VecDeque<(String, bool)> = VecDeque::from([(String::new(), true)]);
+        let root = Walk { path: String::new(), src: None, dst: WalkDst::Exists };
+        let mut queue: VecDeque<Walk> = VecDeque::from([root]);
         let mut running = FuturesUnordered::new();
         loop {
             while running.len() < self.opts.list_threads.max(1) {
-                let Some((dir, dst_exists)) = queue.pop_back() else { break };
+                let Some(walk) = queue.pop_back() else { break };
                 let run = self.clone();
                 let tx = tx.clone();
-                running.push(async move { run.scan_dir(dir, dst_exists, tx).await });
+                running.push(async move { run.scan_dir(walk, tx).await });
             }
             match running.next().await {
                 Some(subdirs) => queue.extend(subdirs),
@@ -299,8 +318,9 @@ impl Run {
     }
 
     /// Compare one directory level; returns the subdirectories to walk.
-    async fn scan_dir(&self, dir: String, dst_exists: bool, tx: mpsc::Sender<Item>) -> Vec<(String, bool)> {
+    async fn scan_dir(&self, walk: Walk, tx: mpsc::Sender<Item>) -> Vec<Walk> {
         let p = &self.progress;
+        let dir = walk.path;
         let shown = if dir.is_empty() { "/" } else { dir.as_str() };
         let src_list = match self.src.list_dir(&dir).await {
             Ok(l) => l,
@@ -311,7 +331,12 @@ impl Run {
                 return Vec::new();
             }
         };
-        let dst_list = if dst_exists {
+        if let Some(s) = walk.src {
+            if !self.settle_dir(s, walk.dst, src_list.marker).await {
+                return Vec::new();
+            }
+        }
+        let dst_list = if walk.dst == WalkDst::Exists {
             match self.dst.list_dir(&dir).await {
                 Ok(l) => l,
                 Err(e) if e.is_not_found() => Default::default(),
@@ -352,9 +377,8 @@ impl Run {
                     p.excluded.fetch_add(1, Relaxed);
                     continue;
                 }
-                if let Some(next) = self.scan_subdir(&s, d.as_ref()).await {
-                    self.note_dir_time(&s);
-                    subdirs.push(next);
+                if let Some(dst) = self.scan_subdir(&s, d.as_ref()) {
+                    subdirs.push(Walk { path: s.path.clone(), src: Some(s), dst });
                 }
                 continue;
             }
@@ -397,8 +421,9 @@ impl Run {
         subdirs
     }
 
-    /// Make sure a source directory exists at the destination.
-    async fn scan_subdir(&self, s: &Entry, d: Option<&Entry>) -> Option<(String, bool)> {
+    /// What to do with a source directory at the destination; `None` when
+    /// it cannot be walked.
+    fn scan_subdir(&self, s: &Entry, d: Option<&Entry>) -> Option<WalkDst> {
         let p = &self.progress;
         if let (true, Some(l)) = (self.opts.copy_links, s.local) {
             if !self.visited.lock().expect("lock").insert((l.dev, l.ino)) {
@@ -412,7 +437,7 @@ impl Run {
         match d {
             Some(d) if d.kind == EntryKind::Dir => {
                 p.skipped.fetch_add(1, Relaxed);
-                Some((s.path.clone(), true))
+                Some(WalkDst::Exists)
             }
             Some(_) => {
                 p.fail(&s.path, "a file of the same name is in the way at the destination");
@@ -425,24 +450,54 @@ impl Run {
             None if self.opts.dry_run => {
                 p.plan("mkdir", &s.path, 0, "missing");
                 p.transferred.fetch_add(1, Relaxed);
-                Some((s.path.clone(), false))
+                Some(WalkDst::Missing)
             }
-            None => match self.dst.create_dir(&s.path, &self.write_meta(s)).await {
-                Ok(()) => {
-                    p.transferred.fetch_add(1, Relaxed);
-                    Some((s.path.clone(), false))
-                }
-                Err(e) => {
-                    p.fail(&s.path, format!("cannot create directory: {e}"));
-                    None
-                }
-            },
+            None => Some(WalkDst::Create),
         }
+    }
+
+    /// Bring a directory the walk has reached to the destination: read the
+    /// attributes kept on its source marker object when they are needed,
+    /// create it when missing, and remember its mtime. `false` when it could
+    /// not be created (nothing below it is walked).
+    async fn settle_dir(&self, mut s: Entry, dst: WalkDst, marker: bool) -> bool {
+        let p = &self.progress;
+        let wanted = dst == WalkDst::Create || (dst == WalkDst::Exists && self.note_dir_times());
+        if marker && wanted && !s.meta_loaded {
+            match self.src.stat_dir(&s.path).await {
+                Ok(Some((full, warnings))) => {
+                    for w in warnings {
+                        p.warn(format!("{}: {w}", s.path));
+                    }
+                    s = full;
+                }
+                Ok(None) => {}
+                // The content can still be copied: the directory gets
+                // default attributes.
+                Err(e) => p.warn(format!("{}: directory attributes not read: {e}", s.path)),
+            }
+        }
+        if dst == WalkDst::Create {
+            if let Err(e) = self.dst.create_dir(&s.path, &self.write_meta(&s)).await {
+                p.fail(&s.path, format!("cannot create directory: {e}"));
+                return false;
+            }
+            p.transferred.fetch_add(1, Relaxed);
+        }
+        if dst != WalkDst::Missing {
+            self.note_dir_time(&s);
+        }
+        true
+    }
+
+    /// Whether directory mtimes are set at the end of the run.
+    fn note_dir_times(&self) -> bool {
+        self.dst.is_posix() && !self.opts.dry_run && !self.check_only
     }
 
     /// Remember a source directory's mtime for its local copy, when exact.
     fn note_dir_time(&self, s: &Entry) {
-        if !self.dst.is_posix() || self.opts.dry_run || self.check_only || !s.mtime_exact {
+        if !self.note_dir_times() || !s.mtime_exact {
             return;
         }
         if let Some(ns) = s.meta.mtime_ns.or(s.mtime_ns) {
@@ -459,14 +514,8 @@ impl Run {
             return;
         }
         let root = root.clone();
-        let errors = tokio::task::spawn_blocking(move || {
-            times
-                .into_iter()
-                .filter_map(|(path, ns)| root.set_dir_mtime(&path, ns).err().map(|e| (path, e)))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
+        let errors =
+            tokio::task::spawn_blocking(move || root.set_dir_mtimes(times)).await.unwrap_or_default();
         for (path, e) in errors {
             self.progress.warn(format!("{path}: directory mtime not set: {e}"));
         }

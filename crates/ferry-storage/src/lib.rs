@@ -34,6 +34,9 @@ pub type ReadStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 pub struct Listing {
     pub entries: Vec<Entry>,
     pub rejected: Vec<(String, String)>,
+    /// The listed directory has a marker object of its own, which may carry
+    /// its attributes ([`Location::stat_dir`] reads them).
+    pub marker: bool,
 }
 
 /// Options that shape how a location is opened.
@@ -118,6 +121,15 @@ impl Location {
                 Ok(blocking(move || p.stat(&rel)).await?.map(|e| (e, Vec::new())))
             }
             Location::Object(o) => o.stat(rel).await,
+        }
+    }
+
+    /// A directory's stored attributes: a local directory's own, or those
+    /// kept on an object store's directory marker (`None` without one).
+    pub async fn stat_dir(&self, rel: &str) -> Result<Option<(Entry, Vec<String>)>> {
+        match self {
+            Location::Posix(_) => Ok(self.stat(rel).await?.filter(|(e, _)| e.kind == EntryKind::Dir)),
+            Location::Object(o) => o.stat_dir(rel).await,
         }
     }
 

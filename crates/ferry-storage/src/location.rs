@@ -314,8 +314,8 @@ pub fn build_object_root(
         }
         Scheme::Memory => Operator::new(services::Memory::default()).map_err(cfg_err)?,
     };
-    let op = op
-        .layer(
+    let root = ObjectRoot::new(op, &spec.prefix, spec.display.clone(), parts).map_operators(|op| {
+        op.layer(
             TimeoutLayer::new()
                 .with_timeout(Duration::from_secs(300))
                 .with_io_timeout(Duration::from_secs(120)),
@@ -326,8 +326,9 @@ pub fn build_object_root(
                 .with_max_times(retries)
                 .with_min_delay(Duration::from_millis(50))
                 .with_max_delay(Duration::from_secs(5)),
-        );
-    Ok(ObjectRoot::new(op, &spec.prefix, spec.display.clone(), parts))
+        )
+    });
+    Ok(root)
 }
 
 #[cfg(test)]

@@ -36,6 +36,12 @@ impl Default for PartPolicy {
 #[derive(Clone)]
 pub struct ObjectRoot {
     op: Operator,
+    /// The same service without OpenDAL's simulations: object stores keep
+    /// directories as `dir/` marker objects, and only a plain HEAD or PUT of
+    /// the marker reads or writes the attributes stored on it (the simulated
+    /// directory stat lists the prefix instead, and `create_dir` takes no
+    /// metadata).
+    markers: std::sync::Arc<Operator>,
     /// Key prefix inside the bucket: empty, or ending with `/`.
     prefix: String,
     /// `scheme://bucket/prefix`, for messages.
@@ -60,7 +66,22 @@ impl ObjectRoot {
             prefix.push('/');
         }
         let display = display.trim_end_matches('/').to_string();
-        Self { op, prefix, display, parts }
+        let markers = Operator::from_parts(op.base_context().clone(), op.base_service().clone()).into();
+        Self { op, markers, prefix, display, parts }
+    }
+
+    /// Put the same layers (retries, timeouts) on both operators.
+    pub fn map_operators(mut self, f: impl Fn(Operator) -> Operator) -> Self {
+        self.op = f(self.op);
+        self.markers = f(Operator::clone(&self.markers)).into();
+        self
+    }
+
+    /// Whether directories are marker objects that can carry metadata (object
+    /// stores), rather than real directories (the `fs` and memory services).
+    fn markers_carry_metadata(&self) -> bool {
+        let native = self.markers.info().capability();
+        !native.create_dir && native.write_can_empty && native.write_with_user_metadata && native.stat
     }
 
     pub fn display(&self) -> &str {
@@ -134,7 +155,11 @@ impl ObjectRoot {
             let item = item.map_err(|e| Error::store(ctx(), e))?;
             let (path, md) = item.into_parts();
             let path = path.trim_start_matches('/');
-            if path.len() < strip || path == dir_key.trim_start_matches('/') {
+            if path == dir_key.trim_start_matches('/') {
+                listing.marker = !rel.is_empty();
+                continue;
+            }
+            if path.len() < strip {
                 continue;
             }
             let rel_key = &path[strip..];
@@ -241,6 +266,21 @@ impl ObjectRoot {
         }
     }
 
+    /// The attributes stored on a directory's marker object; `None` when the
+    /// directory has no marker (it exists only through the keys below it).
+    pub async fn stat_dir(&self, rel: &str) -> Result<Option<(Entry, Vec<String>)>> {
+        let op = if self.markers_carry_metadata() { &self.markers } else { &self.op };
+        match op.stat(&self.dir_key(rel)).await {
+            Ok(md) => {
+                let mut e = entry_from_listing(rel, true, &md);
+                let warnings = apply_user_metadata(&mut e, &md);
+                Ok(Some((e, warnings)))
+            }
+            Err(err) if err.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(Error::store(format!("stat {}/{rel}/", self.display), err)),
+        }
+    }
+
     /// Stream an object's bytes, failing if it changes (ETag) meanwhile.
     pub async fn open_read(&self, entry: &Entry) -> Result<ReadStream> {
         let ctx = format!("read {}/{}", self.display, entry.path);
@@ -344,15 +384,30 @@ impl ObjectRoot {
             .map_err(|e| Error::store(format!("write {}/{rel}", self.display), e))
     }
 
-    /// Create a directory marker carrying the directory's attributes.
+    /// Create a directory: on object stores, a `dir/` marker object carrying
+    /// the directory's attributes (as FSx for Lustre and s3fs write them).
     pub async fn create_dir(&self, rel: &str, meta: &PosixMeta) -> Result<()> {
-        // OpenDAL writes markers as empty `dir/` objects; it has no way to
-        // attach metadata to them, so directory attributes are not kept.
-        let _ = meta;
-        self.op
-            .create_dir(&self.dir_key(rel))
-            .await
-            .map_err(|e| Error::store(format!("create {}/{rel}/", self.display), e))
+        let key = self.dir_key(rel);
+        let ctx = || format!("create {}/{rel}/", self.display);
+        if !self.markers_carry_metadata() {
+            return self.op.create_dir(&key).await.map_err(|e| Error::store(ctx(), e));
+        }
+        // What OpenDAL's own `create_dir` simulation does (an empty write of
+        // the `dir/` key), with the metadata added. `Operator::writer` refuses
+        // directory paths, so this goes to the service stack directly, through
+        // the retry and timeout layers.
+        let opts = WriteOptions {
+            user_metadata: Some(codec::encode(EntryKind::Dir, meta, None)),
+            ..Default::default()
+        };
+        use opendal::raw::Service as _;
+        let (srv, op_ctx) = (self.op.service(), self.op.context());
+        let (args, _) = opendal::raw::OpWrite::from_options(&srv.capability(), opts)
+            .map_err(|e| Error::store(ctx(), e))?;
+        let path = opendal::raw::normalize_path(&key);
+        let mut w = srv.write(op_ctx, &path, args).map_err(|e| Error::store(ctx(), e))?;
+        opendal::raw::oio::Write::close(&mut w).await.map_err(|e| Error::store(ctx(), e))?;
+        Ok(())
     }
 
     /// Write a whole small object (directory marker or symlink).

@@ -279,6 +279,15 @@ impl PosixRoot {
             .map_err(|e| Error::io(ctx("set mtime of"), e))
     }
 
+    /// [`Self::set_dir_mtime`] for many directories; returns those that
+    /// could not take their time, with the reason.
+    pub fn set_dir_mtimes(&self, times: Vec<(String, i64)>) -> Vec<(String, Error)> {
+        times
+            .into_iter()
+            .filter_map(|(path, ns)| self.set_dir_mtime(&path, ns).err().map(|e| (path, e)))
+            .collect()
+    }
+
     /// Create (or replace) a symlink atomically.
     pub fn create_symlink(&self, rel: &str, target: &str, meta: &PosixMeta) -> Result<()> {
         let dir = self.checked_parent(rel)?;

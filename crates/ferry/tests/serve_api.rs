@@ -471,6 +471,56 @@ async fn reimport_keeps_unchanged_copies_and_indexes_directories() {
     assert_eq!(fs::read(s3.root().join("bucket1/ds/sub/b.bin")).unwrap(), b"beta, edited in the share");
 }
 
+/// `import` gives directories the attributes kept on their `dir/` marker
+/// objects. s3s-fs keeps no metadata on markers, so this runs on moto.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn import_gives_directories_their_stored_attributes() {
+    let Some(moto) = common::moto::Moto::start(&["bucket1"]).await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("ferry.toml");
+    fs::write(
+        &config,
+        format!(
+            "[[object_stores]]\nendpoint = \"{}\"\nprovider = \"s3\"\nregion = \"us-east-1\"\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"\npath_style = true\n",
+            moto.endpoint()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&tmp.path().join("data"), Some(&config), &Db::Sqlite);
+    let c = server.token(PROJECT);
+
+    let src = tmp.path().join("seed");
+    fs::create_dir_all(src.join("ds/sub")).unwrap();
+    fs::create_dir_all(src.join("ds/empty")).unwrap();
+    fs::write(src.join("ds/sub/b.txt"), b"beta").unwrap();
+    let dirs = [("ds/sub", 0o750, 1001, 2001), ("ds/empty", 0o700, 1002, 2002)];
+    for (i, (d, mode, uid, gid)) in dirs.into_iter().enumerate() {
+        let p = src.join(d);
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+        std::os::unix::fs::chown(&p, Some(uid), Some(gid)).unwrap();
+        common::set_mtime(&p, 1_650_000_000_123_456_789 + i as i64);
+    }
+    let r = common::ferry(
+        &tmp.path().join("state"),
+        &moto.env(),
+        &["sync", src.to_str().unwrap(), "s3://bucket1"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    let share = create_share(&c, "markers").await;
+    link_target(&c, &share, "data", &moto.endpoint(), "bucket1", json!({})).await;
+    let t = c.run_task(&share, "import", "data", Some("ds/")).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    let attrs = |p: &Path| {
+        let md = fs::metadata(p).unwrap();
+        (md.mode() & 0o7777, md.uid(), md.gid(), md.mtime() * 1_000_000_000 + md.mtime_nsec())
+    };
+    let dir = server.share_dir(&share).join("data");
+    for (d, ..) in dirs {
+        assert_eq!(attrs(&dir.join(d)), attrs(&src.join(d)), "{d}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn auth_and_isolation() {
     for db in Db::all("auth").await {

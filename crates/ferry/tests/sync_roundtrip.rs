@@ -119,6 +119,54 @@ async fn local_copies_keep_directory_and_symlink_mtimes() {
     assert_eq!(link_mtime(&back), 1_400_000_000_987_654_321);
 }
 
+/// Directory attributes ride on `dir/` marker objects (as FSx for Lustre and
+/// s3fs keep them). s3s-fs drops metadata on markers and does not list them,
+/// so this runs on moto, which behaves as S3 does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_keep_their_attributes_through_a_bucket() {
+    let Some(moto) = common::moto::Moto::start(&["bkt"]).await else { return };
+    let env = moto.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    make_tree(&src, false);
+    let dirs = ["dir", "dir/sub", "empty dir", "\u{65e5}\u{672c}"];
+    for (i, (d, mode)) in dirs.iter().zip([0o750, 0o700, 0o1777, 0o711]).enumerate() {
+        let p = src.join(d);
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+        std::os::unix::fs::chown(&p, Some(3000 + i as u32), Some(4000 + i as u32)).unwrap();
+    }
+    // Times last: the changes above moved them.
+    for (i, d) in dirs.iter().enumerate() {
+        set_mtime(&src.join(d), 1_500_000_000_123_456_789 + i as i64 * 86_400_000_000_000);
+    }
+    let want = dir_attrs(&src);
+    assert_eq!(want.len(), dirs.len());
+
+    let s = src.to_str().unwrap();
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt/t", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let back = tmp.path().join("back");
+    let r = ferry(&state, &env, &["sync", "s3://bkt/t", back.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(dir_attrs(&back), want, "directory mode/uid/gid/mtime after fs -> s3 -> fs");
+    assert_same(&snapshot(&src, true), &snapshot(&back, true));
+
+    // Bucket to bucket, the markers keep the attributes.
+    let r = ferry(&state, &env, &["sync", "s3://bkt/t", "s3://bkt/u", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let back2 = tmp.path().join("back2");
+    let r = ferry(&state, &env, &["sync", "s3://bkt/u", back2.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(dir_attrs(&back2), want, "directory attributes after s3 -> s3 -> fs");
+
+    // A directory changed locally gets the stored mtime back on the next run.
+    std::fs::write(back.join("dir/sub/extra.txt"), "x").unwrap();
+    let r = ferry(&state, &env, &["sync", "s3://bkt/t", back.to_str().unwrap(), "--delete", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["deleted"], 1, "{}", r.stdout);
+    assert_eq!(dir_attrs(&back), want, "directory attributes after changes inside");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_detection_filters_delete_and_dry_run() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests through the real `ferry` binary.
 #![allow(dead_code)]
 
+pub mod moto;
 pub mod server;
 
 use std::collections::BTreeMap;
@@ -126,6 +127,22 @@ pub fn dir_mtimes(root: &Path) -> BTreeMap<String, i64> {
         if md.is_dir() {
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
             out.insert(rel, md.mtime() * 1_000_000_000 + md.mtime_nsec());
+        }
+    }
+    out
+}
+
+/// Mode, uid, gid and mtime of every directory below `root` (`root` left out).
+pub fn dir_attrs(root: &Path) -> BTreeMap<String, (u32, u32, u32, i64)> {
+    let mut out = BTreeMap::new();
+    for p in all_names(root) {
+        let md = fs::symlink_metadata(&p).unwrap();
+        if md.is_dir() {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            out.insert(
+                rel,
+                (md.mode() & 0o7777, md.uid(), md.gid(), md.mtime() * 1_000_000_000 + md.mtime_nsec()),
+            );
         }
     }
     out
