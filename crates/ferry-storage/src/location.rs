@@ -314,7 +314,11 @@ pub fn build_object_root(
         }
         Scheme::Memory => Operator::new(services::Memory::default()).map_err(cfg_err)?,
     };
-    let root = ObjectRoot::new(op, &spec.prefix, spec.display.clone(), parts).map_operators(|op| {
+    let mut root = ObjectRoot::new(op, &spec.prefix, spec.display.clone(), parts);
+    if spec.scheme == Scheme::File {
+        root = root.with_local_root(PathBuf::from(&spec.bucket));
+    }
+    let root = root.map_operators(|op| {
         op.layer(
             TimeoutLayer::new()
                 .with_timeout(Duration::from_secs(300))

@@ -44,6 +44,10 @@ pub struct ObjectRoot {
     markers: std::sync::Arc<Operator>,
     /// Key prefix inside the bucket: empty, or ending with `/`.
     prefix: String,
+    /// For `file://` buckets, the directory behind the bucket: a directory's
+    /// attributes go in its `user.*` xattrs, where OpenDAL's fs service keeps
+    /// object metadata (and reads it back on stat).
+    local_root: Option<std::path::PathBuf>,
     /// `scheme://bucket/prefix`, for messages.
     display: String,
     parts: PartPolicy,
@@ -67,13 +71,19 @@ impl ObjectRoot {
         }
         let display = display.trim_end_matches('/').to_string();
         let markers = Operator::from_parts(op.base_context().clone(), op.base_service().clone()).into();
-        Self { op, markers, prefix, display, parts }
+        Self { op, markers, prefix, local_root: None, display, parts }
     }
 
     /// Put the same layers (retries, timeouts) on both operators.
     pub fn map_operators(mut self, f: impl Fn(Operator) -> Operator) -> Self {
         self.op = f(self.op);
         self.markers = f(Operator::clone(&self.markers)).into();
+        self
+    }
+
+    /// The bucket is this local directory (`file://`).
+    pub fn with_local_root(mut self, root: std::path::PathBuf) -> Self {
+        self.local_root = Some(root);
         self
     }
 
@@ -390,7 +400,22 @@ impl ObjectRoot {
         let key = self.dir_key(rel);
         let ctx = || format!("create {}/{rel}/", self.display);
         if !self.markers_carry_metadata() {
-            return self.op.create_dir(&key).await.map_err(|e| Error::store(ctx(), e));
+            self.op.create_dir(&key).await.map_err(|e| Error::store(ctx(), e))?;
+            let Some(root) = &self.local_root else { return Ok(()) };
+            let (dir, map) = (root.join(key.trim_matches('/')), codec::encode(EntryKind::Dir, meta, None));
+            return tokio::task::spawn_blocking(move || {
+                map.iter().try_for_each(|(k, v)| {
+                    rustix::fs::setxattr(
+                        &dir,
+                        format!("user.{k}").as_str(),
+                        v.as_bytes(),
+                        rustix::fs::XattrFlags::empty(),
+                    )
+                })
+            })
+            .await
+            .expect("xattr task panicked")
+            .map_err(|e| Error::io(format!("set attributes of {}/{rel}/", self.display), e.into()));
         }
         // What OpenDAL's own `create_dir` simulation does (an empty write of
         // the `dir/` key), with the metadata added. `Operator::writer` refuses

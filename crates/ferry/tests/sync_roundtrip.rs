@@ -76,6 +76,8 @@ async fn fs_to_fs_and_file_bucket_keep_empty_dirs() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_same(&snapshot(&src, true), &snapshot(&back, true));
     assert!(back.join("empty dir").is_dir());
+    // Directory attributes too (kept in the bucket directories' xattrs).
+    assert_eq!(dir_attrs(&back), dir_attrs(&src), "directory mode/uid/gid/mtime through file://");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
