@@ -75,6 +75,9 @@ struct Walk {
     /// The source directory (`None` for the root of the run).
     src: Option<Entry>,
     dst: WalkDst,
+    /// Mode, owner and group of the destination directory, when it exists
+    /// and is local.
+    dst_meta: Option<PosixMeta>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -257,7 +260,7 @@ impl Run {
                 }
             }
         }
-        let root = Walk { path: String::new(), src: None, dst: WalkDst::Exists };
+        let root = Walk { path: String::new(), src: None, dst: WalkDst::Exists, dst_meta: None };
         let mut queue: VecDeque<Walk> = VecDeque::from([root]);
         let mut running = FuturesUnordered::new();
         loop {
@@ -332,7 +335,7 @@ impl Run {
             }
         };
         if let Some(s) = walk.src {
-            if !self.settle_dir(s, walk.dst, src_list.marker).await {
+            if !self.settle_dir(s, walk.dst, walk.dst_meta, src_list.marker).await {
                 return Vec::new();
             }
         }
@@ -378,7 +381,8 @@ impl Run {
                     continue;
                 }
                 if let Some(dst) = self.scan_subdir(&s, d.as_ref()) {
-                    subdirs.push(Walk { path: s.path.clone(), src: Some(s), dst });
+                    let dst_meta = d.filter(|d| d.local.is_some()).map(|d| d.meta);
+                    subdirs.push(Walk { path: s.path.clone(), src: Some(s), dst, dst_meta });
                 }
                 continue;
             }
@@ -458,9 +462,16 @@ impl Run {
 
     /// Bring a directory the walk has reached to the destination: read the
     /// attributes kept on its source marker object when they are needed,
-    /// create it when missing, and remember its mtime. `false` when it could
+    /// create it when missing (or give an existing local one the source's
+    /// mode, owner and group), and remember its mtime. `false` when it could
     /// not be created (nothing below it is walked).
-    async fn settle_dir(&self, mut s: Entry, dst: WalkDst, marker: bool) -> bool {
+    async fn settle_dir(
+        &self,
+        mut s: Entry,
+        dst: WalkDst,
+        dst_meta: Option<PosixMeta>,
+        marker: bool,
+    ) -> bool {
         let p = &self.progress;
         let wanted = dst == WalkDst::Create || (dst == WalkDst::Exists && self.note_dir_times());
         if marker && wanted && !s.meta_loaded {
@@ -477,12 +488,22 @@ impl Run {
                 Err(e) => p.warn(format!("{}: directory attributes not read: {e}", s.path)),
             }
         }
+        let want = self.write_meta(&s);
         if dst == WalkDst::Create {
-            if let Err(e) = self.dst.create_dir(&s.path, &self.write_meta(&s)).await {
+            if let Err(e) = self.dst.create_dir(&s.path, &want).await {
                 p.fail(&s.path, format!("cannot create directory: {e}"));
                 return false;
             }
             p.transferred.fetch_add(1, Relaxed);
+        } else if let Some(have) = dst_meta.filter(|_| self.note_dir_times() && s.meta_loaded) {
+            let differs = |a: Option<u32>, b: Option<u32>| a.is_some() && a != b;
+            if differs(want.mode, have.mode) || differs(want.uid, have.uid) || differs(want.gid, have.gid) {
+                // Applied to the existing directory (only what can change:
+                // owner and group need root).
+                if let Err(e) = self.dst.create_dir(&s.path, &want).await {
+                    p.warn(format!("{}: directory attributes not updated: {e}", s.path));
+                }
+            }
         }
         if dst != WalkDst::Missing {
             self.note_dir_time(&s);

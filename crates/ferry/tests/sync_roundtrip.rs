@@ -111,6 +111,16 @@ async fn local_copies_keep_directory_and_symlink_mtimes() {
     assert_eq!(dir_mtimes(&dst), want, "directory mtimes after changes inside");
     assert_same(&snapshot(&src, false), &snapshot(&dst, false));
 
+    // A chmod or chown of a source directory reaches its copy.
+    let sub = src.join("dir/sub");
+    let sub_mtime = dir_mtimes(&src)["dir/sub"];
+    std::fs::set_permissions(&sub, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&sub, Some(1234), Some(5678)).unwrap();
+    let r = ferry(&state, &[], &["sync", s, d, "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(dir_attrs(&dst), dir_attrs(&src), "directory attributes after a chmod/chown");
+    assert_eq!(dir_mtimes(&dst)["dir/sub"], sub_mtime);
+
     // Through an object store the symlink keeps its time as well.
     let env = s3.env();
     assert_eq!(ferry(&state, &env, &["sync", s, "s3://bkt/t"]).code, 0);
@@ -161,8 +171,11 @@ async fn directories_keep_their_attributes_through_a_bucket() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(dir_attrs(&back2), want, "directory attributes after s3 -> s3 -> fs");
 
-    // A directory changed locally gets the stored mtime back on the next run.
+    // A directory changed locally gets the stored attributes back on the next run.
     std::fs::write(back.join("dir/sub/extra.txt"), "x").unwrap();
+    std::fs::set_permissions(back.join("dir/sub"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    std::os::unix::fs::chown(back.join("empty dir"), Some(0), Some(0)).unwrap();
     let r = ferry(&state, &env, &["sync", "s3://bkt/t", back.to_str().unwrap(), "--delete", "--json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.json()["deleted"], 1, "{}", r.stdout);
