@@ -81,6 +81,23 @@ impl ObjectRoot {
         self
     }
 
+    /// The metadata written for an entry. Azure metadata names must be C#
+    /// identifiers, so there `file-mtime` goes as `file_mtime` (reading
+    /// accepts both spellings everywhere).
+    fn user_metadata(
+        &self,
+        kind: EntryKind,
+        meta: &PosixMeta,
+        crc32c: Option<u32>,
+    ) -> HashMap<String, String> {
+        let map = codec::encode(kind, meta, crc32c);
+        if self.op.info().scheme() == "azblob" {
+            map.into_iter().map(|(k, v)| (k.replace('-', "_"), v)).collect()
+        } else {
+            map
+        }
+    }
+
     /// The bucket is this local directory (`file://`).
     pub fn with_local_root(mut self, root: std::path::PathBuf) -> Self {
         self.local_root = Some(root);
@@ -348,7 +365,10 @@ impl ObjectRoot {
         if body.len() as u64 != entry.size {
             return Err(Error::SizeMismatch { expected: entry.size, got: body.len() as u64 });
         }
-        let (full, warnings) = match reader.metadata() {
+        // Only OpenDAL's S3 service parses user metadata out of a GET
+        // response; elsewhere (Azure, GCS, OSS, COS, OBS, fs) a HEAD reads it.
+        let from_read = reader.metadata().filter(|_| self.op.info().scheme() == "s3");
+        let (full, warnings) = match from_read {
             Some(md) => {
                 let mut e = entry_from_listing(&entry.path, false, md);
                 e.size = entry.size;
@@ -383,7 +403,7 @@ impl ObjectRoot {
         let key = if kind == EntryKind::Dir { self.dir_key(rel) } else { self.key(rel) };
         let big = size_hint > self.parts.chunk as u64;
         let opts = WriteOptions {
-            user_metadata: Some(codec::encode(kind, meta, crc32c)),
+            user_metadata: Some(self.user_metadata(kind, meta, crc32c)),
             concurrent: if big { self.parts.concurrent } else { 1 },
             chunk: if big { Some(self.parts.chunk) } else { None },
             ..Default::default()
@@ -422,7 +442,7 @@ impl ObjectRoot {
         // directory paths, so this goes to the service stack directly, through
         // the retry and timeout layers.
         let opts = WriteOptions {
-            user_metadata: Some(codec::encode(EntryKind::Dir, meta, None)),
+            user_metadata: Some(self.user_metadata(EntryKind::Dir, meta, None)),
             ..Default::default()
         };
         use opendal::raw::Service as _;
@@ -489,7 +509,12 @@ fn timestamp_ns(t: opendal::raw::Timestamp) -> i64 {
 
 /// Fill kind and attributes from object metadata; returns the warnings.
 fn apply_user_metadata(e: &mut Entry, md: &Metadata) -> Vec<String> {
-    let map: HashMap<&str, &str> = md.user_metadata().map(|m| m.into_iter().collect()).unwrap_or_default();
+    // Names as written on Azure (`file_mtime`), or upper-cased by a gateway,
+    // read as the codec spells them.
+    let map: HashMap<String, &str> = md
+        .user_metadata()
+        .map(|m| m.into_iter().map(|(k, v)| (k.to_ascii_lowercase().replace('_', "-"), v)).collect())
+        .unwrap_or_default();
     let decoded = codec::decode(|k| map.get(k).copied(), now_ns());
     if let Some(kind) = decoded.kind {
         if kind == EntryKind::Symlink {
