@@ -292,7 +292,12 @@ pub fn build_object_root(
             if let Some(ep) = endpoint(&["GCS_ENDPOINT"]) {
                 b = b.endpoint(&ep);
             }
-            b = b.credential_path(&need(env, &["GOOGLE_APPLICATION_CREDENTIALS"], "credentials", d)?);
+            if spec.anonymous {
+                // Public buckets (and emulators): no token, no metadata server.
+                b = b.skip_signature().disable_vm_metadata().disable_config_load();
+            } else {
+                b = b.credential_path(&need(env, &["GOOGLE_APPLICATION_CREDENTIALS"], "credentials", d)?);
+            }
             Operator::new(b).map_err(cfg_err)?
         }
         Scheme::File => {
@@ -402,5 +407,9 @@ mod tests {
                 build_object_root(&obj(url), &env, PartPolicy::default(), 1, false).unwrap_err().to_string();
             assert!(e.contains("endpoint"), "{url}: {e}");
         }
+        let e = build_object_root(&obj("gcs://b/p"), &env, PartPolicy::default(), 1, false).unwrap_err();
+        assert!(e.to_string().contains("GOOGLE_APPLICATION_CREDENTIALS"), "{e}");
+        // A public bucket needs no credentials.
+        build_object_root(&obj("gcs://b/p?anonymous=true"), &env, PartPolicy::default(), 1, false).unwrap();
     }
 }

@@ -475,7 +475,7 @@ async fn reimport_keeps_unchanged_copies_and_indexes_directories() {
 /// objects. s3s-fs keeps no metadata on markers, so this runs on moto.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn import_gives_directories_their_stored_attributes() {
-    let Some(moto) = common::moto::Moto::start(&["bucket1"]).await else { return };
+    let Some(moto) = common::emulators::Moto::start(&["bucket1"]).await else { return };
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("ferry.toml");
     fs::write(

@@ -1,8 +1,7 @@
 //! Helpers for end-to-end tests through the real `ferry` binary.
 #![allow(dead_code)]
 
-pub mod azurite;
-pub mod moto;
+pub mod emulators;
 pub mod server;
 
 use std::collections::BTreeMap;
