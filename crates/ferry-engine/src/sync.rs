@@ -495,7 +495,13 @@ impl Run {
                 return false;
             }
             p.transferred.fetch_add(1, Relaxed);
-        } else if let Some(have) = dst_meta.filter(|_| self.note_dir_times() && s.meta_loaded) {
+        } else if let Some(have) =
+            // Forced attributes (a preload) are for what the run creates: an
+            // existing directory keeps what import or its users gave it.
+            dst_meta.filter(|_| {
+                self.note_dir_times() && s.meta_loaded && self.opts.attributes.is_none()
+            })
+        {
             let differs = |a: Option<u32>, b: Option<u32>| a.is_some() && a != b;
             if differs(want.mode, have.mode) || differs(want.uid, have.uid) || differs(want.gid, have.gid) {
                 // Applied to the existing directory (only what can change:

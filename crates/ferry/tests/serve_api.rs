@@ -519,6 +519,13 @@ async fn import_gives_directories_their_stored_attributes() {
     for (d, ..) in dirs {
         assert_eq!(attrs(&dir.join(d)), attrs(&src.join(d)), "{d}");
     }
+    // A preload (default attributes for what it creates) leaves them alone.
+    let t = c.run_task(&share, "preload", "data", Some("ds/")).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    assert_eq!(fs::read(dir.join("ds/sub/b.txt")).unwrap(), b"beta");
+    for (d, ..) in dirs {
+        assert_eq!(attrs(&dir.join(d)), attrs(&src.join(d)), "{d} after preload");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
