@@ -44,6 +44,9 @@ pub struct SyncOptions {
     pub threads: usize,
     /// Directory listings in flight at once.
     pub list_threads: usize,
+    /// Entries of one object-store directory level kept in memory while it
+    /// is compared; larger levels are sorted through temporary files.
+    pub level_in_memory: usize,
     /// Bytes per second for all transfers together.
     pub bwlimit: Option<u64>,
     pub verify: Verify,
@@ -80,6 +83,7 @@ impl Default for SyncOptions {
             dry_run: false,
             threads: 32,
             list_threads: 8,
+            level_in_memory: 200_000,
             bwlimit: None,
             verify: Verify::default(),
             item_attempts: 3,

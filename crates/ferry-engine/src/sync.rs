@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ferry_model::{validate_rel_path, Entry, EntryKind, PosixMeta};
-use ferry_storage::{Error as StorageError, Location, ObjectRoot, Sink};
+use ferry_storage::{Error as StorageError, Location, ObjectRoot, Sink, SortedLevel};
 use ferry_store::DoneItem;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -325,7 +325,8 @@ impl Run {
         let p = &self.progress;
         let dir = walk.path;
         let shown = if dir.is_empty() { "/" } else { dir.as_str() };
-        let src_list = match self.src.list_dir(&dir).await {
+        let in_memory = self.opts.level_in_memory;
+        let mut src_list = match self.src.list_level(&dir, in_memory).await {
             Ok(l) => l,
             Err(e) => {
                 self.listing_failed.store(true, Relaxed);
@@ -339,10 +340,10 @@ impl Run {
                 return Vec::new();
             }
         }
-        let dst_list = if walk.dst == WalkDst::Exists {
-            match self.dst.list_dir(&dir).await {
+        let mut dst_list = if walk.dst == WalkDst::Exists {
+            match self.dst.list_level(&dir, in_memory).await {
                 Ok(l) => l,
-                Err(e) if e.is_not_found() => Default::default(),
+                Err(e) if e.is_not_found() => SortedLevel::empty(),
                 Err(e) => {
                     self.listing_failed.store(true, Relaxed);
                     p.listed.fetch_add(1, Relaxed);
@@ -351,29 +352,45 @@ impl Run {
                 }
             }
         } else {
-            Default::default()
+            SortedLevel::empty()
         };
-        for (path, reason) in &src_list.rejected {
-            p.listed.fetch_add(1, Relaxed);
-            p.fail(path, reason.clone());
-        }
-        for (path, reason) in &dst_list.rejected {
-            p.warn(format!("destination entry {path:?} left alone: {reason}"));
-        }
         let done = match &self.recorder {
             Some(r) => r.done_in_dir(&dir).await,
             None => HashMap::new(),
         };
         let resumed = self.recorder.as_ref().is_some_and(|r| r.checkpoint.resumed);
+        // A listing read back from temporary files can still fail midway:
+        // then nothing more of this level is compared, and --delete is off.
+        let broken = |side: &str, e: StorageError| {
+            self.listing_failed.store(true, Relaxed);
+            p.listed.fetch_add(1, Relaxed);
+            p.fail(shown, format!("listing the {side} failed: {e}"));
+        };
 
         let mut subdirs = Vec::new();
-        let mut dst_iter = dst_list.entries.into_iter().peekable();
-        for s in src_list.entries {
+        let mut complete = true;
+        'level: for s in src_list.by_ref() {
+            let s = match s {
+                Ok(s) => s,
+                Err(e) => {
+                    broken("source", e);
+                    complete = false;
+                    break;
+                }
+            };
             // Destination entries that sort before this one are extraneous.
-            while let Some(d) = dst_iter.next_if(|d| d.path < s.path) {
-                self.note_extraneous(d);
+            let mut d = None;
+            while let Some(next) = dst_list.next_if(|d| d.path <= s.path) {
+                match next {
+                    Ok(x) if x.path < s.path => self.note_extraneous(x),
+                    Ok(x) => d = Some(x),
+                    Err(e) => {
+                        broken("destination", e);
+                        complete = false;
+                        break 'level;
+                    }
+                }
             }
-            let d = dst_iter.next_if(|d| d.path == s.path);
             p.listed.fetch_add(1, Relaxed);
             if s.kind == EntryKind::Dir {
                 if !self.opts.filter.dir_included(&s.path) {
@@ -419,8 +436,21 @@ impl Run {
                 return subdirs;
             }
         }
-        for d in dst_iter {
-            self.note_extraneous(d);
+        while let (true, Some(d)) = (complete, dst_list.next()) {
+            match d {
+                Ok(d) => self.note_extraneous(d),
+                Err(e) => {
+                    broken("destination", e);
+                    complete = false;
+                }
+            }
+        }
+        for (path, reason) in &src_list.rejected {
+            p.listed.fetch_add(1, Relaxed);
+            p.fail(path, reason.clone());
+        }
+        for (path, reason) in &dst_list.rejected {
+            p.warn(format!("destination entry {path:?} left alone: {reason}"));
         }
         subdirs
     }

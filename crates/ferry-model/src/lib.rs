@@ -33,7 +33,7 @@ pub struct PosixMeta {
 }
 
 /// One entry of a listing, relative to the root of a location.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Path relative to the location root, `/`-separated, no leading or trailing `/`.
     pub path: String,
@@ -58,7 +58,7 @@ pub struct Entry {
 }
 
 /// The parts of a local `stat` that identify a file version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalStat {
     pub dev: u64,
     pub ino: u64,

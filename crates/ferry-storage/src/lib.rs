@@ -5,6 +5,7 @@
 pub mod codec;
 mod endpoints;
 mod error;
+mod level;
 mod location;
 mod object;
 mod posix;
@@ -17,6 +18,7 @@ use futures::Stream;
 
 pub use endpoints::{check_bucket_name, ObjectStoreConfig, ObjectStores, Provider};
 pub use error::{Error, Result};
+pub use level::{LevelSorter, SortedLevel};
 pub use location::{build_object_root, Env, LocationSpec, ObjectSpec, ProcessEnv, Scheme};
 pub use object::{ObjectRoot, PartPolicy};
 pub use posix::{PositionalFile, PosixReader, PosixRoot, PosixWriter, TEMP_PREFIX};
@@ -109,6 +111,27 @@ impl Location {
                     l.entries.retain(|e| e.path != FILE_STAGING_DIR);
                 }
                 Ok(l)
+            }
+        }
+    }
+
+    /// One directory level in path order, for comparing with another. Object
+    /// listings keep at most `in_memory` entries in memory and sort larger
+    /// levels (a flat prefix of millions of keys) through temporary files.
+    pub async fn list_level(&self, rel: &str, in_memory: usize) -> Result<SortedLevel> {
+        match self {
+            Location::Posix(_) => {
+                let l = self.list_dir(rel).await?;
+                Ok(SortedLevel::new(Box::new(l.entries.into_iter().map(Ok)), l.rejected, l.marker))
+            }
+            Location::Object(o) => {
+                let mut sorter = LevelSorter::new(in_memory);
+                let mut rejected = Vec::new();
+                let marker = o.list_level(rel, |e| sorter.push(e), &mut rejected).await?;
+                if sorter.spilled() {
+                    tracing::debug!(dir = rel, "large level sorted through temporary files");
+                }
+                Ok(SortedLevel::new(sorter.finish()?, rejected, marker))
             }
         }
     }

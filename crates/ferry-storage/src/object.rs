@@ -169,39 +169,19 @@ impl ObjectRoot {
 
     /// List one "directory" level. Entries come back sorted by path.
     pub async fn list_dir(&self, rel: &str) -> Result<Listing> {
-        let dir_key = self.dir_key(rel);
-        let ctx = || format!("list {}/{rel}", self.display);
-        let mut lister = self
-            .op
-            .lister_options(&dir_key, ListOptions::default())
-            .await
-            .map_err(|e| Error::store(ctx(), e))?;
         let mut listing = Listing::default();
-        let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() };
-        while let Some(item) = lister.next().await {
-            let item = item.map_err(|e| Error::store(ctx(), e))?;
-            let (path, md) = item.into_parts();
-            let path = path.trim_start_matches('/');
-            if path == dir_key.trim_start_matches('/') {
-                listing.marker = !rel.is_empty();
-                continue;
-            }
-            if path.len() < strip {
-                continue;
-            }
-            let rel_key = &path[strip..];
-            let is_dir = rel_key.ends_with('/');
-            let rel_path = rel_key.strip_suffix('/').unwrap_or(rel_key);
-            if let Err(e) = validate_rel_path(rel_path) {
-                listing.rejected.push((rel_key.to_string(), format!("key cannot be a POSIX path: {e}")));
-                continue;
-            }
-            if is_dir && md.content_length() > 0 && md.is_file() {
-                listing.rejected.push((rel_key.to_string(), "key ends with '/' but has data".into()));
-                continue;
-            }
-            listing.entries.push(entry_from_listing(rel_path, is_dir || md.is_dir(), &md));
-        }
+        let mut entries = Vec::new();
+        listing.marker = self
+            .list_level(
+                rel,
+                |e| {
+                    entries.push(e);
+                    Ok(())
+                },
+                &mut listing.rejected,
+            )
+            .await?;
+        listing.entries = entries;
         listing.entries.sort_by(|a, b| a.path.cmp(&b.path));
         // "a" and "a/" both present: keep the directory, report the file.
         let mut i = 1;
@@ -215,6 +195,54 @@ impl ObjectRoot {
             }
         }
         Ok(listing)
+    }
+
+    /// Stream one "directory" level to `f`, in the store's order; keys that
+    /// cannot be POSIX names go to `rejected`. Returns whether the directory
+    /// has a marker object of its own.
+    pub async fn list_level(
+        &self,
+        rel: &str,
+        mut f: impl FnMut(Entry) -> Result<()>,
+        rejected: &mut Vec<(String, String)>,
+    ) -> Result<bool> {
+        let dir_key = self.dir_key(rel);
+        let ctx = || format!("list {}/{rel}", self.display);
+        let mut lister = self
+            .op
+            .lister_options(&dir_key, ListOptions::default())
+            .await
+            .map_err(|e| Error::store(ctx(), e))?;
+        let mut marker = false;
+        let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() };
+        while let Some(item) = lister.next().await {
+            let item = item.map_err(|e| Error::store(ctx(), e))?;
+            let (path, md) = item.into_parts();
+            let path = path.trim_start_matches('/');
+            if path == dir_key.trim_start_matches('/') {
+                marker = !rel.is_empty();
+                continue;
+            }
+            if path.len() < strip {
+                continue;
+            }
+            let rel_key = &path[strip..];
+            let is_dir = rel_key.ends_with('/');
+            let rel_path = rel_key.strip_suffix('/').unwrap_or(rel_key);
+            if let Err(e) = validate_rel_path(rel_path) {
+                rejected.push((rel_key.to_string(), format!("key cannot be a POSIX path: {e}")));
+                continue;
+            }
+            if is_dir && md.content_length() > 0 && md.is_file() {
+                rejected.push((rel_key.to_string(), "key ends with '/' but has data".into()));
+                continue;
+            }
+            if rel.is_empty() && rel_path == crate::FILE_STAGING_DIR {
+                continue;
+            }
+            f(entry_from_listing(rel_path, is_dir || md.is_dir(), &md))?;
+        }
+        Ok(marker)
     }
 
     /// List everything under the prefix in one flat, paged listing (far

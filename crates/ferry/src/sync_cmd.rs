@@ -102,6 +102,7 @@ fn options(args: &SyncArgs) -> anyhow::Result<SyncOptions> {
         dry_run: args.dry_run,
         threads: args.threads as usize,
         list_threads: args.list_threads as usize,
+        level_in_memory: args.level_in_memory as usize,
         bwlimit: args.bwlimit,
         verify: match args.verify {
             VerifyArg::None => Verify::None,
