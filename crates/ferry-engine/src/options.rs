@@ -44,7 +44,7 @@ pub struct SyncOptions {
     pub threads: usize,
     /// Directory listings in flight at once.
     pub list_threads: usize,
-    /// Entries of one object-store directory level kept in memory while it
+    /// Entries of one directory level kept in memory while it
     /// is compared; larger levels are sorted through temporary files.
     pub level_in_memory: usize,
     /// Bytes per second for all transfers together.

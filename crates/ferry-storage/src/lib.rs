@@ -115,14 +115,20 @@ impl Location {
         }
     }
 
-    /// One directory level in path order, for comparing with another. Object
-    /// listings keep at most `in_memory` entries in memory and sort larger
-    /// levels (a flat prefix of millions of keys) through temporary files.
+    /// One directory level in path order, for comparing with another. At
+    /// most `in_memory` entries are kept in memory; larger levels (a flat
+    /// prefix of millions of keys) are sorted through temporary files.
     pub async fn list_level(&self, rel: &str, in_memory: usize) -> Result<SortedLevel> {
         match self {
-            Location::Posix(_) => {
-                let l = self.list_dir(rel).await?;
-                Ok(SortedLevel::new(Box::new(l.entries.into_iter().map(Ok)), l.rejected, l.marker))
+            Location::Posix(p) => {
+                let (p, rel) = (p.clone(), rel.to_string());
+                blocking(move || {
+                    let mut sorter = LevelSorter::new(in_memory);
+                    let mut rejected = Vec::new();
+                    p.list_level(&rel, |e| sorter.push(e), &mut rejected)?;
+                    Ok(SortedLevel::new(sorter.finish()?, rejected, false))
+                })
+                .await
             }
             Location::Object(o) => {
                 let mut sorter = LevelSorter::new(in_memory);

@@ -86,16 +86,36 @@ impl PosixRoot {
     /// List one directory, sorted by name. Names that are not UTF-8 are
     /// reported in `Listing::rejected`; leftover temporary files are removed.
     pub fn list_dir(&self, rel: &str) -> Result<Listing> {
+        let mut listing = Listing::default();
+        let mut entries = Vec::new();
+        self.list_level(
+            rel,
+            |e| {
+                entries.push(e);
+                Ok(())
+            },
+            &mut listing.rejected,
+        )?;
+        listing.entries = entries;
+        listing.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(listing)
+    }
+
+    /// Stream one directory's entries to `f` in directory order; names that
+    /// cannot be used go to `rejected`.
+    pub fn list_level(
+        &self,
+        rel: &str,
+        mut f: impl FnMut(Entry) -> Result<()>,
+        rejected: &mut Vec<(String, String)>,
+    ) -> Result<()> {
         let dir = self.abs(rel);
         let read = fs::read_dir(&dir).map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
-        let mut listing = Listing::default();
         for item in read {
             let item = item.map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
             let os_name = item.file_name();
             let Some(name) = os_name.to_str() else {
-                listing
-                    .rejected
-                    .push((join_path(rel, &os_name.to_string_lossy()), "name is not valid UTF-8".into()));
+                rejected.push((join_path(rel, &os_name.to_string_lossy()), "name is not valid UTF-8".into()));
                 continue;
             };
             if name.starts_with(TEMP_PREFIX) {
@@ -104,13 +124,12 @@ impl PosixRoot {
             }
             let path = join_path(rel, name);
             match self.entry_of(&item.path(), path.clone(), item.metadata()) {
-                Ok(Some(e)) => listing.entries.push(e),
+                Ok(Some(e)) => f(e)?,
                 Ok(None) => {}
-                Err(e) => listing.rejected.push((path, e.to_string())),
+                Err(e) => rejected.push((path, e.to_string())),
             }
         }
-        listing.entries.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(listing)
+        Ok(())
     }
 
     /// The entry at `rel`, or `None` when nothing is there.

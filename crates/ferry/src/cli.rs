@@ -196,7 +196,7 @@ pub struct SyncArgs {
     /// Directories listed at once.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub list_threads: u16,
-    /// Entries of one bucket "directory" level held in memory while it is
+    /// Entries of one directory level (local or in a bucket) held in memory while it is
     /// compared (about 250 bytes each); a larger level, such as a flat prefix
     /// of millions of objects, is sorted through temporary files instead.
     #[arg(long, value_name = "N", default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
