@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One directory (one flat prefix) of LIST_N empty files (default 1,000,000):
 # up with ferry, the no-op re-sync, then down with ferry and with rclone, each
-# under GNU time. A single listing level is held in memory by both tools; this
-# measures how much.
-#   BENCH_GARAGE_DB=lmdb bash bench/flat-million.sh     # ~10 min on garage
+# under GNU time: what one listing level of a million entries costs in memory
+# (ferry bounds it with --level-in-memory; rclone holds the level whole).
+#   BENCH_GARAGE_DB=lmdb bash bench/flat-million.sh     # ~12 min on garage
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ferry-target}"
