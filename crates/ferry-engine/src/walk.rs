@@ -8,6 +8,10 @@ use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::Result;
 
+/// Entries of one level held in memory; larger levels are sorted through
+/// temporary files.
+const LEVEL_IN_MEMORY: usize = 200_000;
+
 /// Walk `loc` level by level with `list_threads` listings in flight, calling
 /// `f` for every entry. Rejected names are passed to `bad`. Directories are
 /// only descended when `recursive`.
@@ -19,7 +23,31 @@ pub async fn walk(
     mut bad: impl FnMut(String, String),
 ) -> Result<()> {
     if let (true, Location::Object(o)) = (recursive, loc) {
-        o.list_recursive(f, bad).await?;
+        // One flat listing in key order, where a directory's keys are
+        // contiguous: directories that only exist through the keys below
+        // them (no marker object) are shown once, before their content.
+        let mut open: Vec<String> = Vec::new();
+        o.list_recursive(
+            |e| {
+                let parent = e.path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+                while open.last().is_some_and(|d| !(parent == d || parent.starts_with(&format!("{d}/")))) {
+                    open.pop();
+                }
+                let mut ancestors: Vec<&str> =
+                    parent.match_indices('/').map(|(i, _)| &parent[..i]).chain([parent]).collect();
+                ancestors.retain(|a| !a.is_empty() && !open.iter().any(|d| d == a));
+                for a in ancestors {
+                    f(Entry::dir(a));
+                    open.push(a.to_string());
+                }
+                if e.kind == EntryKind::Dir {
+                    open.push(e.path.clone());
+                }
+                f(e);
+            },
+            bad,
+        )
+        .await?;
         return Ok(());
     }
     let mut queue = VecDeque::from([String::new()]);
@@ -27,18 +55,19 @@ pub async fn walk(
     loop {
         while running.len() < list_threads.max(1) {
             let Some(dir) = queue.pop_back() else { break };
-            running.push(async move { loc.list_dir(&dir).await });
+            running.push(async move { loc.list_level(&dir, LEVEL_IN_MEMORY).await });
         }
-        let Some(listing) = running.next().await else { return Ok(()) };
-        let listing = listing?;
-        for (name, reason) in listing.rejected {
-            bad(name, reason);
-        }
-        for e in listing.entries {
+        let Some(level) = running.next().await else { return Ok(()) };
+        let mut level = level?;
+        for e in level.by_ref() {
+            let e = e?;
             if recursive && e.kind == EntryKind::Dir {
                 queue.push_back(e.path.clone());
             }
             f(e);
+        }
+        for (name, reason) in level.rejected {
+            bad(name, reason);
         }
     }
 }

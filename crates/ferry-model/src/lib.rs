@@ -67,6 +67,22 @@ pub struct LocalStat {
 }
 
 impl Entry {
+    /// A directory known only by its path (implied by the keys below it).
+    pub fn dir(path: &str) -> Self {
+        Entry {
+            path: path.to_string(),
+            kind: EntryKind::Dir,
+            size: 0,
+            mtime_ns: None,
+            mtime_exact: false,
+            meta: PosixMeta::default(),
+            meta_loaded: false,
+            etag: None,
+            local: None,
+            crc32c: None,
+        }
+    }
+
     /// The last path component.
     pub fn name(&self) -> &str {
         self.path.rsplit('/').next().unwrap_or(&self.path)
@@ -90,18 +106,8 @@ mod tests {
     fn join_and_name() {
         assert_eq!(join_path("", "a"), "a");
         assert_eq!(join_path("a/b", "c"), "a/b/c");
-        let e = Entry {
-            path: "a/b/c.txt".into(),
-            kind: EntryKind::File,
-            size: 0,
-            mtime_ns: None,
-            mtime_exact: false,
-            meta: PosixMeta::default(),
-            meta_loaded: false,
-            etag: None,
-            local: None,
-            crc32c: None,
-        };
+        let e = Entry { kind: EntryKind::File, ..Entry::dir("a/b/c.txt") };
         assert_eq!(e.name(), "c.txt");
+        assert_eq!(Entry::dir("top").name(), "top");
     }
 }

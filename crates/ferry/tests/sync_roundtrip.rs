@@ -162,6 +162,16 @@ async fn directories_keep_their_attributes_through_a_bucket() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(dir_attrs(&back), want, "directory mode/uid/gid/mtime after fs -> s3 -> fs");
     assert_same(&snapshot(&src, true), &snapshot(&back, true));
+    // `ls -R` shows each directory once, marker or not.
+    let ls = |loc: &str| {
+        let r = ferry(&state, &env, &["ls", "-R", loc]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let mut v: Vec<String> =
+            r.stdout.lines().map(|l| l.trim_start().split_once(' ').unwrap().1.into()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ls("s3://bkt/t"), ls(s));
 
     // Bucket to bucket, the markers keep the attributes.
     let r = ferry(&state, &env, &["sync", "s3://bkt/t", "s3://bkt/u", "--json"]);
@@ -304,6 +314,39 @@ async fn large_levels_sorted_through_temporary_files_give_the_same_result() {
         );
     }
     assert_same(&snapshot(&src, false), &snapshot(&back, false));
+}
+
+/// `ferry ls`: one level or all of it, locally and in a bucket, the same
+/// entries either way; the totals; and a level larger than what is sorted
+/// in memory still comes out whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_lists_a_level_or_the_tree_with_totals() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    std::fs::create_dir_all(src.join("d/sub")).unwrap();
+    std::fs::write(src.join("d/sub/b"), "bb").unwrap();
+    std::fs::write(src.join("top.txt"), "hello").unwrap();
+    for i in 0..300 {
+        std::fs::write(src.join(format!("d/f{i:03}")), "x").unwrap();
+    }
+    let s = src.to_str().unwrap();
+    assert_eq!(ferry(&state, &env, &["sync", s, "s3://bkt/t"]).code, 0);
+    let lines = |args: &[&str]| {
+        let r = ferry(&state, &env, args);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        let mut v: Vec<String> = r.stdout.lines().map(|l| l.trim().to_string()).collect();
+        v.sort();
+        v
+    };
+    for loc in [s, "s3://bkt/t"] {
+        assert_eq!(lines(&["ls", loc]), ["0 d/", "5 top.txt"], "{loc}");
+        let all = lines(&["ls", "-R", loc]);
+        assert_eq!(all.len(), 2 + 1 + 1 + 300, "{loc}: {all:?}");
+        assert!(all.contains(&"2 d/sub/b".to_string()) && all.contains(&"1 d/f299".to_string()), "{loc}");
+        assert_eq!(lines(&["ls", "-R", "--summary", loc]), ["302 file(s), 2 dir(s), 307 byte(s)"], "{loc}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
