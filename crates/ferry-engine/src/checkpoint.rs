@@ -1,7 +1,7 @@
 //! Run checkpoints: finished items are recorded in batches through the
 //! store, so that a rerun after a crash skips them without re-checking.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use ferry_store::{Checkpoint, DoneItem, Known, Store};
@@ -64,13 +64,14 @@ impl Recorder {
         Ok(Self { store, checkpoint, tx: Some(tx), task: Some(task) })
     }
 
-    pub(crate) async fn done_in_dir(&self, dir: &str) -> HashMap<String, Known> {
-        match self.store.done_in_dir(self.checkpoint.run_id, dir).await {
-            Ok(known) => known,
-            Err(e) => {
-                tracing::warn!(error = %e, "checkpoint lookup failed; checking items in full");
-                HashMap::new()
-            }
+    /// The done set of one directory, read in pages as the listing goes.
+    pub(crate) fn done_in_dir(&self, dir: &str) -> DoneCursor<'_> {
+        DoneCursor {
+            recorder: self,
+            dir: dir.to_string(),
+            page: VecDeque::new(),
+            after: String::new(),
+            end: false,
         }
     }
 
@@ -90,5 +91,92 @@ impl Recorder {
             self.store.finish_run(self.checkpoint.run_id).await?;
         }
         Ok(())
+    }
+}
+
+/// Done items of one directory, read page by page in byte order of the
+/// name, for a listing that is in the same order: a directory of millions
+/// of files never has its whole done set in memory.
+pub(crate) struct DoneCursor<'a> {
+    recorder: &'a Recorder,
+    dir: String,
+    page: VecDeque<(String, Known)>,
+    /// The last name read from the store.
+    after: String,
+    end: bool,
+}
+
+/// Done items read per query.
+const DONE_PAGE: i64 = 2000;
+
+impl DoneCursor<'_> {
+    /// What is known of `name`. Names must be asked for in increasing order.
+    pub(crate) async fn get(&mut self, name: &str) -> Option<Known> {
+        loop {
+            while self.page.front().is_some_and(|(n, _)| n.as_str() < name) {
+                self.page.pop_front();
+            }
+            match self.page.front() {
+                Some((n, _)) if n == name => return self.page.pop_front().map(|(_, k)| k),
+                Some(_) => return None,
+                None if self.end => return None,
+                None => self.refill().await,
+            }
+        }
+    }
+
+    async fn refill(&mut self) {
+        let (store, run) = (&self.recorder.store, self.recorder.checkpoint.run_id);
+        match store.done_page(run, &self.dir, &self.after, DONE_PAGE).await {
+            Ok(page) => {
+                self.end = (page.len() as i64) < DONE_PAGE;
+                match page.last() {
+                    // Names only ever grow: a page that does not move on
+                    // ends the cursor (items are then checked in full).
+                    Some((last, _)) if last.as_str() > self.after.as_str() => self.after = last.clone(),
+                    _ => self.end = true,
+                }
+                self.page.extend(page);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint lookup failed; checking items in full");
+                self.end = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_store::DoneItem;
+
+    #[tokio::test]
+    async fn the_done_cursor_pages_through_a_large_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}/s.db", dir.path().display())).await.unwrap();
+        let rec = Recorder::start(store.clone(), "k", "a", "b").await.unwrap();
+        let n = 3 * DONE_PAGE as u64 + 7;
+        let items: Vec<DoneItem> = (0..n)
+            .map(|i| DoneItem {
+                dir: "d".into(),
+                name: format!("n{i:06}"),
+                size: i,
+                mtime_ns: 1,
+                dst_version: None,
+            })
+            .collect();
+        store.record_done(rec.checkpoint.run_id, &items).await.unwrap();
+
+        // Every third name, then names that were never done.
+        let mut c = rec.done_in_dir("d");
+        assert_eq!(c.get("a").await, None);
+        for i in (0..n).step_by(3) {
+            assert_eq!(c.get(&format!("n{i:06}")).await, Some((i, 1, None)), "n{i:06}");
+        }
+        assert_eq!(c.get("n999999").await, None);
+        assert_eq!(c.get("z").await, None);
+        // Another directory knows nothing.
+        assert_eq!(rec.done_in_dir("e").get("n000001").await, None);
     }
 }

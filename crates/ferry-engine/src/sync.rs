@@ -354,10 +354,7 @@ impl Run {
         } else {
             SortedLevel::empty()
         };
-        let done = match &self.recorder {
-            Some(r) => r.done_in_dir(&dir).await,
-            None => HashMap::new(),
-        };
+        let mut done = self.recorder.as_ref().map(|r| r.done_in_dir(&dir));
         let resumed = self.recorder.as_ref().is_some_and(|r| r.checkpoint.resumed);
         // A listing read back from temporary files can still fail midway:
         // then nothing more of this level is compared, and --delete is off.
@@ -414,11 +411,15 @@ impl Run {
             // Known up to date: the source is as it was when copied, and the
             // destination is still the version ferry wrote or checked (or, when
             // resuming an interrupted run, still there with the right size).
-            if let (Some((size, mtime, version)), Some(dd)) = (done.get(s.name()), &d) {
-                let src_same = *size == s.size && Some(*mtime) == s.mtime_ns;
+            let known = match (&mut done, &d) {
+                (Some(c), Some(_)) => c.get(s.name()).await,
+                _ => None,
+            };
+            if let (Some((size, mtime, version)), Some(dd)) = (known, &d) {
+                let src_same = size == s.size && Some(mtime) == s.mtime_ns;
                 let dst_same = dd.size == s.size
                     && dd.kind == s.kind
-                    && (resumed || version.is_some() && *version == dst_version(dd));
+                    && (resumed || version.is_some() && version == dst_version(dd));
                 // --force re-copies everything; --checksum trusts (size, mtime)
                 // only to resume an interrupted run.
                 let mode_allows = match self.opts.compare {
@@ -428,7 +429,7 @@ impl Run {
                 };
                 if src_same && dst_same && mode_allows {
                     p.skipped.fetch_add(1, Relaxed);
-                    p.skipped_bytes.fetch_add(*size, Relaxed);
+                    p.skipped_bytes.fetch_add(size, Relaxed);
                     continue;
                 }
             }

@@ -6,7 +6,6 @@
 //! between the back-ends is the placeholder syntax, handled by [`sql`].
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -91,17 +90,19 @@ pub struct DoneItem {
 pub type Known = (u64, i64, Option<String>);
 
 /// The migrations of one back-end, in order: (version, description, SQL).
-fn migrations(kind: &str) -> [(i64, &'static str, &'static str); 3] {
+fn migrations(kind: &str) -> [(i64, &'static str, &'static str); 4] {
     match kind {
         "sqlite" => [
             (1, "sync checkpoints", include_str!("../migrations/sqlite/0001_sync_checkpoints.sql")),
             (2, "sync state", include_str!("../migrations/sqlite/0002_sync_state.sql")),
             (3, "hpc cache", include_str!("../migrations/sqlite/0003_hpc_cache.sql")),
+            (4, "done names bytewise", include_str!("../migrations/sqlite/0004_done_names_bytewise.sql")),
         ],
         _ => [
             (1, "sync checkpoints", include_str!("../migrations/postgres/0001_sync_checkpoints.sql")),
             (2, "sync state", include_str!("../migrations/postgres/0002_sync_state.sql")),
             (3, "hpc cache", include_str!("../migrations/postgres/0003_hpc_cache.sql")),
+            (4, "done names bytewise", include_str!("../migrations/postgres/0004_done_names_bytewise.sql")),
         ],
     }
 }
@@ -208,13 +209,28 @@ impl Store {
         Ok(Checkpoint { run_id, resumed: false })
     }
 
-    /// Items of one directory known to be done: name → (size, mtime, destination version).
-    pub async fn done_in_dir(&self, run_id: i64, dir: &str) -> Result<HashMap<String, Known>> {
-        let q =
-            sql(self, "SELECT name, size, mtime_ns, dst_version FROM sync_done WHERE run_id = ? AND dir = ?");
+    /// Up to `limit` done items of one directory whose names sort after
+    /// `after`, in byte order of the name (to merge with a sorted listing
+    /// without holding a huge directory's done set in memory).
+    pub async fn done_page(
+        &self,
+        run_id: i64,
+        dir: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, Known)>> {
+        let q = sql(
+            self,
+            "SELECT name, size, mtime_ns, dst_version FROM sync_done WHERE run_id = ? AND dir = ? AND name > ? \
+             ORDER BY name LIMIT ?",
+        );
         let rows: Vec<(String, i64, i64, Option<String>)> = match &self.backend {
-            Backend::Sqlite(p) => sqlx::query_as(&q).bind(run_id).bind(dir).fetch_all(p).await?,
-            Backend::Postgres(p) => sqlx::query_as(&q).bind(run_id).bind(dir).fetch_all(p).await?,
+            Backend::Sqlite(p) => {
+                sqlx::query_as(&q).bind(run_id).bind(dir).bind(after).bind(limit).fetch_all(p).await?
+            }
+            Backend::Postgres(p) => {
+                sqlx::query_as(&q).bind(run_id).bind(dir).bind(after).bind(limit).fetch_all(p).await?
+            }
         };
         Ok(rows.into_iter().map(|(n, s, m, v)| (n, (s as u64, m, v))).collect())
     }

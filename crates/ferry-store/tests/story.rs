@@ -2,7 +2,9 @@
 //! PostgreSQL when `FERRY_TEST_POSTGRES_URL` is set (CI sets it). Each
 //! PostgreSQL run gets a fresh database that is dropped afterwards.
 
-use ferry_store::{DoneItem, Store};
+use std::collections::HashMap;
+
+use ferry_store::{DoneItem, Known, Store};
 use sqlx::Connection;
 
 async fn story(store: &Store) {
@@ -38,14 +40,33 @@ async fn story(store: &Store) {
         .await
         .unwrap();
     assert_eq!(store.done_count(cp.run_id).await.unwrap(), 300);
-    let root = store.done_in_dir(cp.run_id, "").await.unwrap();
+    let root = all_done(store, cp.run_id, "").await.unwrap();
     assert_eq!(root.len(), 150);
     assert_eq!(root["file-0"], (7, 9, None));
     assert_eq!(root["file-2"], (2, 1_700_000_000_000_000_002, None));
     assert_eq!(root["file-6"], (6, 1_700_000_000_000_000_006, Some("\"etag-6\"".to_string())));
-    let sub = store.done_in_dir(cp.run_id, "sub/dir").await.unwrap();
+    let sub = all_done(store, cp.run_id, "sub/dir").await.unwrap();
     assert_eq!(sub.len(), 150);
-    assert!(store.done_in_dir(other.run_id, "").await.unwrap().is_empty(), "runs are separate");
+    assert!(all_done(store, other.run_id, "").await.unwrap().is_empty(), "runs are separate");
+
+    // Pages follow byte order, as listings do, whatever the database locale.
+    let names = ["\u{e9}t\u{e9}", "Zeta", "alpha", "Beta", "a b", "a-b", "a.b", "\u{65e5}"];
+    let items: Vec<DoneItem> = names
+        .iter()
+        .map(|n| DoneItem {
+            dir: "mixed".into(),
+            name: n.to_string(),
+            size: 1,
+            mtime_ns: 1,
+            dst_version: None,
+        })
+        .collect();
+    store.record_done(other.run_id, &items).await.unwrap();
+    let page: Vec<String> =
+        store.done_page(other.run_id, "mixed", "", 100).await.unwrap().into_iter().map(|(n, _)| n).collect();
+    let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    want.sort();
+    assert_eq!(page, want);
 
     // Names with quotes and SQL metacharacters are data, not SQL.
     let odd = DoneItem {
@@ -56,7 +77,7 @@ async fn story(store: &Store) {
         dst_version: Some("v'1".into()),
     };
     store.record_done(other.run_id, std::slice::from_ref(&odd)).await.unwrap();
-    assert_eq!(store.done_in_dir(other.run_id, &odd.dir).await.unwrap()["b\"c"], (1, 1, Some("v'1".into())));
+    assert_eq!(all_done(store, other.run_id, &odd.dir).await.unwrap()["b\"c"], (1, 1, Some("v'1".into())));
 
     // A finished run is not resumed, but its known state stays.
     store.finish_run(cp.run_id).await.unwrap();
@@ -105,4 +126,25 @@ async fn story_on_postgres() {
         assert!(again.begin_run("key-2", "/src", "/dst").await.unwrap().resumed);
     }
     sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+}
+
+/// A directory's done set read page by page (7 at a time), checking that
+/// pages come in byte order of the name.
+async fn all_done(
+    store: &Store,
+    run_id: i64,
+    dir: &str,
+) -> Result<HashMap<String, Known>, ferry_store::Error> {
+    let (mut out, mut after) = (HashMap::new(), String::new());
+    loop {
+        let page = store.done_page(run_id, dir, &after, 7).await?;
+        for (name, known) in &page {
+            assert!(name.as_bytes() > after.as_bytes(), "{name:?} after {after:?}");
+            after = name.clone();
+            out.insert(name.clone(), known.clone());
+        }
+        if page.len() < 7 {
+            return Ok(out);
+        }
+    }
 }
