@@ -68,7 +68,6 @@ struct Run {
     dir_times: Mutex<Vec<(String, i64)>>,
 }
 
-/// One file or symlink to check and maybe transfer.
 /// A directory level for the walk to compare.
 struct Walk {
     path: String,
@@ -90,6 +89,7 @@ enum WalkDst {
     Missing,
 }
 
+/// One file or symlink to check and maybe transfer.
 struct Item {
     src: Entry,
     dst: Option<Entry>,

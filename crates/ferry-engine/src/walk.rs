@@ -26,17 +26,19 @@ pub async fn walk(
         // One flat listing in key order, where a directory's keys are
         // contiguous: directories that only exist through the keys below
         // them (no marker object) are shown once, before their content.
+        // `open` is the chain of directories shown above the current key,
+        // from the top: open[i] is its ancestor at depth i + 1.
         let mut open: Vec<String> = Vec::new();
         o.list_recursive(
             |e| {
                 let parent = e.path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-                while open.last().is_some_and(|d| !(parent == d || parent.starts_with(&format!("{d}/")))) {
+                let within =
+                    |d: &str| parent.strip_prefix(d).is_some_and(|r| r.is_empty() || r.starts_with('/'));
+                while open.last().is_some_and(|d| !within(d)) {
                     open.pop();
                 }
-                let mut ancestors: Vec<&str> =
-                    parent.match_indices('/').map(|(i, _)| &parent[..i]).chain([parent]).collect();
-                ancestors.retain(|a| !a.is_empty() && !open.iter().any(|d| d == a));
-                for a in ancestors {
+                let ancestors = parent.match_indices('/').map(|(i, _)| &parent[..i]).chain([parent]);
+                for a in ancestors.filter(|a| !a.is_empty()).skip(open.len()) {
                     f(Entry::dir(a));
                     open.push(a.to_string());
                 }

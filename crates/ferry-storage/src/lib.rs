@@ -36,9 +36,6 @@ pub type ReadStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 pub struct Listing {
     pub entries: Vec<Entry>,
     pub rejected: Vec<(String, String)>,
-    /// The listed directory has a marker object of its own, which may carry
-    /// its attributes ([`Location::stat_dir`] reads them).
-    pub marker: bool,
 }
 
 /// Options that shape how a location is opened.
@@ -97,22 +94,6 @@ impl Location {
 
     pub fn is_posix(&self) -> bool {
         matches!(self, Location::Posix(_))
-    }
-
-    pub async fn list_dir(&self, rel: &str) -> Result<Listing> {
-        match self {
-            Location::Posix(p) => {
-                let (p, rel) = (p.clone(), rel.to_string());
-                blocking(move || p.list_dir(&rel)).await
-            }
-            Location::Object(o) => {
-                let mut l = o.list_dir(rel).await?;
-                if rel.is_empty() {
-                    l.entries.retain(|e| e.path != FILE_STAGING_DIR);
-                }
-                Ok(l)
-            }
-        }
     }
 
     /// One directory level in path order, for comparing with another. At

@@ -15,7 +15,7 @@ use opendal::{Metadata, Operator};
 
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::{Listing, ReadStream};
+use crate::ReadStream;
 
 /// Largest ranged read of one object.
 const READ_CHUNK: usize = 8 << 20;
@@ -167,36 +167,6 @@ impl ObjectRoot {
         }
     }
 
-    /// List one "directory" level. Entries come back sorted by path.
-    pub async fn list_dir(&self, rel: &str) -> Result<Listing> {
-        let mut listing = Listing::default();
-        let mut entries = Vec::new();
-        listing.marker = self
-            .list_level(
-                rel,
-                |e| {
-                    entries.push(e);
-                    Ok(())
-                },
-                &mut listing.rejected,
-            )
-            .await?;
-        listing.entries = entries;
-        listing.entries.sort_by(|a, b| a.path.cmp(&b.path));
-        // "a" and "a/" both present: keep the directory, report the file.
-        let mut i = 1;
-        while i < listing.entries.len() {
-            if listing.entries[i].path == listing.entries[i - 1].path {
-                let file_idx = if listing.entries[i - 1].kind == EntryKind::Dir { i } else { i - 1 };
-                let file = listing.entries.remove(file_idx);
-                listing.rejected.push((file.path, "an object and a directory have the same name".into()));
-            } else {
-                i += 1;
-            }
-        }
-        Ok(listing)
-    }
-
     /// Stream one "directory" level to `f`, in the store's order; keys that
     /// cannot be POSIX names go to `rejected`. Returns whether the directory
     /// has a marker object of its own.
@@ -310,29 +280,34 @@ impl ObjectRoot {
 
     /// HEAD the object and fill in its attributes.
     pub async fn stat(&self, rel: &str) -> Result<Option<(Entry, Vec<String>)>> {
-        match self.op.stat(&self.key(rel)).await {
-            Ok(md) => {
-                let mut e = entry_from_listing(rel, false, &md);
-                let warnings = apply_user_metadata(&mut e, &md);
-                Ok(Some((e, warnings)))
-            }
-            Err(err) if err.kind() == opendal::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(Error::store(format!("stat {}/{rel}", self.display), err)),
-        }
+        self.stat_key(&self.op, &self.key(rel), rel, false).await
     }
 
     /// The attributes stored on a directory's marker object; `None` when the
     /// directory has no marker (it exists only through the keys below it).
     pub async fn stat_dir(&self, rel: &str) -> Result<Option<(Entry, Vec<String>)>> {
         let op = if self.markers_carry_metadata() { &self.markers } else { &self.op };
-        match op.stat(&self.dir_key(rel)).await {
+        self.stat_key(op, &self.dir_key(rel), rel, true).await
+    }
+
+    async fn stat_key(
+        &self,
+        op: &Operator,
+        key: &str,
+        rel: &str,
+        is_dir: bool,
+    ) -> Result<Option<(Entry, Vec<String>)>> {
+        match op.stat(key).await {
             Ok(md) => {
-                let mut e = entry_from_listing(rel, true, &md);
+                let mut e = entry_from_listing(rel, is_dir, &md);
                 let warnings = apply_user_metadata(&mut e, &md);
                 Ok(Some((e, warnings)))
             }
             Err(err) if err.kind() == opendal::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(Error::store(format!("stat {}/{rel}/", self.display), err)),
+            Err(err) => {
+                let slash = if is_dir { "/" } else { "" };
+                Err(Error::store(format!("stat {}/{rel}{slash}", self.display), err))
+            }
         }
     }
 
@@ -575,8 +550,9 @@ mod tests {
     async fn keys_that_cannot_be_posix_names_are_reported() {
         let long = format!("{}/x", "c".repeat(300));
         let root = root_with(&["ok.txt", &long, "clash", "clash/inner"]).await;
-        let l = root.list_dir("").await.unwrap();
-        let names: Vec<_> = l.entries.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+        let mut l = crate::Location::Object(root).list_level("", 1).await.unwrap();
+        let entries: Vec<Entry> = l.by_ref().map(Result::unwrap).collect();
+        let names: Vec<_> = entries.iter().map(|e| (e.path.as_str(), e.kind)).collect();
         assert_eq!(names, [("clash", EntryKind::Dir), ("ok.txt", EntryKind::File)]);
         let rejected: Vec<_> = l.rejected.iter().map(|(k, r)| format!("{k}: {r}")).collect();
         assert_eq!(rejected.len(), 2, "{rejected:?}");
