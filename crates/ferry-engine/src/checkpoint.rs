@@ -22,6 +22,50 @@ pub(crate) struct Recorder {
 }
 
 const BATCH: usize = 512;
+/// How often a run notes in its checkpoint that it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(20);
+/// Clock difference allowed between ferry and the object store when
+/// deciding which uploads an interrupted run began.
+const CLOCK_SLACK: Duration = Duration::from_secs(60);
+
+/// Whether an upload that began at `initiated` (by the store's clock) may
+/// belong to a run active during `window` (ms since the epoch, by ours).
+/// An upload of unknown age is never taken for the run's.
+fn begun_within(initiated: Option<std::time::SystemTime>, window: (i64, i64)) -> bool {
+    let at = |ms: i64| std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    let (from, to) = (at(window.0) - CLOCK_SLACK, at(window.1) + CLOCK_SLACK);
+    initiated.is_some_and(|t| from <= t && t <= to)
+}
+
+/// Abort the multipart uploads an interrupted run left open at `dst`: those
+/// begun while it was active (`window`, ms since the epoch, widened by
+/// [`CLOCK_SLACK`]). Runs before anything is written, so none of this run's
+/// own uploads exist yet. Returns how many were aborted; trouble is a
+/// warning, not a failure (the uploads only cost space).
+pub(crate) async fn abort_left_uploads(
+    dst: &ferry_storage::ObjectRoot,
+    window: (i64, i64),
+    progress: &crate::progress::Progress,
+) -> u64 {
+    let uploads = match dst.incomplete_uploads().await {
+        Ok(u) => u,
+        Err(e) => {
+            progress.warn(format!("could not look for uploads left by the interrupted run: {e}"));
+            return 0;
+        }
+    };
+    let mut aborted = 0;
+    for u in uploads.iter().filter(|u| begun_within(u.initiated, window)) {
+        match dst.abort_upload(u).await {
+            Ok(()) => aborted += 1,
+            Err(e) => progress.warn(format!("could not abort the interrupted upload of {}: {e}", u.key)),
+        }
+    }
+    if aborted > 0 {
+        tracing::info!(aborted, "aborted multipart uploads left by the interrupted run");
+    }
+    aborted
+}
 
 impl Recorder {
     pub(crate) async fn start(store: Store, key: &str, src: &str, dst: &str) -> crate::Result<Self> {
@@ -31,7 +75,14 @@ impl Recorder {
         let run_id = checkpoint.run_id;
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
+            let mut alive = std::time::Instant::now();
             loop {
+                if alive.elapsed() >= HEARTBEAT {
+                    alive = std::time::Instant::now();
+                    if let Err(e) = writer.touch_run(run_id).await {
+                        tracing::warn!(error = %e, "cannot note in the checkpoint that the run is alive");
+                    }
+                }
                 let deadline = tokio::time::sleep(Duration::from_millis(200));
                 tokio::pin!(deadline);
                 let mut closed = false;
@@ -150,6 +201,19 @@ impl DoneCursor<'_> {
 mod tests {
     use super::*;
     use ferry_store::DoneItem;
+
+    #[test]
+    fn only_uploads_begun_while_the_run_was_alive_are_its_own() {
+        let t = |ms: u64| Some(std::time::UNIX_EPOCH + Duration::from_millis(ms));
+        let window = (1_000_000_000, 1_000_600_000);
+        let slack = CLOCK_SLACK.as_millis() as u64;
+        assert!(begun_within(t(1_000_300_000), window));
+        assert!(begun_within(t(1_000_000_000 - slack), window), "clock slack before");
+        assert!(begun_within(t(1_000_600_000 + slack), window), "clock slack after");
+        assert!(!begun_within(t(1_000_000_000 - slack - 1), window), "an older upload is another writer's");
+        assert!(!begun_within(t(1_000_600_000 + slack + 1), window), "a later upload is another writer's");
+        assert!(!begun_within(None, window));
+    }
 
     #[tokio::test]
     async fn the_done_cursor_pages_through_a_large_directory() {

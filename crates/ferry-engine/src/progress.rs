@@ -93,6 +93,8 @@ pub struct Report {
     pub elapsed_seconds: f64,
     /// Whether a checkpoint of an interrupted run was used.
     pub resumed: bool,
+    /// Multipart uploads left open by the interrupted run, aborted at the start.
+    pub aborted_uploads: u64,
     /// Why deletions did not run, when `--delete` was asked for and skipped.
     pub delete_skipped: Option<String>,
     pub failures: Vec<Failure>,

@@ -15,7 +15,7 @@ use ferry_store::DoneItem;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::checkpoint::{CheckpointSpec, Recorder};
+use crate::checkpoint::{self, CheckpointSpec, Recorder};
 use crate::options::{Compare, SyncOptions, Verify};
 use crate::progress::{Progress, Report};
 use crate::ratelimit::RateLimit;
@@ -136,6 +136,14 @@ impl Sync {
             _ => None,
         };
         let resumed = recorder.as_ref().is_some_and(|r| r.checkpoint.resumed);
+        let mut aborted_uploads = 0;
+        if let (Some(window), Location::Object(dst)) =
+            (recorder.as_ref().and_then(|r| r.checkpoint.interrupted), &self.dst)
+        {
+            if dst.tracks_uploads() {
+                aborted_uploads = checkpoint::abort_left_uploads(dst, window, &self.progress).await;
+            }
+        }
         let run = Arc::new(Run {
             limiter: self.opts.bwlimit.map(RateLimit::new),
             src: self.src,
@@ -201,6 +209,7 @@ impl Sync {
             deleted: p.deleted.load(Relaxed),
             elapsed_seconds: start.elapsed().as_secs_f64(),
             resumed,
+            aborted_uploads,
             delete_skipped,
             failures,
             warnings,

@@ -38,6 +38,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// An HTTP answer other than success, from calls ferry makes itself.
+    #[error("{context}: HTTP {status}: {detail}")]
+    Http { context: String, status: u16, detail: String },
     #[error("{context}: {source}")]
     Store {
         context: String,
@@ -66,6 +69,7 @@ impl Error {
                         | io::ErrorKind::BrokenPipe
                 )
             }
+            Error::Http { status, .. } => *status == 429 || *status >= 500,
             Error::SizeMismatch { .. } | Error::SourceChanged(_) | Error::ChecksumMismatch { .. } => true,
             _ => false,
         }

@@ -9,6 +9,7 @@ mod level;
 mod location;
 mod object;
 mod posix;
+mod uploads;
 
 use std::pin::Pin;
 
@@ -22,6 +23,7 @@ pub use level::{LevelSorter, SortedLevel};
 pub use location::{build_object_root, Env, LocationSpec, ObjectSpec, ProcessEnv, Scheme};
 pub use object::{ObjectRoot, PartPolicy};
 pub use posix::{PositionalFile, PosixReader, PosixRoot, PosixWriter, TEMP_PREFIX};
+pub use uploads::Upload;
 
 /// Where a `file://` bucket stages objects before renaming them into place;
 /// hidden from listings.

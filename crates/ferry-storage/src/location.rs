@@ -17,6 +17,7 @@ use url::Url;
 
 use crate::error::{Error, Result};
 use crate::object::{ObjectRoot, PartPolicy};
+use crate::uploads::{Keys, S3Uploads};
 
 /// Which object store a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,35 +208,45 @@ pub fn build_object_root(
     let d = spec.display.as_str();
     let endpoint = |keys: &[&str]| spec.endpoint.clone().or_else(|| keys.iter().find_map(|k| env.var(k)));
     let cfg_err = |e: opendal::Error| Error::Config(format!("cannot configure {d}: {e}"));
+    let mut uploads = None;
     let op = match spec.scheme {
         Scheme::S3 => {
-            let mut b = services::S3::default()
-                .bucket(&spec.bucket)
-                .region(
-                    &spec
-                        .region
-                        .clone()
-                        .or_else(|| env.var("AWS_REGION"))
-                        .or_else(|| env.var("AWS_DEFAULT_REGION"))
-                        .unwrap_or_else(|| "us-east-1".into()),
-                )
-                .disable_config_load();
+            let region = spec
+                .region
+                .clone()
+                .or_else(|| env.var("AWS_REGION"))
+                .or_else(|| env.var("AWS_DEFAULT_REGION"))
+                .unwrap_or_else(|| "us-east-1".into());
+            let mut b = services::S3::default().bucket(&spec.bucket).region(&region).disable_config_load();
             if let Some(ep) = endpoint(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]) {
                 b = b.endpoint(&ep);
             }
             if !spec.path_style {
                 b = b.enable_virtual_host_style();
             }
-            if spec.anonymous {
+            let keys = if spec.anonymous {
                 b = b.skip_signature();
+                None
             } else {
-                b = b
-                    .access_key_id(&need(env, &["AWS_ACCESS_KEY_ID"], "credentials", d)?)
-                    .secret_access_key(&need(env, &["AWS_SECRET_ACCESS_KEY"], "credentials", d)?);
-                if let Some(t) = env.var("AWS_SESSION_TOKEN") {
-                    b = b.session_token(&t);
+                let keys = Keys {
+                    access_key_id: need(env, &["AWS_ACCESS_KEY_ID"], "credentials", d)?,
+                    secret_access_key: need(env, &["AWS_SECRET_ACCESS_KEY"], "credentials", d)?,
+                    session_token: env.var("AWS_SESSION_TOKEN"),
+                };
+                b = b.access_key_id(&keys.access_key_id).secret_access_key(&keys.secret_access_key);
+                if let Some(t) = &keys.session_token {
+                    b = b.session_token(t);
                 }
-            }
+                Some(keys)
+            };
+            uploads = Some(S3Uploads::new(
+                endpoint(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]).as_deref(),
+                &spec.bucket,
+                &region,
+                spec.path_style,
+                keys,
+                retries,
+            ));
             Operator::new(b).map_err(cfg_err)?
         }
         Scheme::Obs => {
@@ -322,6 +333,9 @@ pub fn build_object_root(
     let mut root = ObjectRoot::new(op, &spec.prefix, spec.display.clone(), parts);
     if spec.scheme == Scheme::File {
         root = root.with_local_root(PathBuf::from(&spec.bucket));
+    }
+    if let Some(uploads) = uploads {
+        root = root.with_uploads(uploads);
     }
     let root = root.map_operators(|op| {
         op.layer(

@@ -51,6 +51,8 @@ pub struct ObjectRoot {
     /// `scheme://bucket/prefix`, for messages.
     display: String,
     parts: PartPolicy,
+    /// Multipart-upload housekeeping, for S3-compatible stores.
+    uploads: Option<std::sync::Arc<crate::uploads::S3Uploads>>,
 }
 
 impl std::fmt::Debug for ObjectRoot {
@@ -71,7 +73,7 @@ impl ObjectRoot {
         }
         let display = display.trim_end_matches('/').to_string();
         let markers = Operator::from_parts(op.base_context().clone(), op.base_service().clone()).into();
-        Self { op, markers, prefix, local_root: None, display, parts }
+        Self { op, markers, prefix, local_root: None, display, parts, uploads: None }
     }
 
     /// Put the same layers (retries, timeouts) on both operators.
@@ -102,6 +104,46 @@ impl ObjectRoot {
     pub fn with_local_root(mut self, root: std::path::PathBuf) -> Self {
         self.local_root = Some(root);
         self
+    }
+
+    pub(crate) fn with_uploads(mut self, uploads: crate::uploads::S3Uploads) -> Self {
+        self.uploads = Some(uploads.into());
+        self
+    }
+
+    /// Whether incomplete multipart uploads can be listed and aborted here.
+    pub fn tracks_uploads(&self) -> bool {
+        self.uploads.is_some()
+    }
+
+    /// Incomplete multipart uploads under this location's prefix, oldest
+    /// first. Only S3-compatible stores (`s3://`) can be asked.
+    pub async fn incomplete_uploads(&self) -> Result<Vec<crate::Upload>> {
+        let Some(uploads) = &self.uploads else {
+            return Err(Error::Config(format!(
+                "{}: incomplete multipart uploads can only be listed on s3:// locations",
+                self.display
+            )));
+        };
+        let mut out: Vec<crate::Upload> = uploads
+            .list(&self.prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(key, upload_id, initiated)| {
+                let key = key.strip_prefix(&self.prefix)?.to_string();
+                Some(crate::Upload { key, upload_id, initiated })
+            })
+            .collect();
+        out.sort_by(|a, b| (a.initiated, &a.key).cmp(&(b.initiated, &b.key)));
+        Ok(out)
+    }
+
+    /// Abort one incomplete upload, freeing its stored parts.
+    pub async fn abort_upload(&self, upload: &crate::Upload) -> Result<()> {
+        match &self.uploads {
+            Some(u) => u.abort(&self.key(&upload.key), &upload.upload_id).await,
+            None => Err(Error::Config(format!("{}: not an s3:// location", self.display))),
+        }
     }
 
     /// Whether directories are marker objects that can carry metadata (object

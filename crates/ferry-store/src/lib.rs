@@ -72,6 +72,10 @@ pub struct Checkpoint {
     pub run_id: i64,
     /// True when the last run of this pair did not finish.
     pub resumed: bool,
+    /// For a resumed run, when the unfinished attempts were active:
+    /// milliseconds since the epoch from the first start to the last sign
+    /// of life (see [`Store::touch_run`]).
+    pub interrupted: Option<(i64, i64)>,
 }
 
 /// An item known to be up to date at the destination.
@@ -172,15 +176,16 @@ impl Store {
     /// Start a run of the pair with this key, keeping what earlier runs recorded.
     pub async fn begin_run(&self, run_key: &str, src: &str, dst: &str) -> Result<Checkpoint> {
         let now = now_ms();
-        let q = sql(self, "SELECT id, finished FROM sync_runs WHERE run_key = ?");
-        let existing: Option<(i64, bool)> = match &self.backend {
+        let q = sql(self, "SELECT id, finished, started_at, updated_at FROM sync_runs WHERE run_key = ?");
+        let existing: Option<(i64, bool, i64, i64)> = match &self.backend {
             Backend::Sqlite(p) => sqlx::query_as(&q).bind(run_key).fetch_optional(p).await?,
             Backend::Postgres(p) => sqlx::query_as(&q).bind(run_key).fetch_optional(p).await?,
         };
-        if let Some((run_id, finished)) = existing {
+        if let Some((run_id, finished, started, seen)) = existing {
             let q = sql(self, "UPDATE sync_runs SET updated_at = ?, finished = FALSE WHERE id = ?");
             self.exec(q, |q| q.bind(now).bind(run_id)).await?;
-            return Ok(Checkpoint { run_id, resumed: !finished });
+            let interrupted = (!finished).then_some((started, seen));
+            return Ok(Checkpoint { run_id, resumed: !finished, interrupted });
         }
         let insert = sql(
             self,
@@ -206,7 +211,7 @@ impl Store {
                 .await?
                 .get(0),
         };
-        Ok(Checkpoint { run_id, resumed: false })
+        Ok(Checkpoint { run_id, resumed: false, interrupted: None })
     }
 
     /// Up to `limit` done items of one directory whose names sort after
@@ -272,6 +277,13 @@ impl Store {
 
     /// Mark a run complete: the next run of the pair is not a resume, but
     /// still uses the known state.
+    /// Note that a run is still alive, so that after a crash its active
+    /// window is known (to tell its leftovers from other writers').
+    pub async fn touch_run(&self, run_id: i64) -> Result<()> {
+        let q = sql(self, "UPDATE sync_runs SET updated_at = ? WHERE id = ?");
+        self.exec(q, |q| q.bind(now_ms()).bind(run_id)).await
+    }
+
     pub async fn finish_run(&self, run_id: i64) -> Result<()> {
         self.exec(sql(self, "UPDATE sync_runs SET finished = TRUE WHERE id = ?"), |q| q.bind(run_id)).await
     }

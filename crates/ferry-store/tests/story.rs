@@ -10,8 +10,14 @@ use sqlx::Connection;
 async fn story(store: &Store) {
     let cp = store.begin_run("key-1", "/src", "s3://b/p").await.unwrap();
     assert!(!cp.resumed);
+    // A sign of life moves the end of the unfinished run's active window.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    store.touch_run(cp.run_id).await.unwrap();
     let again = store.begin_run("key-1", "/src", "s3://b/p").await.unwrap();
-    assert_eq!(again, ferry_store::Checkpoint { run_id: cp.run_id, resumed: true });
+    assert_eq!((again.run_id, again.resumed), (cp.run_id, true));
+    let (started, seen) = again.interrupted.expect("an unfinished run knows when it was active");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert!(started + 20 <= seen && seen <= now && now - started < 60_000, "{started} {seen} {now}");
     let other = store.begin_run("key-2", "/src", "/dst").await.unwrap();
     assert_ne!(other.run_id, cp.run_id);
 
@@ -82,7 +88,7 @@ async fn story(store: &Store) {
     // A finished run is not resumed, but its known state stays.
     store.finish_run(cp.run_id).await.unwrap();
     let next = store.begin_run("key-1", "/src", "s3://b/p").await.unwrap();
-    assert_eq!(next, ferry_store::Checkpoint { run_id: cp.run_id, resumed: false });
+    assert_eq!(next, ferry_store::Checkpoint { run_id: cp.run_id, resumed: false, interrupted: None });
     assert_eq!(store.done_count(cp.run_id).await.unwrap(), 300);
     // ... and a run that starts again without finishing is resumed next time.
     assert!(store.begin_run("key-1", "/src", "s3://b/p").await.unwrap().resumed);

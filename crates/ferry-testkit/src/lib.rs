@@ -2,6 +2,7 @@
 //! real SigV4 authentication and live-adjustable fault injection.
 
 mod faults;
+mod uploads;
 
 pub use faults::{Faults, OpClass, RequestCounts};
 
@@ -38,6 +39,7 @@ const REGION: &str = "us-east-1";
 struct Shared {
     faults: Faults,
     counters: Counters,
+    uploads: uploads::Uploads,
 }
 
 /// An s3s-fs S3 server over a temporary directory, serving on `127.0.0.1:<random port>`.
@@ -117,6 +119,12 @@ impl S3Server {
     /// Live-adjustable fault injection.
     pub fn faults(&self) -> &Faults {
         &self.shared.faults
+    }
+
+    /// `bucket/key` of every multipart upload begun and neither completed
+    /// nor aborted.
+    pub fn open_uploads(&self) -> Vec<String> {
+        self.shared.uploads.open()
     }
 
     /// Snapshot of the requests seen so far, by class.
@@ -204,8 +212,29 @@ async fn handle(
         return Ok(error_response(status));
     }
 
+    let call = uploads::recognise(req.method(), req.uri());
+    if let uploads::Call::List { bucket, prefix } = &call {
+        return Ok(xml_response(StatusCode::OK, shared.uploads.list_xml(bucket, prefix)));
+    }
     let resp = service.call(req.map(s3s::Body::from)).await.map_err(BoxError::from)?;
-    let resp = resp.map(|b| b.boxed_unsync());
+    let mut resp = resp.map(|b| b.boxed_unsync());
+    if resp.status().is_success() {
+        match call {
+            uploads::Call::Create { bucket, key } => {
+                let (parts, body) = resp.into_parts();
+                let body = body.collect().await?.to_bytes();
+                shared.uploads.created(&bucket, &key, &body);
+                resp = Response::from_parts(
+                    parts,
+                    Full::new(body).map_err(|never| match never {}).boxed_unsync(),
+                );
+            }
+            uploads::Call::Finish { bucket, key, upload_id } => {
+                shared.uploads.finished(&bucket, &key, &upload_id)
+            }
+            _ => {}
+        }
+    }
 
     if class == Class::Get && resp.status().is_success() {
         let len = resp
@@ -228,7 +257,10 @@ fn error_response(status: u16) -> Response<RespBody> {
     let xml = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected</Message><RequestId>ferry-testkit</RequestId></Error>"
     );
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    xml_response(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), xml)
+}
+
+fn xml_response(status: StatusCode, xml: String) -> Response<RespBody> {
     let mut resp = Response::new(Full::new(Bytes::from(xml)).map_err(|never| match never {}).boxed_unsync());
     *resp.status_mut() = status;
     resp.headers_mut()

@@ -20,6 +20,9 @@ pub enum Command {
     Sync(Box<SyncArgs>),
     /// List a location: one line per entry, `SIZE PATH` (directories end with '/').
     Ls(LsArgs),
+    /// Abort incomplete multipart uploads under an s3:// location.
+    #[command(long_about = CLEANUP_HELP)]
+    Cleanup(CleanupArgs),
     /// Run the SFS Turbo-compatible HPC cache service (API and workers).
     #[command(long_about = SERVE_HELP)]
     Serve(ServeArgs),
@@ -107,6 +110,37 @@ pub struct LsArgs {
     #[arg(long)]
     pub summary: bool,
 }
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// s3://bucket/prefix whose incomplete uploads to abort (same URL options as `ferry sync`).
+    pub location: String,
+    /// Only uploads begun at least this long ago: 90s, 30m, 24h, 7d, or 0 for all.
+    #[arg(long, value_name = "AGE", default_value = "24h", value_parser = crate::size::parse_age)]
+    pub older_than: std::time::Duration,
+    /// List the uploads that would be aborted; abort nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Print a machine-readable summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const CLEANUP_HELP: &str = "\
+Abort incomplete multipart uploads under an s3:// location.
+
+A process killed while writing a large object leaves its multipart upload
+open: the object never appears, but the parts already sent stay stored (and
+billed) until the upload is aborted. `ferry sync` aborts what an interrupted
+run of the same SRC and DST left when it resumes; this command clears uploads
+left by runs that are never resumed, or by other tools. Uploads younger than
+--older-than (default 24h) are kept, since they may still be in progress.
+A bucket lifecycle rule (AbortIncompleteMultipartUpload) does the same on
+stores that support one.
+
+Prints one line per upload (`aborted` or `would abort`, its start time and
+key). Exit status: 0 when every upload asked for was aborted, 1 when some
+could not be, 2 on usage or fatal errors.";
 
 const SYNC_HELP: &str = "\
 Copy what is missing or different from SRC to DST, keeping POSIX metadata.

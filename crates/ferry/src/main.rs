@@ -1,6 +1,7 @@
 //! The `ferry` command: thin commands over the ferry crates.
 
 mod admin_cmd;
+mod cleanup_cmd;
 mod cli;
 mod config;
 mod ls_cmd;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         match cli.command {
             cli::Command::Sync(args) => sync_cmd::run(*args).await,
             cli::Command::Ls(args) => ls_cmd::run(args).await,
+            cli::Command::Cleanup(args) => cleanup_cmd::run(args).await,
             cli::Command::Serve(args) => serve_cmd::serve(args).await,
             cli::Command::Worker(opts) => serve_cmd::worker(opts).await,
             cli::Command::Token(cmd) => admin_cmd::token(cmd).await,

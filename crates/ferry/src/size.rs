@@ -1,4 +1,5 @@
-//! Sizes and rates on the command line: `4096`, `64K`, `1.5M`, `2GiB`, `10M/s`.
+//! Sizes, rates and ages on the command line: `4096`, `64K`, `1.5M`,
+//! `2GiB`, `10M/s`, `90s`, `24h`.
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -18,6 +19,25 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("{s:?} is out of range"));
     }
     Ok(bytes as u64)
+}
+
+/// An age: a whole number with a unit s, m, h or d (`0` alone means none).
+pub fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not an age: use e.g. 90s, 30m, 24h, 7d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: give a unit, s, m, h or d (as in 24h)")),
+    };
+    n.checked_mul(secs).map(std::time::Duration::from_secs).ok_or_else(|| format!("{s:?} is out of range"))
 }
 
 pub fn parse_rate(s: &str) -> Result<u64, String> {
@@ -58,6 +78,20 @@ mod tests {
         assert!(parse_size("ten").is_err());
         assert!(parse_size("5X").is_err());
         assert!(parse_rate("0").is_err());
+    }
+
+    #[test]
+    fn ages() {
+        use std::time::Duration;
+        assert_eq!(parse_age("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_age("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_age("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_age("24").unwrap_err().contains("unit"));
+        assert!(parse_age("1w").unwrap_err().contains("unit"));
+        assert!(parse_age("h").is_err());
+        assert!(parse_age("99999999999999999d").is_err());
         assert_eq!(human(1536.0), "1.5 KiB");
     }
 }

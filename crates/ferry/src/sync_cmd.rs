@@ -156,6 +156,9 @@ fn print_text(r: &Report, quiet: bool) {
             r.failed,
             if r.resumed { " (resumed from checkpoint)" } else { "" },
         );
+        if r.aborted_uploads > 0 {
+            println!("aborted {} multipart upload(s) left open by the interrupted run", r.aborted_uploads);
+        }
         for w in &r.warnings {
             println!("warning: {w}");
         }

@@ -145,3 +145,123 @@ async fn kill_9_then_rerun_to_s3() {
     let s3 = S3Server::start(&["bkt-kill"]).await;
     kill_and_resume(|_| "s3://bkt-kill/run".to_string(), s3.env()).await;
 }
+
+/// Start a sync of `src` to `dst` slowly enough to be caught writing a
+/// multipart upload, and kill it once the server has seen the upload begin.
+async fn kill_during_upload(s3: &S3Server, state: &std::path::Path, src: &std::path::Path, dst: &str) {
+    let before = s3.open_uploads().len();
+    let mut child = ferry_cmd(state, &s3.env())
+        .args(["sync", src.to_str().unwrap(), dst, "--bwlimit", "4M", "--part-size", "5M", "--quiet"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while s3.open_uploads().len() == before {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before an upload began");
+        assert!(std::time::Instant::now() < deadline, "no multipart upload began");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// A run killed in the middle of a multipart upload leaves the upload open
+/// (its parts stored, the object absent). The resumed run aborts it before
+/// it starts; `ferry cleanup` clears those of runs never resumed, only under
+/// its prefix and only when old enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_left_open_by_a_killed_run_are_aborted() {
+    let s3 = S3Server::start(&["bkt-mp"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    std::fs::create_dir_all(&src).unwrap();
+    let body: Vec<u8> = (0..24u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(src.join("big.bin"), &body).unwrap();
+    let env = s3.env();
+
+    // One run to q is killed and never resumed; one to p is killed, then resumed.
+    kill_during_upload(&s3, &state, &src, "s3://bkt-mp/q").await;
+    kill_during_upload(&s3, &state, &src, "s3://bkt-mp/p").await;
+    assert_eq!(s3.open_uploads(), ["bkt-mp/p/big.bin", "bkt-mp/q/big.bin"]);
+
+    // By default only uploads older than a day go; a dry run aborts nothing.
+    let r = ferry(&state, &env, &["cleanup", "s3://bkt-mp/p", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!((j["found"].as_u64(), j["kept"].as_u64(), j["aborted"].as_u64()), (Some(1), Some(1), Some(0)));
+    let r = ferry(&state, &env, &["cleanup", "s3://bkt-mp/p", "--older-than", "0", "--dry-run"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("would abort ") && r.stdout.contains("big.bin"), "{}", r.stdout);
+    assert_eq!(s3.open_uploads().len(), 2);
+
+    // The resumed run aborts what its interrupted run left, nothing else.
+    let r = ferry(&state, &env, &["sync", src.to_str().unwrap(), "s3://bkt-mp/p", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!((j["resumed"].as_bool(), j["aborted_uploads"].as_u64()), (Some(true), Some(1)), "{j}");
+    assert_eq!(s3.open_uploads(), ["bkt-mp/q/big.bin"]);
+    assert!(std::fs::read(s3.root().join("bkt-mp/p/big.bin")).unwrap() == body);
+
+    // Cleanup of the whole bucket takes the other one.
+    let r = ferry(&state, &env, &["cleanup", "s3://bkt-mp", "--older-than", "0"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("aborted ") && r.stdout.contains("q/big.bin"), "{}", r.stdout);
+    assert!(s3.open_uploads().is_empty());
+    let r = ferry(&state, &env, &["cleanup", "s3://bkt-mp", "--older-than", "0", "--json"]);
+    assert_eq!(r.json()["found"], 0);
+
+    // Bad input: a local path, a missing bucket, an age without a unit.
+    let r = ferry(&state, &env, &["cleanup", src.to_str().unwrap()]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("give an s3:// location"), "{}", r.stderr);
+    let r = ferry(&state, &env, &["cleanup", "s3://no-such-bucket/p"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("no-such-bucket"), "{}", r.stderr);
+    let r = ferry(&state, &env, &["cleanup", "s3://bkt-mp", "--older-than", "24"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("unit"), "{}", r.stderr);
+}
+
+/// `ferry cleanup` against moto, another implementation of the calls (it
+/// reports every upload as begun in 2010, so a day's age is long past).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_aborts_open_uploads_on_moto() {
+    let Some(moto) = common::emulators::Moto::start(&["bkt-mp"]).await else { return };
+    let env = moto.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    std::fs::create_dir_all(src.join("sub dir")).unwrap();
+    std::fs::write(src.join("sub dir/big é.bin"), vec![7u8; 24 << 20]).unwrap();
+    let found = |args: &[&str]| {
+        let r = ferry(&state, &env, &[&["cleanup", "--json"], args].concat());
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        r.json()
+    };
+
+    let mut child = ferry_cmd(&state, &env)
+        .args([
+            "sync",
+            src.to_str().unwrap(),
+            "s3://bkt-mp/p",
+            "--bwlimit",
+            "4M",
+            "--part-size",
+            "5M",
+            "--quiet",
+        ])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while found(&["s3://bkt-mp/p", "-n"])["found"] == 0 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before an upload began");
+        assert!(std::time::Instant::now() < deadline, "no multipart upload began");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    assert_eq!(found(&["s3://bkt-mp/other"])["found"], 0, "another prefix has none");
+    let j = found(&["s3://bkt-mp/p"]);
+    assert_eq!((j["found"].as_u64(), j["aborted"].as_u64()), (Some(1), Some(1)), "{j}");
+    assert_eq!(j["uploads"][0]["key"], "sub dir/big é.bin", "{j}");
+    assert_eq!(found(&["s3://bkt-mp", "--older-than", "0"])["found"], 0, "{j}");
+}
