@@ -38,6 +38,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A listing that cannot be trusted (it went back to an earlier page).
+    #[error("{0}")]
+    Listing(String),
     /// An HTTP answer other than success, from calls ferry makes itself.
     #[error("{context}: HTTP {status}: {detail}")]
     Http { context: String, status: u16, detail: String },

@@ -61,6 +61,39 @@ impl std::fmt::Debug for ObjectRoot {
     }
 }
 
+/// S3 lists keys in byte order, page after page, and OpenDAL hands over
+/// each page's common prefixes before its objects: within each kind, every
+/// key must sort after the one before it. One that does not means the
+/// listing started over (OpenDAL follows a page marked truncated that gives
+/// no continuation token by asking for the first page again, forever) or
+/// that the store's listing is broken; either way it cannot be trusted.
+#[derive(Debug, Default)]
+struct ListOrder {
+    on: bool,
+    last_prefix: String,
+    last_object: String,
+}
+
+impl ListOrder {
+    fn check(&mut self, key: &str) -> std::result::Result<(), String> {
+        if !self.on {
+            return Ok(());
+        }
+        // Keys ending in `/` are common prefixes (or, in a flat listing,
+        // marker objects: a subsequence of a sorted run is sorted too).
+        let last = if key.ends_with('/') { &mut self.last_prefix } else { &mut self.last_object };
+        if !last.is_empty() && key <= last.as_str() {
+            return Err(format!(
+                "the listing went back ({key:?} came after {last:?}): a page marked truncated without a \
+                 continuation token, or a broken listing; not trusted"
+            ));
+        }
+        last.clear();
+        last.push_str(key);
+        Ok(())
+    }
+}
+
 pub(crate) fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
@@ -209,6 +242,12 @@ impl ObjectRoot {
         }
     }
 
+    /// A check of the key order of one listing, on stores known to list in
+    /// byte order.
+    fn list_order(&self) -> ListOrder {
+        ListOrder { on: self.op.info().scheme() == "s3", ..Default::default() }
+    }
+
     /// Stream one "directory" level to `f`, in the store's order; keys that
     /// cannot be POSIX names go to `rejected`. Returns whether the directory
     /// has a marker object of its own.
@@ -226,6 +265,7 @@ impl ObjectRoot {
             .await
             .map_err(|e| Error::store(ctx(), e))?;
         let mut marker = false;
+        let mut order = self.list_order();
         let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() };
         while let Some(item) = lister.next().await {
             let item = item.map_err(|e| Error::store(ctx(), e))?;
@@ -235,6 +275,7 @@ impl ObjectRoot {
                 marker = !rel.is_empty();
                 continue;
             }
+            order.check(path).map_err(|e| Error::Listing(format!("{}: {e}", ctx())))?;
             if path.len() < strip {
                 continue;
             }
@@ -291,9 +332,11 @@ impl ObjectRoot {
         let mut lister = self.op.lister_options(&root, opts).await.map_err(|e| Error::store(ctx(), e))?;
         let strip = self.prefix.len();
         let (mut entries, mut rejected) = (Vec::with_capacity(batch), Vec::new());
+        let mut order = self.list_order();
         while let Some(item) = lister.next().await {
             let (path, md) = item.map_err(|e| Error::store(ctx(), e))?.into_parts();
             let path = path.trim_start_matches('/');
+            order.check(path).map_err(|e| E::from(Error::Listing(format!("{}: {e}", ctx()))))?;
             if path.len() <= strip || path == root.trim_start_matches('/') {
                 continue;
             }
@@ -586,6 +629,24 @@ mod tests {
             op.write(k, b"data".to_vec()).await.unwrap();
         }
         ObjectRoot::new(op, "", "memory://".into(), PartPolicy::default())
+    }
+
+    #[test]
+    fn a_listing_that_goes_back_is_refused() {
+        let mut o = ListOrder { on: true, ..Default::default() };
+        // One page: prefixes first, then objects; the next page sorts after both.
+        for k in ["p/b/", "p/d/", "p/a", "p/c", "p/e/", "p/f"] {
+            o.check(k).unwrap();
+        }
+        // The first page again (a truncated page without a token).
+        assert!(o.check("p/b/").unwrap_err().contains("went back"));
+        let mut o = ListOrder { on: true, ..Default::default() };
+        o.check("x").unwrap();
+        assert!(o.check("x").is_err(), "the same key twice");
+        // Stores not known to list in order are not checked.
+        let mut off = ListOrder::default();
+        off.check("b").unwrap();
+        off.check("a").unwrap();
     }
 
     #[tokio::test]

@@ -174,6 +174,10 @@ struct State {
     list_seen: u32,
     /// Every listing fails with this status.
     list_failure: Option<u16>,
+    /// Listing pages claim to be truncated and carry no continuation token.
+    list_truncated_without_token: bool,
+    /// How many more small GET bodies to deliver with one byte changed.
+    corrupt_left: u32,
     /// Requests of a class (index as `error_rules`) wait this long before they are answered.
     delays: [std::time::Duration; 6],
     rng: StdRng,
@@ -199,6 +203,8 @@ impl Default for State {
             list_fail_after: None,
             list_seen: 0,
             list_failure: None,
+            list_truncated_without_token: false,
+            corrupt_left: 0,
             delays: [std::time::Duration::ZERO; 6],
             rng: StdRng::seed_from_u64(DEFAULT_SEED),
         }
@@ -246,6 +252,36 @@ impl Faults {
     /// non-retryable `AccessDenied`, 500 for `InternalError`). `None` disables.
     pub fn set_list_failure(&self, status: Option<u16>) {
         self.state().list_failure = status;
+    }
+
+    /// Every listing page says `<IsTruncated>true</IsTruncated>` and carries
+    /// no continuation token: a client that asks again without one gets the
+    /// first page again, forever.
+    pub fn set_list_truncated_without_token(&self, on: bool) {
+        self.state().list_truncated_without_token = on;
+    }
+
+    /// For the next `n` successful GET object responses of at most 1 MiB:
+    /// deliver the body with its middle byte changed (headers intact).
+    /// `u32::MAX` for every one; 0 stops.
+    pub fn corrupt_bodies(&self, n: u32) {
+        self.state().corrupt_left = n;
+    }
+
+    pub(crate) fn list_truncated_without_token(&self) -> bool {
+        self.state().list_truncated_without_token
+    }
+
+    pub(crate) fn corrupt_body(&self) -> bool {
+        let mut st = self.state();
+        match st.corrupt_left {
+            0 => false,
+            u32::MAX => true,
+            _ => {
+                st.corrupt_left -= 1;
+                true
+            }
+        }
     }
 
     /// Shorthand for `set_list_failure(fail.then_some(500))`.

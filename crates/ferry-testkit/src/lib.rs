@@ -236,6 +236,21 @@ async fn handle(
         }
     }
 
+    if class == Class::List && resp.status().is_success() && shared.faults.list_truncated_without_token() {
+        let (parts, body) = resp.into_parts();
+        let xml = String::from_utf8_lossy(&body.collect().await?.to_bytes()).into_owned();
+        let xml = xml.replace("<IsTruncated>false</IsTruncated>", "<IsTruncated>true</IsTruncated>");
+        let xml = match (xml.find("<NextContinuationToken>"), xml.find("</NextContinuationToken>")) {
+            (Some(a), Some(b)) => format!("{}{}", &xml[..a], &xml[b + "</NextContinuationToken>".len()..]),
+            _ => xml,
+        };
+        let mut parts = parts;
+        parts.headers.remove(hyper::header::CONTENT_LENGTH);
+        return Ok(Response::from_parts(
+            parts,
+            Full::new(Bytes::from(xml)).map_err(|never| match never {}).boxed_unsync(),
+        ));
+    }
     if class == Class::Get && resp.status().is_success() {
         let len = resp
             .headers()
@@ -244,6 +259,16 @@ async fn handle(
             .and_then(|v| v.parse::<u64>().ok())
             .or_else(|| resp.body().size_hint().exact());
         if let Some(len) = len.filter(|&l| l > 0) {
+            if len <= 1 << 20 && shared.faults.corrupt_body() {
+                let (parts, body) = resp.into_parts();
+                let mut bytes = body.collect().await?.to_bytes().to_vec();
+                let mid = bytes.len() / 2;
+                bytes[mid] = bytes[mid].wrapping_add(1);
+                return Ok(Response::from_parts(
+                    parts,
+                    Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed_unsync(),
+                ));
+            }
             if shared.faults.short_body() {
                 return Ok(resp.map(|inner| ShortBody::new(inner, len / 2).boxed_unsync()));
             }

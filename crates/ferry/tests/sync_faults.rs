@@ -265,3 +265,93 @@ async fn cleanup_aborts_open_uploads_on_moto() {
     assert_eq!(j["uploads"][0]["key"], "sub dir/big é.bin", "{j}");
     assert_eq!(found(&["s3://bkt-mp", "--older-than", "0"])["found"], 0, "{j}");
 }
+
+/// Run ferry, failing the test if it does not end within `secs`.
+fn ferry_within(secs: u64, state: &std::path::Path, env: &[(String, String)], args: &[&str]) -> Run {
+    let mut child = ferry_cmd(state, env)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("ferry {args:?} still running after {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A listing page that says "truncated" but gives no continuation token
+/// would have the next request start over from the first page, forever.
+/// ferry notices the listing going back, fails the run and deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_page_without_a_token_fails_the_listing() {
+    let s3 = S3Server::start(&["bkt-trunc"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, back, state) = (tmp.path().join("src"), tmp.path().join("back"), tmp.path().join("state"));
+    many_files(&src, 12, 100);
+    let env = s3.env();
+    assert_eq!(ferry(&state, &env, &["sync", src.to_str().unwrap(), "s3://bkt-trunc/p"]).code, 0);
+    assert_eq!(ferry(&state, &env, &["sync", "s3://bkt-trunc/p", back.to_str().unwrap()]).code, 0);
+    std::fs::write(back.join("local-only.txt"), b"keep me").unwrap();
+
+    s3.faults().set_list_truncated_without_token(true);
+    for (from, to) in
+        [("s3://bkt-trunc/p", back.to_str().unwrap()), (src.to_str().unwrap(), "s3://bkt-trunc/p")]
+    {
+        let r = ferry_within(60, &state, &env, &["sync", from, to, "--delete", "--json"]);
+        assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+        let j = r.json();
+        assert!(j["failures"].to_string().contains("listing went back"), "{j}");
+        assert_eq!(j["deleted"], 0, "{j}");
+    }
+    assert!(back.join("local-only.txt").exists(), "nothing deleted after a broken listing");
+    let r = ferry_within(60, &state, &env, &["ls", "-R", "s3://bkt-trunc/p"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("listing went back"), "{}", r.stderr);
+}
+
+/// A byte changed in transit fails the CRC32C stored with the object: the
+/// item is fetched again, and a corrupt body is never kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_body_is_fetched_again_and_never_stored() {
+    let s3 = S3Server::start(&["bkt-corrupt"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    many_files(&src, 30, 5000);
+    let env = s3.env();
+    assert_eq!(ferry(&state, &env, &["sync", src.to_str().unwrap(), "s3://bkt-corrupt/p"]).code, 0);
+
+    // A third of the bodies corrupted: every file arrives intact.
+    s3.faults().corrupt_bodies(10);
+    let back = tmp.path().join("back");
+    let gets = s3.counts().get;
+    let r = ferry(&state, &env, &["sync", "s3://bkt-corrupt/p", back.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(s3.counts().get - gets >= 40, "the corrupted bodies were fetched again");
+    assert_same(&snapshot(&src, false), &snapshot(&back, false));
+
+    // Every body corrupted: every item fails, and no file is written.
+    s3.faults().corrupt_bodies(u32::MAX);
+    let back2 = tmp.path().join("back2");
+    let r = ferry(
+        &state,
+        &env,
+        &["sync", "s3://bkt-corrupt/p", back2.to_str().unwrap(), "--json", "--retries", "1"],
+    );
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(j["failed"], 30, "{j}");
+    assert!(j["failures"][0]["reason"].as_str().unwrap().contains("checksum mismatch"), "{j}");
+    let files: Vec<_> = all_names(&back2).into_iter().filter(|p| p.is_file()).collect();
+    assert!(files.is_empty(), "nothing written: {files:?}");
+}
