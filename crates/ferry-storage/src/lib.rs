@@ -64,7 +64,18 @@ pub enum Location {
 /// Where bytes go while an item is written.
 pub enum Sink {
     Posix(Box<PosixWriter>),
-    Object(Box<opendal::Writer>, String),
+    Object(Box<ObjectSink>),
+}
+
+/// An object being written, with what is needed to tell, when completing it
+/// fails, whether it landed anyway.
+pub struct ObjectSink {
+    writer: opendal::Writer,
+    root: ObjectRoot,
+    rel: String,
+    written: u64,
+    /// Before the upload began.
+    since: std::time::SystemTime,
 }
 
 impl Location {
@@ -216,10 +227,17 @@ impl Location {
                 let (p, rel) = (p.clone(), rel.to_string());
                 Ok(Sink::Posix(Box::new(blocking(move || p.create_file(&rel)).await?)))
             }
-            Location::Object(o) => Ok(Sink::Object(
-                Box::new(o.create_writer(rel, EntryKind::File, meta, crc32c, size_hint).await?),
-                format!("{}/{rel}", o.display()),
-            )),
+            Location::Object(o) => {
+                let since = std::time::SystemTime::now();
+                let writer = o.create_writer(rel, EntryKind::File, meta, crc32c, size_hint).await?;
+                Ok(Sink::Object(Box::new(ObjectSink {
+                    writer,
+                    root: o.clone(),
+                    rel: rel.to_string(),
+                    written: 0,
+                    since,
+                })))
+            }
         }
     }
 
@@ -271,15 +289,18 @@ impl Sink {
     pub fn positional(&self) -> Option<Result<PositionalFile>> {
         match self {
             Sink::Posix(w) => Some(w.positional()),
-            Sink::Object(..) => None,
+            Sink::Object(_) => None,
         }
     }
 
     pub async fn write(&mut self, data: Bytes) -> Result<()> {
         match self {
             Sink::Posix(w) => tokio::task::block_in_place(|| w.write(&data)),
-            Sink::Object(w, name) => {
-                w.write(data).await.map_err(|e| Error::store(format!("write {name}"), e))
+            Sink::Object(o) => {
+                let n = data.len() as u64;
+                o.writer.write(data).await.map_err(|e| Error::store(format!("write {}", o.name()), e))?;
+                o.written += n;
+                Ok(())
             }
         }
     }
@@ -293,10 +314,18 @@ impl Sink {
                 blocking(move || w.commit(&meta)).await?;
                 Ok(None)
             }
-            Sink::Object(mut w, name) => {
-                let md = w.close().await.map_err(|e| Error::store(format!("complete {name}"), e))?;
-                Ok(md.etag().map(str::to_string))
-            }
+            Sink::Object(mut o) => match o.writer.close().await {
+                Ok(md) => Ok(md.etag().map(str::to_string)),
+                Err(e) => {
+                    // A completion the store carried out but whose answer was
+                    // lost fails on retry (the upload is gone): look.
+                    if let Some(etag) = o.root.landed(&o.rel, o.written, meta, o.since).await {
+                        tracing::debug!(object = %o.name(), error = %e, "completed despite the error");
+                        return Ok(etag);
+                    }
+                    Err(Error::store(format!("complete {}", o.name()), e))
+                }
+            },
         }
     }
 
@@ -304,10 +333,16 @@ impl Sink {
     pub async fn abort(self) {
         match self {
             Sink::Posix(w) => drop(w),
-            Sink::Object(mut w, _) => {
-                let _ = w.abort().await;
+            Sink::Object(mut o) => {
+                let _ = o.writer.abort().await;
             }
         }
+    }
+}
+
+impl ObjectSink {
+    fn name(&self) -> String {
+        format!("{}/{}", self.root.display(), self.rel)
     }
 }
 

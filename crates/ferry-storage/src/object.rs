@@ -5,7 +5,7 @@
 //! POSIX names are reported in listings and never turned into other names.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ferry_model::{validate_rel_path, Entry, EntryKind, PosixMeta};
@@ -500,6 +500,28 @@ impl ObjectRoot {
             .writer_options(&key, opts)
             .await
             .map_err(|e| Error::store(format!("write {}/{rel}", self.display), e))
+    }
+
+    /// Whether the object at `rel` is the one just written although
+    /// completing it failed (the store completed it, the answer was lost, and
+    /// the retry found the upload gone): it has the size written and the
+    /// mtime stored with it, and was stored after `since` (less the
+    /// one-second precision of Last-Modified and a second of clock skew).
+    /// Its ETag when so.
+    pub(crate) async fn landed(
+        &self,
+        rel: &str,
+        size: u64,
+        meta: &PosixMeta,
+        since: SystemTime,
+    ) -> Option<Option<String>> {
+        let md = self.op.stat(&self.key(rel)).await.ok()?;
+        let stored: SystemTime = md.last_modified()?.into();
+        let mut e = entry_from_listing(rel, false, &md);
+        apply_user_metadata(&mut e, &md);
+        let recent = stored + Duration::from_secs(2) >= since;
+        (md.content_length() == size && e.mtime_exact && e.mtime_ns == meta.mtime_ns && recent)
+            .then(|| md.etag().map(str::to_string))
     }
 
     /// Create a directory: on object stores, a `dir/` marker object carrying

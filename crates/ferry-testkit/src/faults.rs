@@ -178,6 +178,9 @@ struct State {
     list_truncated_without_token: bool,
     /// How many more small GET bodies to deliver with one byte changed.
     corrupt_left: u32,
+    /// How many more CompleteMultipartUpload answers to lose (the upload
+    /// is completed, then the connection drops).
+    lose_complete_left: u32,
     /// Requests of a class (index as `error_rules`) wait this long before they are answered.
     delays: [std::time::Duration; 6],
     rng: StdRng,
@@ -205,6 +208,7 @@ impl Default for State {
             list_failure: None,
             list_truncated_without_token: false,
             corrupt_left: 0,
+            lose_complete_left: 0,
             delays: [std::time::Duration::ZERO; 6],
             rng: StdRng::seed_from_u64(DEFAULT_SEED),
         }
@@ -266,6 +270,19 @@ impl Faults {
     /// `u32::MAX` for every one; 0 stops.
     pub fn corrupt_bodies(&self, n: u32) {
         self.state().corrupt_left = n;
+    }
+
+    /// Complete the next `n` multipart uploads, but drop the connection
+    /// instead of answering (the client cannot know it succeeded).
+    pub fn lose_complete_answers(&self, n: u32) {
+        self.state().lose_complete_left = n;
+    }
+
+    pub(crate) fn lose_complete_answer(&self) -> bool {
+        let mut st = self.state();
+        let lose = st.lose_complete_left > 0;
+        st.lose_complete_left = st.lose_complete_left.saturating_sub(1);
+        lose
     }
 
     pub(crate) fn list_truncated_without_token(&self) -> bool {

@@ -213,6 +213,7 @@ async fn handle(
     }
 
     let call = uploads::recognise(req.method(), req.uri());
+    let method = req.method().clone();
     if let uploads::Call::List { bucket, prefix } = &call {
         return Ok(xml_response(StatusCode::OK, shared.uploads.list_xml(bucket, prefix)));
     }
@@ -230,7 +231,10 @@ async fn handle(
                 );
             }
             uploads::Call::Finish { bucket, key, upload_id } => {
-                shared.uploads.finished(&bucket, &key, &upload_id)
+                shared.uploads.finished(&bucket, &key, &upload_id);
+                if method == hyper::Method::POST && shared.faults.lose_complete_answer() {
+                    return Err("injected: CompleteMultipartUpload answer lost".into());
+                }
             }
             _ => {}
         }

@@ -282,12 +282,7 @@ fn ferry_within(secs: u64, state: &std::path::Path, env: &[(String, String)], ar
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::of(child.wait_with_output().unwrap())
 }
 
 /// A listing page that says "truncated" but gives no continuation token
@@ -354,4 +349,169 @@ async fn a_corrupted_body_is_fetched_again_and_never_stored() {
     assert!(j["failures"][0]["reason"].as_str().unwrap().contains("checksum mismatch"), "{j}");
     let files: Vec<_> = all_names(&back2).into_iter().filter(|p| p.is_file()).collect();
     assert!(files.is_empty(), "nothing written: {files:?}");
+}
+
+/// Source files that grow, shrink or disappear while they are copied fail
+/// their items: nothing at the final name (no object, no open upload), no
+/// temporary file; the next run copies what is there then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_changed_during_the_copy_fail_their_items() {
+    let s3 = S3Server::start(&["bkt-change"]).await;
+    let env = s3.env();
+    for dst_kind in ["local", "s3"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+        std::fs::create_dir_all(&src).unwrap();
+        for name in ["grow.bin", "shrink.bin", "gone.bin"] {
+            std::fs::write(src.join(name), vec![b'x'; 12 << 20]).unwrap();
+        }
+        std::fs::write(src.join("small.txt"), b"steady").unwrap();
+        let dst = match dst_kind {
+            "local" => tmp.path().join("dst").to_str().unwrap().to_string(),
+            _ => "s3://bkt-change/p".to_string(),
+        };
+        let args = ["sync", src.to_str().unwrap(), &dst, "--bwlimit", "6M", "--part-size", "5M", "--json"];
+        let child = ferry_cmd(&state, &env).args(args).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let f = std::fs::OpenOptions::new().append(true).open(src.join("grow.bin")).unwrap();
+        std::io::Write::write_all(&mut &f, b"more").unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(src.join("shrink.bin"))
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        std::fs::remove_file(src.join("gone.bin")).unwrap();
+        let r = Run::of(child.wait_with_output().unwrap());
+        assert_eq!(r.code, 1, "{dst_kind}: {}\n{}", r.stdout, r.stderr);
+        let j = r.json();
+        let failed: Vec<&str> =
+            j["failures"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+        assert_eq!(failed.len(), 3, "{dst_kind}: {j}");
+        for name in ["grow.bin", "shrink.bin", "gone.bin"] {
+            assert!(failed.contains(&name), "{dst_kind}: {name} {j}");
+        }
+        assert_eq!(j["transferred"], 1, "{dst_kind}: {j}");
+        let written: Vec<std::path::PathBuf> = match dst_kind {
+            "local" => all_names(std::path::Path::new(&dst)),
+            _ => all_names(&s3.root().join("bkt-change/p")),
+        };
+        let names: Vec<String> =
+            written.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["small.txt"], "{dst_kind}: only the steady file is written");
+        assert!(s3.open_uploads().is_empty(), "failed uploads are aborted: {:?}", s3.open_uploads());
+
+        // The next run copies the files as they are now.
+        let r = ferry(&state, &env, &["sync", src.to_str().unwrap(), &dst, "--json"]);
+        assert_eq!(r.code, 0, "{dst_kind}: {}\n{}", r.stdout, r.stderr);
+        assert_eq!(r.json()["transferred"], 2, "{dst_kind}: {}", r.stdout);
+    }
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    /// `None` (with a note) where mounting is not allowed; CI runs as root.
+    fn mount(at: &std::path::Path, size: &str) -> Option<SmallFs> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", at.to_str().unwrap()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("cannot mount a tmpfs here (not root?): destination-full test not run");
+        }
+        ok.then(|| SmallFs(at.to_path_buf()))
+    }
+
+    fn remount(&self, opts: &str) {
+        let st = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{opts}"), self.0.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A destination that fills up (ENOSPC) or is read-only (EROFS): the items
+/// that cannot be written fail with the reason, nothing partial is left at a
+/// final name, and no temporary file stays behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_or_read_only_destination_fails_items_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    let Some(fs) = SmallFs::mount(&tmp.path().join("dst"), "6m") else { return };
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..4 {
+        std::fs::write(src.join(format!("d/big{i}.bin")), vec![i as u8; 2 << 20]).unwrap();
+    }
+    std::fs::write(src.join("small.txt"), b"fits").unwrap();
+    let (s, d) = (src.to_str().unwrap(), fs.0.to_str().unwrap());
+
+    let r = ferry(&state, &[], &["sync", s, d, "--json", "--threads", "1"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    let failures = j["failures"].as_array().unwrap();
+    assert!(!failures.is_empty() && failures.len() < 4, "{j}");
+    assert!(failures.iter().all(|f| f["reason"].as_str().unwrap().contains("No space left")), "{j}");
+    let complete = |p: &std::path::Path| {
+        std::fs::read(p).unwrap() == std::fs::read(src.join(p.strip_prefix(d).unwrap())).unwrap()
+    };
+    let names = all_names(&fs.0);
+    assert!(
+        names.iter().all(|p| !p.to_string_lossy().contains(".ferry-tmp")),
+        "no temporary files: {names:?}"
+    );
+    assert!(names.iter().filter(|p| p.is_file()).all(|p| complete(p)), "no partial file at a final name");
+    assert_eq!(j["transferred"].as_u64().unwrap() + failures.len() as u64, 6, "{j}");
+
+    // Read-only: every new item fails with the reason; nothing changes.
+    std::fs::write(src.join("late.txt"), b"late").unwrap();
+    fs.remount("ro");
+    let before = all_names(&fs.0);
+    let r = ferry(&state, &[], &["sync", s, d, "--json", "--threads", "1"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.json()["failures"].to_string().contains("Read-only file system"), "{}", r.stdout);
+    assert_eq!(all_names(&fs.0), before);
+
+    // With room again, a rerun completes the copy.
+    fs.remount("rw,size=16m");
+    let r = ferry(&state, &[], &["sync", s, d, "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_same(&snapshot(&src, false), &snapshot(&fs.0, false));
+}
+
+/// CompleteMultipartUpload succeeds on the server but its answer is lost:
+/// the retry finds the upload gone. The object is there and whole, so the
+/// item counts as copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_complete_answer_still_counts_as_copied() {
+    let s3 = S3Server::start(&["bkt-complete"]).await;
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    std::fs::create_dir_all(&src).unwrap();
+    let body: Vec<u8> = (0..12u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    std::fs::write(src.join("big.bin"), &body).unwrap();
+
+    s3.faults().lose_complete_answers(1);
+    let r = ferry(
+        &state,
+        &env,
+        &["sync", src.to_str().unwrap(), "s3://bkt-complete/p", "--part-size", "5M", "--json"],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["transferred"], 1, "{}", r.stdout);
+    assert!(std::fs::read(s3.root().join("bkt-complete/p/big.bin")).unwrap() == body);
+    assert!(s3.open_uploads().is_empty());
+    // It is known to be up to date.
+    let r = ferry(&state, &env, &["sync", src.to_str().unwrap(), "s3://bkt-complete/p", "--json"]);
+    assert_eq!((r.code, r.json()["skipped"].as_u64()), (0, Some(1)), "{}", r.stdout);
 }

@@ -42,11 +42,17 @@ pub fn ferry_cmd(state: &Path, env: &[(String, String)]) -> Command {
 }
 
 pub fn ferry(state: &Path, env: &[(String, String)], args: &[&str]) -> Run {
-    let out: Output = ferry_cmd(state, env).args(args).output().expect("run ferry");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    Run::of(ferry_cmd(state, env).args(args).output().expect("run ferry"))
+}
+
+impl Run {
+    /// What a finished ferry process printed and returned.
+    pub fn of(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 }
 
