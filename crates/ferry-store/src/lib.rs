@@ -10,11 +10,11 @@ use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::Row;
+use sqlx::{ConnectOptions, Row};
 use thiserror::Error;
 
 pub mod hpc;
@@ -127,6 +127,25 @@ fn migrator(kind: &str) -> Migrator {
     Migrator { migrations: Cow::Owned(migrations), ..Migrator::DEFAULT }
 }
 
+/// Processes that open the same SQLite file at once (two `ferry sync` runs
+/// sharing a state directory) take turns creating and migrating it: sqlx
+/// takes no lock for SQLite, and racing migrations fail ("table already
+/// exists"). The lock is a file beside the database, held until migrated.
+async fn sqlite_migration_lock(db: &std::path::Path) -> std::io::Result<Option<std::fs::File>> {
+    let name = db.to_string_lossy();
+    if name.is_empty() || name == ":memory:" {
+        return Ok(None);
+    }
+    let path = std::path::PathBuf::from(format!("{name}.migrate-lock"));
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        f.lock()?;
+        Ok(Some(f))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -142,16 +161,25 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
-                .busy_timeout(std::time::Duration::from_secs(10));
+                .busy_timeout(std::time::Duration::from_secs(10))
+                // Waiting on another process's write is expected, not news.
+                .log_slow_statements(log::LevelFilter::Debug, std::time::Duration::from_secs(1));
+            let lock = sqlite_migration_lock(opts.get_filename())
+                .await
+                .map_err(|source| Error::Connect { url: redact(url), source: sqlx::Error::Io(source) })?;
             let pool =
                 SqlitePoolOptions::new().max_connections(4).connect_with(opts).await.map_err(connect_err)?;
             migrator("sqlite").run(&pool).await?;
+            drop(lock);
             Backend::Sqlite(pool)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let opts = PgConnectOptions::from_str(url)
+                .map_err(connect_err)?
+                .log_slow_statements(log::LevelFilter::Debug, std::time::Duration::from_secs(1));
             let pool = PgPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(std::time::Duration::from_secs(10))
-                .connect(url)
+                .connect_with(opts)
                 .await
                 .map_err(connect_err)?;
             migrator("postgres").run(&pool).await?;

@@ -576,3 +576,37 @@ fn crc32c_of(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// Several runs at once sharing one state directory (the default one, say)
+/// on a first use: they take turns creating the checkpoint database, and
+/// each records its own run.
+#[test]
+fn concurrent_runs_share_a_new_state_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let n = 6;
+    for k in 0..n {
+        let src = tmp.path().join(format!("src{k}"));
+        std::fs::create_dir_all(&src).unwrap();
+        for i in 0..200 {
+            std::fs::write(src.join(format!("f{i}")), format!("{k} {i}")).unwrap();
+        }
+    }
+    let children: Vec<_> = (0..n)
+        .map(|k| {
+            let (src, dst) = (tmp.path().join(format!("src{k}")), tmp.path().join(format!("dst{k}")));
+            ferry_cmd(&state, &[])
+                .args(["sync", src.to_str().unwrap(), dst.to_str().unwrap(), "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (k, child) in children.into_iter().enumerate() {
+        let r = Run::of(child.wait_with_output().unwrap());
+        assert_eq!(r.code, 0, "run {k}: {}\n{}", r.stdout, r.stderr);
+        assert_eq!(r.json()["transferred"], 200, "run {k}");
+        assert!(r.stderr.is_empty(), "run {k} printed: {}", r.stderr);
+    }
+}
