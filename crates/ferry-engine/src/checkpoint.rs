@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use ferry_store::{Checkpoint, DoneItem, Known, Store};
+use ferry_store::{Checkpoint, DoneItem, Known, RunLock, Store};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -12,6 +12,9 @@ use tokio::task::JoinHandle;
 #[derive(Debug, Clone)]
 pub struct CheckpointSpec {
     pub store: Store,
+    /// When another run of the same pair is in progress: wait for it to end
+    /// (tasks of the service) rather than fail (the CLI).
+    pub wait_for_pair: bool,
 }
 
 pub(crate) struct Recorder {
@@ -19,6 +22,8 @@ pub(crate) struct Recorder {
     pub(crate) checkpoint: Checkpoint,
     tx: Option<mpsc::Sender<DoneItem>>,
     task: Option<JoinHandle<Result<(), ferry_store::Error>>>,
+    /// This process's claim on the pair, for as long as the run lasts.
+    lock: Option<RunLock>,
 }
 
 const BATCH: usize = 512;
@@ -68,7 +73,20 @@ pub(crate) async fn abort_left_uploads(
 }
 
 impl Recorder {
-    pub(crate) async fn start(store: Store, key: &str, src: &str, dst: &str) -> crate::Result<Self> {
+    pub(crate) async fn start(spec: &CheckpointSpec, key: &str, src: &str, dst: &str) -> crate::Result<Self> {
+        let store = spec.store.clone();
+        let lock = loop {
+            match store.lock_run(key).await? {
+                Some(lock) => break lock,
+                None if spec.wait_for_pair => tokio::time::sleep(Duration::from_secs(1)).await,
+                None => {
+                    return Err(crate::Error::Busy(format!(
+                        "another ferry sync from {src} to {dst} with the same options is running; \
+                         wait for it to end (two runs of one pair would undo each other's work)"
+                    )))
+                }
+            }
+        };
         let checkpoint = store.begin_run(key, src, dst).await?;
         let (tx, mut rx) = mpsc::channel::<DoneItem>(BATCH * 4);
         let writer = store.clone();
@@ -112,7 +130,7 @@ impl Recorder {
                 }
             }
         });
-        Ok(Self { store, checkpoint, tx: Some(tx), task: Some(task) })
+        Ok(Self { store, checkpoint, tx: Some(tx), task: Some(task), lock: Some(lock) })
     }
 
     /// The done set of one directory, read in pages as the listing goes.
@@ -140,6 +158,9 @@ impl Recorder {
         }
         if success {
             self.store.finish_run(self.checkpoint.run_id).await?;
+        }
+        if let Some(lock) = self.lock.take() {
+            lock.release().await;
         }
         Ok(())
     }
@@ -219,7 +240,8 @@ mod tests {
     async fn the_done_cursor_pages_through_a_large_directory() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::connect(&format!("sqlite://{}/s.db", dir.path().display())).await.unwrap();
-        let rec = Recorder::start(store.clone(), "k", "a", "b").await.unwrap();
+        let spec = CheckpointSpec { store: store.clone(), wait_for_pair: false };
+        let rec = Recorder::start(&spec, "k", "a", "b").await.unwrap();
         let n = 3 * DONE_PAGE as u64 + 7;
         let items: Vec<DoneItem> = (0..n)
             .map(|i| DoneItem {

@@ -13,4 +13,7 @@ pub enum Error {
     Filter { pattern: String, reason: String },
     #[error("{0}")]
     Usage(String),
+    /// Another run holds what this one needs.
+    #[error("{0}")]
+    Busy(String),
 }

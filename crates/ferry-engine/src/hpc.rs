@@ -242,7 +242,8 @@ async fn transfer(
         Direction::Export => (local.clone(), bucket),
     };
     let sync = Sync::with_progress(src, dst, opts, progress.clone())
-        .with_checkpoint(CheckpointSpec { store: env.store.clone() });
+        // Two tasks of one target and prefix take turns.
+        .with_checkpoint(CheckpointSpec { store: env.store.clone(), wait_for_pair: true });
     let t0 = Instant::now();
     let report = sync.run().await.map_err(|e| e.to_string())?;
     let sync_ms = t0.elapsed().as_millis() as u64;

@@ -131,7 +131,7 @@ impl Sync {
         let recorder = match (&self.checkpoint, self.opts.dry_run) {
             (Some(spec), false) => {
                 let key = format!("{src_name}\n{dst_name}\n{}", self.opts.plan_key());
-                Some(Recorder::start(spec.store.clone(), &key, &src_name, &dst_name).await?)
+                Some(Recorder::start(spec, &key, &src_name, &dst_name).await?)
             }
             _ => None,
         };

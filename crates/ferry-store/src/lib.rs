@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use sha2::{Digest, Sha256};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
@@ -76,6 +77,27 @@ pub struct Checkpoint {
     /// milliseconds since the epoch from the first start to the last sign
     /// of life (see [`Store::touch_run`]).
     pub interrupted: Option<(i64, i64)>,
+}
+
+/// A claim on a sync pair, held while its run is in progress; see
+/// [`Store::lock_run`].
+#[derive(Debug)]
+pub enum RunLock {
+    /// An in-memory database: no other process can see it.
+    None,
+    File(std::fs::File),
+    /// The session holding the advisory lock (closing it releases it).
+    Postgres(Box<sqlx::PgConnection>),
+}
+
+impl RunLock {
+    /// Release the claim now (dropping it does too, for a database
+    /// connection once the server notices the session ended).
+    pub async fn release(self) {
+        if let RunLock::Postgres(conn) = self {
+            let _ = sqlx::Connection::close(*conn).await;
+        }
+    }
 }
 
 /// An item known to be up to date at the destination.
@@ -305,6 +327,50 @@ impl Store {
 
     /// Mark a run complete: the next run of the pair is not a resume, but
     /// still uses the known state.
+    /// Claim the pair `run_key` for this process while it runs: `None` when
+    /// another run of it is in progress. The claim ends when the lock is
+    /// dropped or the process dies (a file lock beside a SQLite database, a
+    /// session advisory lock on PostgreSQL), so a killed run never blocks
+    /// the next one.
+    pub async fn lock_run(&self, run_key: &str) -> Result<Option<RunLock>> {
+        let digest = Sha256::digest(run_key.as_bytes());
+        match &self.backend {
+            Backend::Sqlite(p) => {
+                let db = p.connect_options().get_filename().to_path_buf();
+                let name = db.to_string_lossy().into_owned();
+                if name.is_empty() || name == ":memory:" {
+                    return Ok(Some(RunLock::None));
+                }
+                let dir = std::path::PathBuf::from(format!("{name}.runs"));
+                let path = dir.join(format!("{}.lock", hex::encode(&digest[..16])));
+                let io_err = |source| Error::Connect { url: redact(&name), source: sqlx::Error::Io(source) };
+                tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(&dir)?;
+                    let f =
+                        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+                    match f.try_lock() {
+                        Ok(()) => Ok(Some(RunLock::File(f))),
+                        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+                        Err(std::fs::TryLockError::Error(e)) => Err(e),
+                    }
+                })
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .map_err(io_err)
+            }
+            Backend::Postgres(p) => {
+                let key = i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+                let mut conn = p.acquire().await?.detach();
+                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(key)
+                    .fetch_one(&mut conn)
+                    .await?;
+                Ok(got.then_some(RunLock::Postgres(Box::new(conn))))
+            }
+        }
+    }
+
     /// Note that a run is still alive, so that after a crash its active
     /// window is known (to tell its leftovers from other writers').
     pub async fn touch_run(&self, run_id: i64) -> Result<()> {

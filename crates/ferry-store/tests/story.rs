@@ -8,6 +8,26 @@ use ferry_store::{DoneItem, Known, Store};
 use sqlx::Connection;
 
 async fn story(store: &Store) {
+    // One run of a pair at a time: a second claim fails until the first ends.
+    let lock = store.lock_run("key-1").await.unwrap().expect("a free pair can be claimed");
+    assert!(store.lock_run("key-1").await.unwrap().is_none(), "a pair in progress cannot be claimed");
+    let other = store.lock_run("key-2").await.unwrap().expect("another pair is free");
+    lock.release().await;
+    let again = store.lock_run("key-1").await.unwrap().expect("free again once released");
+    drop(again);
+    other.release().await;
+    // Dropping a claim ends it too (a killed process drops everything).
+    let mut freed = false;
+    for _ in 0..50 {
+        if let Some(l) = store.lock_run("key-1").await.unwrap() {
+            l.release().await;
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(freed, "a dropped claim is released");
+
     let cp = store.begin_run("key-1", "/src", "s3://b/p").await.unwrap();
     assert!(!cp.resumed);
     // A sign of life moves the end of the unfinished run's active window.

@@ -40,7 +40,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
             None => default_state_db()?,
         };
         let store = Store::connect(&url).await.context("opening the checkpoint database (see --state-db)")?;
-        sync = sync.with_checkpoint(CheckpointSpec { store });
+        sync = sync.with_checkpoint(CheckpointSpec { store, wait_for_pair: false });
     }
     let display = (!args.quiet && !args.json && std::io::stderr().is_terminal())
         .then(|| Display::start(sync.progress()));

@@ -610,3 +610,32 @@ fn concurrent_runs_share_a_new_state_directory() {
         assert!(r.stderr.is_empty(), "run {k} printed: {}", r.stderr);
     }
 }
+
+/// A second run of the same pair while the first is in progress is refused
+/// (each would count the other's work as its own, and a resumed run sweeps
+/// the uploads of the one before); the claim dies with its process.
+#[test]
+fn a_pair_runs_once_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (tmp.path().join("src"), tmp.path().join("dst"), tmp.path().join("state"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big.bin"), vec![1u8; 8 << 20]).unwrap();
+    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let mut first =
+        ferry_cmd(&state, &[]).args(["sync", s, d, "--bwlimit", "2M", "--quiet"]).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(first.try_wait().unwrap().is_none(), "the first run is still going");
+
+    let r = ferry(&state, &[], &["sync", s, d]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("another ferry sync from") && r.stderr.contains("is running"), "{}", r.stderr);
+    // A dry run records nothing and claims nothing.
+    let r = ferry(&state, &[], &["sync", s, d, "--dry-run"]);
+    assert_eq!(r.code, 0, "a dry run records nothing: {}", r.stderr);
+
+    first.kill().unwrap(); // SIGKILL: the claim goes with the process
+    first.wait().unwrap();
+    let r = ferry(&state, &[], &["sync", s, d, "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["resumed"], true);
+}
