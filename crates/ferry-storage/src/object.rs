@@ -159,7 +159,7 @@ impl ObjectRoot {
             )));
         };
         let mut out: Vec<crate::Upload> = uploads
-            .list(&self.prefix)
+            .list(&self.prefix, &self.display)
             .await?
             .into_iter()
             .filter_map(|(key, upload_id, initiated)| {
@@ -174,7 +174,10 @@ impl ObjectRoot {
     /// Abort one incomplete upload, freeing its stored parts.
     pub async fn abort_upload(&self, upload: &crate::Upload) -> Result<()> {
         match &self.uploads {
-            Some(u) => u.abort(&self.key(&upload.key), &upload.upload_id).await,
+            Some(u) => {
+                let what = format!("{}/{}", self.display, upload.key);
+                u.abort(&self.key(&upload.key), &upload.upload_id, &what).await
+            }
             None => Err(Error::Config(format!("{}: not an s3:// location", self.display))),
         }
     }

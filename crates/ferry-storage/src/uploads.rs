@@ -112,7 +112,13 @@ impl S3Uploads {
     }
 
     /// Every incomplete upload whose key starts with `prefix` (full keys).
-    pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<(String, String, Option<SystemTime>)>> {
+    /// `what` names the location in messages.
+    pub(crate) async fn list(
+        &self,
+        prefix: &str,
+        what: &str,
+    ) -> Result<Vec<(String, String, Option<SystemTime>)>> {
+        let context = format!("list incomplete multipart uploads of {what}");
         let mut out = Vec::new();
         let (mut key_marker, mut id_marker) = (String::new(), String::new());
         loop {
@@ -123,9 +129,9 @@ impl S3Uploads {
             if !id_marker.is_empty() {
                 url.push_str(&format!("&upload-id-marker={}", utf8_percent_encode(&id_marker, QUERY)));
             }
-            let body = self.call(Method::GET, &url, "list incomplete multipart uploads").await?;
+            let body = self.call(Method::GET, &url, &context).await?;
             let page: ListResult = quick_xml::de::from_reader(body.as_ref()).map_err(|e| Error::Http {
-                context: "list incomplete multipart uploads".into(),
+                context: context.clone(),
                 status: 200,
                 detail: format!("unreadable answer: {e}"),
             })?;
@@ -149,14 +155,15 @@ impl S3Uploads {
     }
 
     /// Abort one upload; an upload already gone counts as aborted.
-    pub(crate) async fn abort(&self, key: &str, upload_id: &str) -> Result<()> {
+    /// `what` names the object in messages.
+    pub(crate) async fn abort(&self, key: &str, upload_id: &str, what: &str) -> Result<()> {
         let url = format!(
             "{}/{}?uploadId={}",
             self.base,
             utf8_percent_encode(key, PATH),
             utf8_percent_encode(upload_id, QUERY)
         );
-        match self.call(Method::DELETE, &url, &format!("abort upload of {key}")).await {
+        match self.call(Method::DELETE, &url, &format!("abort the upload of {what}")).await {
             Err(Error::Http { status: 404, .. }) => Ok(()),
             other => other.map(|_| ()),
         }

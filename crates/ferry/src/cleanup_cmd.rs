@@ -39,7 +39,8 @@ pub async fn run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
     let Location::Object(root) = &loc else {
         bail!("{}: a local directory has no multipart uploads; give an s3:// location", args.location);
     };
-    let uploads = root.incomplete_uploads().await.with_context(|| args.location.clone())?;
+    // Its errors name the location already.
+    let uploads = root.incomplete_uploads().await?;
     let now = SystemTime::now();
     let old_enough = |t: Option<SystemTime>| match t {
         _ if args.older_than.is_zero() => true,
