@@ -249,6 +249,7 @@ mod tests {
                 name: format!("n{i:06}"),
                 size: i,
                 mtime_ns: 1,
+                ctime_ns: None,
                 dst_version: None,
             })
             .collect();
@@ -258,7 +259,11 @@ mod tests {
         let mut c = rec.done_in_dir("d");
         assert_eq!(c.get("a").await, None);
         for i in (0..n).step_by(3) {
-            assert_eq!(c.get(&format!("n{i:06}")).await, Some((i, 1, None)), "n{i:06}");
+            assert_eq!(
+                c.get(&format!("n{i:06}")).await,
+                Some(Known { size: i, mtime_ns: 1, ctime_ns: None, dst_version: None }),
+                "n{i:06}"
+            );
         }
         assert_eq!(c.get("n999999").await, None);
         assert_eq!(c.get("z").await, None);

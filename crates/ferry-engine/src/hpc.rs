@@ -213,7 +213,8 @@ async fn transfer(
     let sub = prefix_dir(task.src_prefix.as_deref())?;
     let local = open_target_dir(env, &target, &sub).await?;
     let Location::Posix(root) = local.clone() else { unreachable!("target directories are POSIX") };
-    let mut opts = SyncOptions { threads: env.threads, ..Default::default() };
+    // What an export sends is what the share's index saw change.
+    let mut opts = SyncOptions { threads: env.threads, update_attributes: false, ..Default::default() };
     let mut exported = None;
     if dir == Direction::Export {
         let t0 = Instant::now();

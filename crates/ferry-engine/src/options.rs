@@ -59,6 +59,10 @@ pub struct SyncOptions {
     /// Give every written entry these attributes instead of the source's
     /// (a preload applies the target's defaults, not what objects carry).
     pub attributes: Option<ForcedAttributes>,
+    /// Bring mode, owner and group of copies whose content is up to date
+    /// in line with their source (in place locally, by writing objects
+    /// again). Off where another record decides what changed (exports).
+    pub update_attributes: bool,
 }
 
 /// Attributes that replace the source's on everything a run writes; the
@@ -90,6 +94,7 @@ impl Default for SyncOptions {
             chunk: 8 << 20,
             copy_links: false,
             attributes: None,
+            update_attributes: true,
         }
     }
 }

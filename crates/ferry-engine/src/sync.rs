@@ -424,8 +424,13 @@ impl Run {
                 (Some(c), Some(_)) => c.get(s.name()).await,
                 _ => None,
             };
-            if let (Some((size, mtime, version)), Some(dd)) = (known, &d) {
-                let src_same = size == s.size && Some(mtime) == s.mtime_ns;
+            if let (Some(k), Some(dd)) = (known, &d) {
+                let (size, version) = (k.size, k.dst_version);
+                // A chmod or chown moves only the ctime of a local source.
+                let ctime = s.local.map(|l| l.ctime_ns);
+                let src_same = size == s.size
+                    && Some(k.mtime_ns) == s.mtime_ns
+                    && (k.ctime_ns.is_none() || k.ctime_ns == ctime);
                 let dst_same = dd.size == s.size
                     && dd.kind == s.kind
                     && (resumed || version.is_some() && version == dst_version(dd));
@@ -643,6 +648,7 @@ impl Run {
                 name: item.src.name().to_string(),
                 size: item.src.size,
                 mtime_ns: item.src.mtime_ns.unwrap_or(0),
+                ctime_ns: item.src.local.map(|l| l.ctime_ns),
                 dst_version,
             })
             .await;
@@ -671,9 +677,16 @@ impl Run {
                 reason: format!("verification: {reason}"),
             });
         }
+        // Only the attributes changed: a local copy gets them in place.
+        let in_place = reason == ATTRS_DIFFER && self.dst.is_posix();
         if self.opts.dry_run {
-            self.progress.plan("copy", &s.path, s.size, reason);
-            return Ok(Outcome::Transferred(s.size, None));
+            let (action, size) = if in_place { ("update", 0) } else { ("copy", s.size) };
+            self.progress.plan(action, &s.path, size, reason);
+            return Ok(Outcome::Transferred(size, None));
+        }
+        if in_place {
+            self.dst.set_file_attrs(&s.path, &self.write_meta(&s)).await?;
+            return Ok(Outcome::Transferred(0, None));
         }
         self.progress.to_transfer.fetch_add(1, Relaxed);
         self.progress.to_transfer_bytes.fetch_add(s.size, Relaxed);
@@ -758,10 +771,36 @@ impl Run {
             Compare::Checksum => {
                 let a = self.checksum(&self.src, s, true).await?;
                 let b = self.checksum(&self.dst, d, !self.check_only).await?;
-                Ok(if a == b { None } else { Some("checksum differs") })
+                if a != b {
+                    return Ok(Some("checksum differs"));
+                }
             }
-            _ => Ok(if same_mtime(s, d) { None } else { Some("modification time differs") }),
+            _ if !same_mtime(s, d) => return Ok(Some("modification time differs")),
+            _ => {}
         }
+        Ok(self.attrs_differ(s, d).then_some(ATTRS_DIFFER))
+    }
+
+    /// The content is the same, but mode, owner or group are not what the
+    /// copy should have (a chmod or chown since it was made). Not for
+    /// forced attributes (they are for what a run creates), nor against a
+    /// copy that records no attributes at all.
+    fn attrs_differ(&self, s: &Entry, d: &Entry) -> bool {
+        if !self.opts.update_attributes
+            || self.opts.attributes.is_some()
+            || self.check_only
+            || !s.meta_loaded
+            || !d.meta_loaded
+        {
+            return false;
+        }
+        let (want, have) = (self.write_meta(s), d.meta);
+        if have.mode.is_none() {
+            return false;
+        }
+        let differs = |a: Option<u32>, b: Option<u32>| a.is_some() && a != b;
+        differs(want.mode.map(|m| m & 0o7777), have.mode.map(|m| m & 0o7777))
+            || self.dst.keeps_owner() && (differs(want.uid, have.uid) || differs(want.gid, have.gid))
     }
 
     async fn load_src_meta(&self, s: &mut Entry) -> Result<(), StorageError> {
@@ -1018,6 +1057,9 @@ fn check_stored_crc(s: &Entry, got: u32) -> Result<(), StorageError> {
         _ => Ok(()),
     }
 }
+
+/// Why an item whose content is the same is written anyway.
+const ATTRS_DIFFER: &str = "attributes differ";
 
 /// What identifies the current content of a listed object: its ETag, else
 /// its listed modification time.

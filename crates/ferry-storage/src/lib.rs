@@ -251,6 +251,29 @@ impl Location {
         }
     }
 
+    /// Whether copies here keep the owner and group of their source (object
+    /// stores record them; a local tree only when ferry runs as root).
+    pub fn keeps_owner(&self) -> bool {
+        match self {
+            Location::Posix(p) => p.sets_owner(),
+            Location::Object(_) => true,
+        }
+    }
+
+    /// Change an existing local file's mode, owner and group in place.
+    pub async fn set_file_attrs(&self, rel: &str, meta: &PosixMeta) -> Result<()> {
+        match self {
+            Location::Posix(p) => {
+                let (p, rel, meta) = (p.clone(), rel.to_string(), *meta);
+                blocking(move || p.set_file_attrs(&rel, &meta)).await
+            }
+            Location::Object(o) => Err(Error::Config(format!(
+                "{}/{rel}: attributes of an object change only by writing it again",
+                o.display()
+            ))),
+        }
+    }
+
     pub async fn set_dir_mtime(&self, rel: &str, mtime_ns: i64) -> Result<()> {
         match self {
             Location::Posix(p) => {

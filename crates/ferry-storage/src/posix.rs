@@ -279,6 +279,29 @@ impl PosixRoot {
             .map_err(|e| Error::io(format!("set attributes of {}", abs.display()), e))
     }
 
+    /// Give an existing file new mode, owner and group (owner and group
+    /// only as root), keeping its content and times. Never follows a
+    /// symlink put in its place.
+    pub fn set_file_attrs(&self, rel: &str, meta: &PosixMeta) -> Result<()> {
+        self.checked_parent(rel)?;
+        let abs = self.abs(rel);
+        let ctx = |what: &str| format!("{what} {}", abs.display());
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&abs)
+            .map_err(|e| Error::io(ctx("open"), e))?;
+        if !f.metadata().map_err(|e| Error::io(ctx("stat"), e))?.is_file() {
+            return Err(Error::InvalidName { name: rel.to_string(), reason: "not a regular file".into() });
+        }
+        apply_meta(&f, meta, self.chown, false).map_err(|e| Error::io(ctx("set attributes of"), e))
+    }
+
+    /// Whether files written here get the owner and group asked for.
+    pub fn sets_owner(&self) -> bool {
+        self.chown
+    }
+
     /// Set a directory's modification time (after its content was written),
     /// unless it already has it. Never follows a symlink put in its place.
     pub fn set_dir_mtime(&self, rel: &str, mtime_ns: i64) -> Result<()> {

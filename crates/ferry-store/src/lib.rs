@@ -108,27 +108,39 @@ pub struct DoneItem {
     /// Source size and mtime when it was copied: a changed source is copied again.
     pub size: u64,
     pub mtime_ns: i64,
+    /// A local source's ctime then: a chmod or chown changes only that.
+    pub ctime_ns: Option<i64>,
     /// The destination's version (ETag or listed mtime) once known.
     pub dst_version: Option<String>,
 }
 
-/// What the store knows of one item: source (size, mtime) and destination version.
-pub type Known = (u64, i64, Option<String>);
+/// What the store knows of one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    /// Source size, mtime and (local sources) ctime when it was copied.
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: Option<i64>,
+    /// The destination's version (ETag or listed mtime) once known.
+    pub dst_version: Option<String>,
+}
 
 /// The migrations of one back-end, in order: (version, description, SQL).
-fn migrations(kind: &str) -> [(i64, &'static str, &'static str); 4] {
+fn migrations(kind: &str) -> [(i64, &'static str, &'static str); 5] {
     match kind {
         "sqlite" => [
             (1, "sync checkpoints", include_str!("../migrations/sqlite/0001_sync_checkpoints.sql")),
             (2, "sync state", include_str!("../migrations/sqlite/0002_sync_state.sql")),
             (3, "hpc cache", include_str!("../migrations/sqlite/0003_hpc_cache.sql")),
             (4, "done names bytewise", include_str!("../migrations/sqlite/0004_done_names_bytewise.sql")),
+            (5, "done source ctime", include_str!("../migrations/sqlite/0005_done_source_ctime.sql")),
         ],
         _ => [
             (1, "sync checkpoints", include_str!("../migrations/postgres/0001_sync_checkpoints.sql")),
             (2, "sync state", include_str!("../migrations/postgres/0002_sync_state.sql")),
             (3, "hpc cache", include_str!("../migrations/postgres/0003_hpc_cache.sql")),
             (4, "done names bytewise", include_str!("../migrations/postgres/0004_done_names_bytewise.sql")),
+            (5, "done source ctime", include_str!("../migrations/postgres/0005_done_source_ctime.sql")),
         ],
     }
 }
@@ -276,10 +288,11 @@ impl Store {
     ) -> Result<Vec<(String, Known)>> {
         let q = sql(
             self,
-            "SELECT name, size, mtime_ns, dst_version FROM sync_done WHERE run_id = ? AND dir = ? AND name > ? \
-             ORDER BY name LIMIT ?",
+            "SELECT name, size, mtime_ns, src_ctime_ns, dst_version FROM sync_done \
+             WHERE run_id = ? AND dir = ? AND name > ? ORDER BY name LIMIT ?",
         );
-        let rows: Vec<(String, i64, i64, Option<String>)> = match &self.backend {
+        type Row = (String, i64, i64, Option<i64>, Option<String>);
+        let rows: Vec<Row> = match &self.backend {
             Backend::Sqlite(p) => {
                 sqlx::query_as(&q).bind(run_id).bind(dir).bind(after).bind(limit).fetch_all(p).await?
             }
@@ -287,7 +300,12 @@ impl Store {
                 sqlx::query_as(&q).bind(run_id).bind(dir).bind(after).bind(limit).fetch_all(p).await?
             }
         };
-        Ok(rows.into_iter().map(|(n, s, m, v)| (n, (s as u64, m, v))).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(n, size, mtime_ns, ctime_ns, dst_version)| {
+                (n, Known { size: size as u64, mtime_ns, ctime_ns, dst_version })
+            })
+            .collect())
     }
 
     /// Record finished items, all in one transaction.
@@ -297,9 +315,9 @@ impl Store {
         }
         let upsert = sql(
             self,
-            "INSERT INTO sync_done (run_id, dir, name, size, mtime_ns, dst_version) VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (run_id, dir, name) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, \
-             dst_version = excluded.dst_version",
+            "INSERT INTO sync_done (run_id, dir, name, size, mtime_ns, src_ctime_ns, dst_version) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, dir, name) DO UPDATE SET size = excluded.size, \
+             mtime_ns = excluded.mtime_ns, src_ctime_ns = excluded.src_ctime_ns, dst_version = excluded.dst_version",
         );
         macro_rules! run_batch {
             ($pool:expr) => {{
@@ -311,6 +329,7 @@ impl Store {
                         .bind(&it.name)
                         .bind(it.size as i64)
                         .bind(it.mtime_ns)
+                        .bind(it.ctime_ns)
                         .bind(&it.dst_version)
                         .execute(&mut *tx)
                         .await?;

@@ -47,6 +47,7 @@ async fn story(store: &Store) {
             name: format!("file-{i}"),
             size: i,
             mtime_ns: 1_700_000_000_000_000_000 + i as i64,
+            ctime_ns: None,
             dst_version: (i % 3 == 0).then(|| format!("\"etag-{i}\"")),
         })
         .collect();
@@ -60,6 +61,7 @@ async fn story(store: &Store) {
                 name: "file-0".into(),
                 size: 7,
                 mtime_ns: 9,
+                ctime_ns: Some(11),
                 dst_version: None,
             }],
         )
@@ -68,9 +70,9 @@ async fn story(store: &Store) {
     assert_eq!(store.done_count(cp.run_id).await.unwrap(), 300);
     let root = all_done(store, cp.run_id, "").await.unwrap();
     assert_eq!(root.len(), 150);
-    assert_eq!(root["file-0"], (7, 9, None));
-    assert_eq!(root["file-2"], (2, 1_700_000_000_000_000_002, None));
-    assert_eq!(root["file-6"], (6, 1_700_000_000_000_000_006, Some("\"etag-6\"".to_string())));
+    assert_eq!(root["file-0"], k(7, 9, Some(11), None));
+    assert_eq!(root["file-2"], k(2, 1_700_000_000_000_000_002, None, None));
+    assert_eq!(root["file-6"], k(6, 1_700_000_000_000_000_006, None, Some("\"etag-6\"")));
     let sub = all_done(store, cp.run_id, "sub/dir").await.unwrap();
     assert_eq!(sub.len(), 150);
     assert!(all_done(store, other.run_id, "").await.unwrap().is_empty(), "runs are separate");
@@ -84,6 +86,7 @@ async fn story(store: &Store) {
             name: n.to_string(),
             size: 1,
             mtime_ns: 1,
+            ctime_ns: None,
             dst_version: None,
         })
         .collect();
@@ -100,10 +103,14 @@ async fn story(store: &Store) {
         name: "b\"c".into(),
         size: 1,
         mtime_ns: 1,
+        ctime_ns: Some(-5),
         dst_version: Some("v'1".into()),
     };
     store.record_done(other.run_id, std::slice::from_ref(&odd)).await.unwrap();
-    assert_eq!(all_done(store, other.run_id, &odd.dir).await.unwrap()["b\"c"], (1, 1, Some("v'1".into())));
+    assert_eq!(
+        all_done(store, other.run_id, &odd.dir).await.unwrap()["b\"c"],
+        k(1, 1, Some(-5), Some("v'1"))
+    );
 
     // A finished run is not resumed, but its known state stays.
     store.finish_run(cp.run_id).await.unwrap();
@@ -152,6 +159,10 @@ async fn story_on_postgres() {
         assert!(again.begin_run("key-2", "/src", "/dst").await.unwrap().resumed);
     }
     sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+}
+
+fn k(size: u64, mtime_ns: i64, ctime_ns: Option<i64>, dst_version: Option<&str>) -> Known {
+    Known { size, mtime_ns, ctime_ns, dst_version: dst_version.map(str::to_string) }
 }
 
 /// A directory's done set read page by page (7 at a time), checking that

@@ -639,3 +639,63 @@ fn a_pair_runs_once_at_a_time() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.json()["resumed"], true);
 }
+
+/// A chmod or chown of a file whose content did not change reaches its
+/// copies: a local copy gets it in place (same inode, no bytes written), an
+/// object is written again. The checkpoint keeps the source's ctime, which
+/// such a change moves, so a rerun looks at that file; nothing churns after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attribute_changes_reach_copies() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s3 = S3Server::start(&["bkt-attrs"]).await;
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, back, state) =
+        (tmp.path().join("src"), tmp.path().join("dst"), tmp.path().join("back"), tmp.path().join("state"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("mode.txt"), b"chmod me").unwrap();
+    std::fs::write(src.join("owner.txt"), b"chown me").unwrap();
+    std::fs::write(src.join("same.txt"), b"leave me").unwrap();
+    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let sync = |from: &str, to: &str, extra: &[&str]| {
+        let r = ferry(&state, &env, &[&["sync", from, to, "--json"], extra].concat());
+        assert_eq!(r.code, 0, "{from} -> {to}: {}\n{}", r.stdout, r.stderr);
+        r.json()
+    };
+    sync(s, d, &[]);
+    sync(s, "s3://bkt-attrs/p", &[]);
+    // A no-op rerun: from now on the checkpoint knows each object's version,
+    // and the next run skips unchanged files without a request.
+    assert_eq!(sync(s, "s3://bkt-attrs/p", &[])["transferred"], 0);
+    let inode = std::fs::metadata(dst.join("mode.txt")).unwrap().ino();
+
+    std::fs::set_permissions(src.join("mode.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(src.join("owner.txt"), Some(1234), Some(5678)).unwrap();
+
+    let plan = sync(s, d, &["--dry-run"]);
+    let lines: Vec<String> =
+        plan["plan"].as_array().unwrap().iter().map(|l| format!("{} {}", l["action"], l["path"])).collect();
+    assert_eq!(lines, ["\"update\" \"mode.txt\"", "\"update\" \"owner.txt\""], "{plan}");
+
+    // Local: in place.
+    let j = sync(s, d, &[]);
+    assert_eq!((j["transferred"].as_u64(), j["transferred_bytes"].as_u64()), (Some(2), Some(0)), "{j}");
+    let md = std::fs::metadata(dst.join("mode.txt")).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.ino()), (0o600, inode), "new mode, same file");
+    let md = std::fs::metadata(dst.join("owner.txt")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+
+    // Object store: written again, and they come back with the new attributes.
+    let j = sync(s, "s3://bkt-attrs/p", &[]);
+    assert_eq!((j["transferred"].as_u64(), j["skipped"].as_u64()), (Some(2), Some(1)), "{j}");
+    sync("s3://bkt-attrs/p", back.to_str().unwrap(), &[]);
+    assert_eq!(std::fs::metadata(back.join("mode.txt")).unwrap().mode() & 0o7777, 0o600);
+    let md = std::fs::metadata(back.join("owner.txt")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+
+    // Nothing churns afterwards.
+    for to in [d, "s3://bkt-attrs/p"] {
+        let j = sync(s, to, &[]);
+        assert_eq!(j["transferred"], 0, "{to}: {j}");
+    }
+}
