@@ -77,6 +77,9 @@ struct Walk {
     /// Mode, owner and group of the destination directory, when it exists
     /// and is local.
     dst_meta: Option<PosixMeta>,
+    /// The checkpoint holds this (local) directory as it is now: its copy's
+    /// attributes need no look.
+    known: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -269,7 +272,7 @@ impl Run {
                 }
             }
         }
-        let root = Walk { path: String::new(), src: None, dst: WalkDst::Exists, dst_meta: None };
+        let root = Walk { path: String::new(), src: None, dst: WalkDst::Exists, dst_meta: None, known: true };
         let mut queue: VecDeque<Walk> = VecDeque::from([root]);
         let mut running = FuturesUnordered::new();
         loop {
@@ -345,7 +348,7 @@ impl Run {
             }
         };
         if let Some(s) = walk.src {
-            if !self.settle_dir(s, walk.dst, walk.dst_meta, src_list.marker).await {
+            if !self.settle_dir(s, walk.dst, walk.dst_meta, src_list.marker, walk.known).await {
                 return Vec::new();
             }
         }
@@ -403,9 +406,19 @@ impl Run {
                     p.excluded.fetch_add(1, Relaxed);
                     continue;
                 }
+                // Asked in name order, with the files of this level.
+                let known = match &mut done {
+                    Some(c) => c.get(s.name()).await,
+                    None => None,
+                };
+                let known = known.is_some_and(|k| {
+                    k.ctime_ns.is_some()
+                        && k.ctime_ns == s.local.map(|l| l.ctime_ns)
+                        && Some(k.mtime_ns) == s.mtime_ns
+                });
                 if let Some(dst) = self.scan_subdir(&s, d.as_ref()) {
                     let dst_meta = d.filter(|d| d.local.is_some()).map(|d| d.meta);
-                    subdirs.push(Walk { path: s.path.clone(), src: Some(s), dst, dst_meta });
+                    subdirs.push(Walk { path: s.path.clone(), src: Some(s), dst, dst_meta, known });
                 }
                 continue;
             }
@@ -516,6 +529,7 @@ impl Run {
         dst: WalkDst,
         dst_meta: Option<PosixMeta>,
         marker: bool,
+        known: bool,
     ) -> bool {
         let p = &self.progress;
         let wanted = dst == WalkDst::Create || (dst == WalkDst::Exists && self.note_dir_times());
@@ -555,11 +569,51 @@ impl Run {
                     p.warn(format!("{}: directory attributes not updated: {e}", s.path));
                 }
             }
+        } else if dst == WalkDst::Exists && !known && self.dir_marker_checked(&s) {
+            // A local directory whose copy is a marker object: look at the
+            // marker unless the checkpoint says the directory is as it was.
+            match self.dst.stat_dir(&s.path).await {
+                Ok(Some((have, _))) if !self.attrs_differ(&s, &have) => {}
+                Ok(_) => match self.dst.create_dir(&s.path, &want).await {
+                    Ok(()) => {
+                        p.skipped.fetch_sub(1, Relaxed);
+                        p.transferred.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => p.warn(format!("{}: directory attributes not updated: {e}", s.path)),
+                },
+                Err(e) => p.warn(format!("{}: directory attributes not checked: {e}", s.path)),
+            }
+        }
+        if dst != WalkDst::Missing && self.dir_marker_checked(&s) {
+            self.remember_dir(&s).await;
         }
         if dst != WalkDst::Missing {
             self.note_dir_time(&s);
         }
         true
+    }
+
+    /// Whether a local directory's copy is an object store's marker whose
+    /// attributes a run keeps in line (see [`Self::attrs_differ`]).
+    fn dir_marker_checked(&self, s: &Entry) -> bool {
+        s.local.is_some() && !self.dst.is_posix() && !self.opts.dry_run && !self.check_only
+    }
+
+    /// Record a directory as settled, with its ctime, so that the next run
+    /// looks at its marker only when a chmod, chown or new entry moved it.
+    async fn remember_dir(&self, s: &Entry) {
+        if let Some(rec) = &self.recorder {
+            let (parent, name) = s.path.rsplit_once('/').unwrap_or(("", s.path.as_str()));
+            rec.record(DoneItem {
+                dir: parent.to_string(),
+                name: name.to_string(),
+                size: 0,
+                mtime_ns: s.mtime_ns.unwrap_or(0),
+                ctime_ns: s.local.map(|l| l.ctime_ns),
+                dst_version: None,
+            })
+            .await;
+        }
     }
 
     /// Whether directory mtimes are set at the end of the run.

@@ -190,6 +190,37 @@ async fn directories_keep_their_attributes_through_a_bucket() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.json()["deleted"], 1, "{}", r.stdout);
     assert_eq!(dir_attrs(&back), want, "directory attributes after changes inside");
+
+    // A chmod or chown of an uploaded directory reaches its marker; an
+    // unchanged tree rewrites none.
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt/t", "--json"]);
+    assert_eq!(r.json()["transferred"], 0, "{}", r.stdout);
+    let mtime =
+        |p: &std::path::Path| dir_attrs(p.parent().unwrap())[p.file_name().unwrap().to_str().unwrap()].3;
+    let keep = mtime(&src.join("dir/sub"));
+    std::fs::set_permissions(src.join("dir/sub"), std::os::unix::fs::PermissionsExt::from_mode(0o705))
+        .unwrap();
+    std::os::unix::fs::chown(src.join("empty dir"), Some(77), Some(88)).unwrap();
+    assert_eq!(mtime(&src.join("dir/sub")), keep, "a chmod leaves the mtime");
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt/t", "--json"]);
+    assert_eq!(
+        r.code, 0,
+        "{}
+{}",
+        r.stdout, r.stderr
+    );
+    assert_eq!(r.json()["transferred"], 2, "{}", r.stdout);
+    let back3 = tmp.path().join("back3");
+    let r = ferry(&state, &env, &["sync", "s3://bkt/t", back3.to_str().unwrap()]);
+    assert_eq!(
+        r.code, 0,
+        "{}
+{}",
+        r.stdout, r.stderr
+    );
+    assert_eq!(dir_attrs(&back3), dir_attrs(&src), "directory attributes after a chmod and a chown");
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt/t", "--json"]);
+    assert_eq!(r.json()["transferred"], 0, "{}", r.stdout);
 }
 
 /// `azblob://` for real, on Azurite: Azure metadata names must be C#
