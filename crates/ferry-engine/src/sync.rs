@@ -584,7 +584,7 @@ impl Run {
                 Err(e) => p.warn(format!("{}: directory attributes not checked: {e}", s.path)),
             }
         }
-        if dst != WalkDst::Missing && self.dir_marker_checked(&s) {
+        if dst != WalkDst::Missing && !known && self.dir_marker_checked(&s) {
             self.remember_dir(&s).await;
         }
         if dst != WalkDst::Missing {

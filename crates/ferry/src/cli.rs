@@ -157,6 +157,11 @@ Locations:
   file:///dir               a bucket emulated by a local directory
   memory://                 an in-memory bucket (tests)
 
+Resumable: finished items are recorded in a checkpoint (--state-db); a rerun
+after an interruption skips them and, on s3://, first aborts the multipart
+uploads the interrupted run left open (`ferry cleanup` clears those of runs
+never resumed). One run of a SRC, DST and options at a time.
+
 Exit status: 0 when every item succeeded, 1 when some failed (the summary names
 them and why), 2 on usage or fatal errors.";
 
