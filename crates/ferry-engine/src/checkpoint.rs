@@ -44,10 +44,13 @@ fn begun_within(initiated: Option<std::time::SystemTime>, window: (i64, i64)) ->
 
 /// Abort the multipart uploads an interrupted run left open at `dst`: those
 /// begun while it was active (`window`, ms since the epoch, widened by
-/// [`CLOCK_SLACK`]). Runs before anything is written, so none of this run's
-/// own uploads exist yet. Returns how many were aborted; trouble is a
-/// warning, not a failure (the uploads only cost space).
+/// [`CLOCK_SLACK`]) for a key whose source is a file in `src` (another
+/// writer under the same prefix at the same time is left alone unless it
+/// writes the very keys this run writes). Runs before anything is written,
+/// so none of this run's own uploads exist yet. Returns how many were
+/// aborted; trouble is a warning, not a failure (the uploads only cost space).
 pub(crate) async fn abort_left_uploads(
+    src: &ferry_storage::Location,
     dst: &ferry_storage::ObjectRoot,
     window: (i64, i64),
     progress: &crate::progress::Progress,
@@ -61,6 +64,10 @@ pub(crate) async fn abort_left_uploads(
     };
     let mut aborted = 0;
     for u in uploads.iter().filter(|u| begun_within(u.initiated, window)) {
+        match src.stat(&u.key).await {
+            Ok(Some((e, _))) if e.kind == ferry_model::EntryKind::File => {}
+            _ => continue,
+        }
         match dst.abort_upload(u).await {
             Ok(()) => aborted += 1,
             Err(e) => progress.warn(format!("could not abort the interrupted upload of {}: {e}", u.key)),

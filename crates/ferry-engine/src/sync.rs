@@ -144,7 +144,8 @@ impl Sync {
             (recorder.as_ref().and_then(|r| r.checkpoint.interrupted), &self.dst)
         {
             if dst.tracks_uploads() {
-                aborted_uploads = checkpoint::abort_left_uploads(dst, window, &self.progress).await;
+                aborted_uploads =
+                    checkpoint::abort_left_uploads(&self.src, dst, window, &self.progress).await;
             }
         }
         let run = Arc::new(Run {

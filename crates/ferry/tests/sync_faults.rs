@@ -178,33 +178,40 @@ async fn uploads_left_open_by_a_killed_run_are_aborted() {
     std::fs::write(src.join("big.bin"), &body).unwrap();
     let env = s3.env();
 
-    // One run to q is killed and never resumed; one to p is killed, then resumed.
+    // One run to q is killed and never resumed; so is a run of another
+    // source to p; one to p is killed, then resumed.
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("other.bin"), &body).unwrap();
     kill_during_upload(&s3, &state, &src, "s3://bkt-mp/q").await;
+    kill_during_upload(&s3, &state, &other, "s3://bkt-mp/p").await;
     kill_during_upload(&s3, &state, &src, "s3://bkt-mp/p").await;
-    assert_eq!(s3.open_uploads(), ["bkt-mp/p/big.bin", "bkt-mp/q/big.bin"]);
+    assert_eq!(s3.open_uploads(), ["bkt-mp/p/big.bin", "bkt-mp/p/other.bin", "bkt-mp/q/big.bin"]);
 
     // By default only uploads older than a day go; a dry run aborts nothing.
     let r = ferry(&state, &env, &["cleanup", "s3://bkt-mp/p", "--json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let j = r.json();
-    assert_eq!((j["found"].as_u64(), j["kept"].as_u64(), j["aborted"].as_u64()), (Some(1), Some(1), Some(0)));
+    assert_eq!((j["found"].as_u64(), j["kept"].as_u64(), j["aborted"].as_u64()), (Some(2), Some(2), Some(0)));
     let r = ferry(&state, &env, &["cleanup", "s3://bkt-mp/p", "--older-than", "0", "--dry-run"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.starts_with("would abort ") && r.stdout.contains("big.bin"), "{}", r.stdout);
-    assert_eq!(s3.open_uploads().len(), 2);
+    assert_eq!(s3.open_uploads().len(), 3);
 
-    // The resumed run aborts what its interrupted run left, nothing else.
+    // The resumed run aborts what its interrupted run left, nothing else:
+    // not the upload of another source under the same prefix.
     let r = ferry(&state, &env, &["sync", src.to_str().unwrap(), "s3://bkt-mp/p", "--json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let j = r.json();
     assert_eq!((j["resumed"].as_bool(), j["aborted_uploads"].as_u64()), (Some(true), Some(1)), "{j}");
-    assert_eq!(s3.open_uploads(), ["bkt-mp/q/big.bin"]);
+    assert_eq!(s3.open_uploads(), ["bkt-mp/p/other.bin", "bkt-mp/q/big.bin"]);
     assert!(std::fs::read(s3.root().join("bkt-mp/p/big.bin")).unwrap() == body);
 
-    // Cleanup of the whole bucket takes the other one.
+    // Cleanup of the whole bucket takes the others.
     let r = ferry(&state, &env, &["cleanup", "s3://bkt-mp", "--older-than", "0"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("aborted ") && r.stdout.contains("q/big.bin"), "{}", r.stdout);
+    assert!(r.stdout.contains("p/other.bin"), "{}", r.stdout);
     assert!(s3.open_uploads().is_empty());
     let r = ferry(&state, &env, &["cleanup", "s3://bkt-mp", "--older-than", "0", "--json"]);
     assert_eq!(r.json()["found"], 0);
