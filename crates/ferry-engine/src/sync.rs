@@ -292,6 +292,7 @@ impl Run {
 
     /// `--files-from`: look at each named path instead of listing.
     async fn scan_list(self: &Arc<Self>, paths: &[String], tx: mpsc::Sender<Item>) {
+        let mut settled = std::collections::HashSet::new();
         for path in paths {
             let p = &self.progress;
             p.listed.fetch_add(1, Relaxed);
@@ -327,8 +328,34 @@ impl Run {
                 }
             };
             let dir = path.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_default();
+            self.settle_parents(&dir, &mut settled).await;
             if tx.send(Item { src, dst, dir }).await.is_err() {
                 return;
+            }
+        }
+    }
+
+    /// `--files-from` to a local tree: the directories above a listed file
+    /// that are missing get their source's attributes (and, at the end, its
+    /// mtime), as a full run would give them. Existing ones are left alone.
+    async fn settle_parents(&self, dir: &str, settled: &mut std::collections::HashSet<String>) {
+        if !self.note_dir_times() || dir.is_empty() {
+            return;
+        }
+        let mut at = String::new();
+        for part in dir.split('/') {
+            if !at.is_empty() {
+                at.push('/');
+            }
+            at.push_str(part);
+            if !settled.insert(at.clone()) || matches!(self.dst.stat_dir(&at).await, Ok(Some(_))) {
+                continue;
+            }
+            // Unreadable source attributes: the file's copy creates the
+            // directory with default ones, as before.
+            let Ok(Some((s, _))) = self.src.stat_dir(&at).await else { continue };
+            if self.dst.create_dir(&at, &self.write_meta(&s)).await.is_ok() {
+                self.note_dir_time(&s);
             }
         }
     }

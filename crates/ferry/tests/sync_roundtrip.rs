@@ -451,6 +451,25 @@ async fn change_detection_filters_delete_and_dry_run() {
     assert_eq!(j["transferred"], 1, "{j}");
     assert_eq!(j["failures"][0]["path"], "not-there");
     assert!(dst.join("logs/x.log").exists());
+
+    // Directories above listed files that are missing get their source's
+    // mode and mtime, as a full run gives them.
+    std::fs::create_dir_all(src.join("deep/er")).unwrap();
+    std::fs::write(src.join("deep/er/f.txt"), "deep").unwrap();
+    for (d, mode, ns) in
+        [("deep", 0o751, 1_400_000_000_111_111_111), ("deep/er", 0o700, 1_400_000_000_222_222_222)]
+    {
+        std::fs::set_permissions(src.join(d), std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+        set_mtime(&src.join(d), ns);
+    }
+    std::fs::write(&list, "deep/er/f.txt\n").unwrap();
+    let r = common::ferry(&state, &[], &["sync", s, d, "--files-from", list.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let attrs = |root: &std::path::Path| {
+        let a = dir_attrs(root);
+        (a["deep"], a["deep/er"])
+    };
+    assert_eq!(attrs(&dst), attrs(&src), "mode, owner, group and mtime of the created parents");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
