@@ -589,8 +589,7 @@ impl Run {
                 self.note_dir_times() && s.meta_loaded && self.opts.attributes.is_none()
             })
         {
-            let differs = |a: Option<u32>, b: Option<u32>| a.is_some() && a != b;
-            if differs(want.mode, have.mode) || differs(want.uid, have.uid) || differs(want.gid, have.gid) {
+            if attrs_change(&want, &have, true) {
                 // Applied to the existing directory (only what can change:
                 // owner and group need root).
                 if let Err(e) = self.dst.create_dir(&s.path, &want).await {
@@ -876,13 +875,7 @@ impl Run {
         {
             return false;
         }
-        let (want, have) = (self.write_meta(s), d.meta);
-        if have.mode.is_none() {
-            return false;
-        }
-        let differs = |a: Option<u32>, b: Option<u32>| a.is_some() && a != b;
-        differs(want.mode.map(|m| m & 0o7777), have.mode.map(|m| m & 0o7777))
-            || self.dst.keeps_owner() && (differs(want.uid, have.uid) || differs(want.gid, have.gid))
+        d.meta.mode.is_some() && attrs_change(&self.write_meta(s), &d.meta, self.dst.keeps_owner())
     }
 
     async fn load_src_meta(&self, s: &mut Entry) -> Result<(), StorageError> {
@@ -1138,6 +1131,14 @@ fn check_stored_crc(s: &Entry, got: u32) -> Result<(), StorageError> {
         }),
         _ => Ok(()),
     }
+}
+
+/// Whether a copy with attributes `have` needs `want`'s permission bits,
+/// or (with `owner`) its owner and group; what `want` leaves unset is kept.
+fn attrs_change(want: &PosixMeta, have: &PosixMeta, owner: bool) -> bool {
+    let differs = |a: Option<u32>, b: Option<u32>| a.is_some() && a != b;
+    differs(want.mode.map(|m| m & 0o7777), have.mode.map(|m| m & 0o7777))
+        || owner && (differs(want.uid, have.uid) || differs(want.gid, have.gid))
 }
 
 /// Why an item whose content is the same is written anyway.

@@ -166,15 +166,36 @@ fn migrator(kind: &str) -> Migrator {
 /// takes no lock for SQLite, and racing migrations fail ("table already
 /// exists"). The lock is a file beside the database, held until migrated.
 async fn sqlite_migration_lock(db: &std::path::Path) -> std::io::Result<Option<std::fs::File>> {
-    let name = db.to_string_lossy();
-    if name.is_empty() || name == ":memory:" {
-        return Ok(None);
+    match sqlite_file(db) {
+        Some(name) => lock_file(format!("{name}.migrate-lock").into(), true).await,
+        None => Ok(None),
     }
-    let path = std::path::PathBuf::from(format!("{name}.migrate-lock"));
+}
+
+/// The database file's name; `None` for an in-memory database.
+fn sqlite_file(db: &std::path::Path) -> Option<String> {
+    let name = db.to_string_lossy();
+    (!name.is_empty() && name != ":memory:").then(|| name.into_owned())
+}
+
+/// An exclusive lock on the file at `path` (created, with its directory, if
+/// missing): waited for, or `None` when `wait` is false and another holds
+/// it. Held until the file is dropped, or the process ends.
+async fn lock_file(path: std::path::PathBuf, wait: bool) -> std::io::Result<Option<std::fs::File>> {
     tokio::task::spawn_blocking(move || {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
-        f.lock()?;
-        Ok(Some(f))
+        if wait {
+            f.lock()?;
+            return Ok(Some(f));
+        }
+        match f.try_lock() {
+            Ok(()) => Ok(Some(f)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
     })
     .await
     .map_err(std::io::Error::other)?
@@ -355,28 +376,15 @@ impl Store {
         let digest = Sha256::digest(run_key.as_bytes());
         match &self.backend {
             Backend::Sqlite(p) => {
-                let db = p.connect_options().get_filename().to_path_buf();
-                let name = db.to_string_lossy().into_owned();
-                if name.is_empty() || name == ":memory:" {
+                let Some(name) = sqlite_file(p.connect_options().get_filename()) else {
                     return Ok(Some(RunLock::None));
-                }
-                let dir = std::path::PathBuf::from(format!("{name}.runs"));
-                let path = dir.join(format!("{}.lock", hex::encode(&digest[..16])));
-                let io_err = |source| Error::Connect { url: redact(&name), source: sqlx::Error::Io(source) };
-                tokio::task::spawn_blocking(move || {
-                    std::fs::create_dir_all(&dir)?;
-                    let f =
-                        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
-                    match f.try_lock() {
-                        Ok(()) => Ok(Some(RunLock::File(f))),
-                        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-                        Err(std::fs::TryLockError::Error(e)) => Err(e),
-                    }
-                })
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r)
-                .map_err(io_err)
+                };
+                let path = format!("{name}.runs/{}.lock", hex::encode(&digest[..16]));
+                let lock = lock_file(path.into(), false).await.map_err(|source| Error::Connect {
+                    url: redact(&name),
+                    source: sqlx::Error::Io(source),
+                })?;
+                Ok(lock.map(RunLock::File))
             }
             Backend::Postgres(p) => {
                 let key = i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));

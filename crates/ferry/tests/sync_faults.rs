@@ -147,21 +147,32 @@ async fn kill_9_then_rerun_to_s3() {
 }
 
 /// Start a sync of `src` to `dst` slowly enough to be caught writing a
-/// multipart upload, and kill it once the server has seen the upload begin.
-async fn kill_during_upload(s3: &S3Server, state: &std::path::Path, src: &std::path::Path, dst: &str) {
-    let before = s3.open_uploads().len();
-    let mut child = ferry_cmd(state, &s3.env())
+/// multipart upload, and kill it (SIGKILL) once `begun` says the upload began.
+async fn kill_once_uploading(
+    state: &std::path::Path,
+    env: &[(String, String)],
+    src: &std::path::Path,
+    dst: &str,
+    begun: impl Fn() -> bool,
+) {
+    let mut child = ferry_cmd(state, env)
         .args(["sync", src.to_str().unwrap(), dst, "--bwlimit", "4M", "--part-size", "5M", "--quiet"])
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while s3.open_uploads().len() == before {
+    while !begun() {
         assert!(child.try_wait().unwrap().is_none(), "the run ended before an upload began");
         assert!(std::time::Instant::now() < deadline, "no multipart upload began");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    child.kill().unwrap(); // SIGKILL
+    child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// [`kill_once_uploading`] against the test server, which sees uploads begin.
+async fn kill_during_upload(s3: &S3Server, state: &std::path::Path, src: &std::path::Path, dst: &str) {
+    let before = s3.open_uploads().len();
+    kill_once_uploading(state, &s3.env(), src, dst, || s3.open_uploads().len() > before).await;
 }
 
 /// A run killed in the middle of a multipart upload leaves the upload open
@@ -244,27 +255,8 @@ async fn cleanup_aborts_open_uploads_on_moto() {
         r.json()
     };
 
-    let mut child = ferry_cmd(&state, &env)
-        .args([
-            "sync",
-            src.to_str().unwrap(),
-            "s3://bkt-mp/p",
-            "--bwlimit",
-            "4M",
-            "--part-size",
-            "5M",
-            "--quiet",
-        ])
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while found(&["s3://bkt-mp/p", "-n"])["found"] == 0 {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before an upload began");
-        assert!(std::time::Instant::now() < deadline, "no multipart upload began");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let begun = || found(&["s3://bkt-mp/p", "-n"])["found"] != 0;
+    kill_once_uploading(&state, &env, &src, "s3://bkt-mp/p", begun).await;
 
     assert_eq!(found(&["s3://bkt-mp/other"])["found"], 0, "another prefix has none");
     let j = found(&["s3://bkt-mp/p"]);
