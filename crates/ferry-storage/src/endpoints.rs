@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::location::Env;
-use crate::{Location, OpenOptions};
+use crate::{Location, OpenOptions, UploadChecksum};
 
 /// What a prefix segment keeps unencoded in a location URL.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
@@ -50,6 +50,17 @@ pub struct ObjectStoreConfig {
     /// For `provider = "file"`: the directory holding one subdirectory per bucket.
     #[serde(default)]
     pub root: Option<PathBuf>,
+    /// For `provider = "s3"`: the checksum each upload request carries for
+    /// the store to verify, `"crc32c"` (the default) or `"none"` for stores
+    /// that refuse `x-amz-checksum-*` headers.
+    #[serde(default, deserialize_with = "upload_checksum")]
+    pub checksum: UploadChecksum,
+}
+
+fn upload_checksum<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<UploadChecksum, D::Error> {
+    let v = String::deserialize(d)?;
+    UploadChecksum::parse(&v)
+        .ok_or_else(|| serde::de::Error::custom(format!("checksum {v:?}: use \"crc32c\" or \"none\"")))
 }
 
 fn default_true() -> bool {
@@ -68,6 +79,7 @@ impl ObjectStoreConfig {
             session_token: None,
             path_style: true,
             root: Some(root.into()),
+            checksum: UploadChecksum::default(),
         }
     }
 }
@@ -82,6 +94,7 @@ impl std::fmt::Debug for ObjectStoreConfig {
             .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "***"))
             .field("path_style", &self.path_style)
             .field("root", &self.root)
+            .field("checksum", &self.checksum)
             .finish()
     }
 }
@@ -224,6 +237,9 @@ impl ObjectStores {
                     .append_pair("endpoint", &endpoint)
                     .append_pair("region", store.region.as_deref().unwrap_or("us-east-1"))
                     .append_pair("path_style", if store.path_style { "true" } else { "false" });
+                if provider == Provider::S3 {
+                    url.query_pairs_mut().append_pair("checksum", store.checksum.as_str());
+                }
                 url.to_string()
             }
         };
@@ -284,6 +300,7 @@ mod tests {
             session_token: None,
             path_style: true,
             root: None,
+            checksum: UploadChecksum::default(),
         }
     }
 
@@ -305,6 +322,20 @@ mod tests {
         assert!(err.contains("http://a") && err.contains("secret_access_key"), "{err}");
         let err = ObjectStores::new(vec![s3("http://a"), s3("HTTP://a/")]).unwrap_err().to_string();
         assert!(err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn s3_buckets_carry_the_configured_upload_checksum() {
+        let mut plain = s3("http://a");
+        plain.checksum = UploadChecksum::None;
+        let stores = ObjectStores::new(vec![s3("http://b"), plain]).unwrap();
+        let url = |e| stores.bucket_url(e, "bkt", "p").unwrap().0;
+        assert!(url("http://b").ends_with("&checksum=crc32c"), "{}", url("http://b"));
+        assert!(url("http://a").ends_with("&checksum=none"), "{}", url("http://a"));
+        let bad = serde_json::from_str::<ObjectStoreConfig>(
+            r#"{"endpoint": "x", "provider": "s3", "checksum": "md5"}"#,
+        );
+        assert!(bad.unwrap_err().to_string().contains("use \"crc32c\" or \"none\""));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use futures::Stream;
 pub use endpoints::{check_bucket_name, ObjectStoreConfig, ObjectStores, Provider};
 pub use error::{Error, Result};
 pub use level::{LevelSorter, SortedLevel};
-pub use location::{build_object_root, Env, LocationSpec, ObjectSpec, ProcessEnv, Scheme};
+pub use location::{build_object_root, Env, LocationSpec, ObjectSpec, ProcessEnv, Scheme, UploadChecksum};
 pub use object::{ObjectRoot, PartPolicy};
 pub use posix::{PositionalFile, PosixReader, PosixRoot, PosixWriter, TEMP_PREFIX};
 pub use uploads::Upload;
@@ -346,6 +346,9 @@ impl Sink {
                         tracing::debug!(object = %o.name(), error = %e, "completed despite the error");
                         return Ok(etag);
                     }
+                    // A part refused while closing (say BadDigest) leaves
+                    // the multipart upload open: abort it.
+                    let _ = o.writer.abort().await;
                     Err(Error::store(format!("complete {}", o.name()), e))
                 }
             },

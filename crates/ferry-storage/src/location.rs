@@ -3,7 +3,7 @@
 //! | form | store |
 //! |---|---|
 //! | `/dir`, `./dir`, `dir` | local POSIX directory |
-//! | `s3://bucket/prefix?endpoint=..&region=..&path_style=true` | any S3-compatible store |
+//! | `s3://bucket/prefix?endpoint=..&region=..&path_style=true&checksum=crc32c` | any S3-compatible store |
 //! | `obs://`, `oss://`, `cos://`, `gcs://bucket/prefix`, `azblob://container/prefix` | native clouds |
 //! | `file:///dir` | a bucket emulated by a local directory (metadata in xattrs) |
 //! | `memory://` | in-memory store, for tests |
@@ -65,6 +65,9 @@ pub struct ObjectSpec {
     pub region: Option<String>,
     pub path_style: bool,
     pub anonymous: bool,
+    /// `checksum=crc32c|none` from the URL; `None` leaves it to the
+    /// environment (`AWS_REQUEST_CHECKSUM_CALCULATION`), then CRC32C.
+    pub checksum: Option<UploadChecksum>,
     /// The string the user gave, without query, for messages.
     pub display: String,
 }
@@ -105,6 +108,7 @@ impl LocationSpec {
             region: None,
             path_style: true,
             anonymous: false,
+            checksum: None,
             display,
         };
         for (k, v) in url.query_pairs() {
@@ -113,12 +117,22 @@ impl LocationSpec {
                 "region" => spec.region = Some(v.into_owned()),
                 "path_style" => spec.path_style = parse_bool(&k, &v)?,
                 "anonymous" => spec.anonymous = parse_bool(&k, &v)?,
+                "checksum" => {
+                    spec.checksum = Some(UploadChecksum::parse(&v).ok_or_else(|| {
+                        Error::InvalidLocation(format!("option checksum={v:?}: use crc32c or none"))
+                    })?)
+                }
                 other => {
                     return Err(Error::InvalidLocation(format!(
-                        "unknown option {other:?} in {input:?}: known options are endpoint, region, path_style, anonymous"
+                        "unknown option {other:?} in {input:?}: known options are endpoint, region, path_style, anonymous, checksum"
                     )))
                 }
             }
+        }
+        if spec.checksum.is_some() && scheme != Scheme::S3 {
+            return Err(Error::InvalidLocation(format!(
+                "option checksum in {input:?}: only s3:// locations take it"
+            )));
         }
         let path = percent_encoding::percent_decode_str(url.path())
             .decode_utf8()
@@ -164,6 +178,46 @@ impl LocationSpec {
             }
         }
         Ok(LocationSpec::Object(spec))
+    }
+}
+
+/// What an S3 upload sends for the server to check each request body
+/// against: with CRC32C, every PutObject and UploadPart carries
+/// `x-amz-checksum-crc32c` of the bytes as ferry read them, and the store
+/// refuses a body changed on the way (`BadDigest`, retried) instead of
+/// storing it. Stores that refuse the header take `checksum=none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UploadChecksum {
+    #[default]
+    Crc32c,
+    None,
+}
+
+impl UploadChecksum {
+    pub fn parse(v: &str) -> Option<Self> {
+        match v.to_ascii_lowercase().as_str() {
+            "crc32c" => Some(UploadChecksum::Crc32c),
+            "none" | "off" | "false" => Some(UploadChecksum::None),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadChecksum::Crc32c => "crc32c",
+            UploadChecksum::None => "none",
+        }
+    }
+
+    /// The URL's choice, else the AWS SDKs' switch
+    /// (`AWS_REQUEST_CHECKSUM_CALCULATION=when_required` sends none), else CRC32C.
+    fn resolve(spec: Option<Self>, env: &dyn Env) -> Self {
+        spec.unwrap_or_else(|| {
+            match env.var("AWS_REQUEST_CHECKSUM_CALCULATION").map(|v| v.to_ascii_lowercase()).as_deref() {
+                Some("when_required") => UploadChecksum::None,
+                _ => UploadChecksum::Crc32c,
+            }
+        })
     }
 }
 
@@ -223,6 +277,9 @@ pub fn build_object_root(
             }
             if !spec.path_style {
                 b = b.enable_virtual_host_style();
+            }
+            if UploadChecksum::resolve(spec.checksum, env) == UploadChecksum::Crc32c {
+                b = b.checksum_algorithm("crc32c");
             }
             let keys = if spec.anonymous {
                 b = b.skip_signature();
@@ -403,9 +460,22 @@ mod tests {
         assert!(err("s3:///prefix").contains("names no bucket"));
         assert!(err("s3://b/p?colour=red").contains("unknown option"));
         assert!(err("s3://b/p?path_style=maybe").contains("true or false"));
+        assert!(err("s3://b/p?checksum=sha1").contains("use crc32c or none"));
+        assert!(err("gcs://b/p?checksum=none").contains("only s3://"));
         assert!(err("s3://b/a/../c").contains("'..'"));
         assert!(err("file://host/dir").contains("absolute directory"));
         assert!(err("").contains("empty"));
+    }
+
+    #[test]
+    fn upload_checksums_default_to_crc32c() {
+        let env = |v: &'static str| MapEnv(HashMap::from([("AWS_REQUEST_CHECKSUM_CALCULATION", v)]));
+        let resolve = |url: &str, v| UploadChecksum::resolve(obj(url).checksum, &env(v));
+        assert_eq!(resolve("s3://b/p", ""), UploadChecksum::Crc32c);
+        assert_eq!(resolve("s3://b/p", "when_supported"), UploadChecksum::Crc32c);
+        assert_eq!(resolve("s3://b/p", "WHEN_REQUIRED"), UploadChecksum::None);
+        assert_eq!(resolve("s3://b/p?checksum=crc32c", "when_required"), UploadChecksum::Crc32c);
+        assert_eq!(resolve("s3://b/p?checksum=none", ""), UploadChecksum::None);
     }
 
     #[test]

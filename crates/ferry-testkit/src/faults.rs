@@ -178,6 +178,8 @@ struct State {
     list_truncated_without_token: bool,
     /// How many more small GET bodies to deliver with one byte changed.
     corrupt_left: u32,
+    corrupt_uploads_left: u32,
+    uploads_corrupted: u32,
     /// How many more CompleteMultipartUpload answers to lose (the upload
     /// is completed, then the connection drops).
     lose_complete_left: u32,
@@ -208,6 +210,8 @@ impl Default for State {
             list_failure: None,
             list_truncated_without_token: false,
             corrupt_left: 0,
+            corrupt_uploads_left: 0,
+            uploads_corrupted: 0,
             lose_complete_left: 0,
             delays: [std::time::Duration::ZERO; 6],
             rng: StdRng::seed_from_u64(DEFAULT_SEED),
@@ -287,6 +291,26 @@ impl Faults {
 
     pub(crate) fn list_truncated_without_token(&self) -> bool {
         self.state().list_truncated_without_token
+    }
+
+    /// Change one byte of the request body of the next `n` uploads
+    /// (PutObject and UploadPart) on their way to the store, after the
+    /// client computed whatever checksum it sends.
+    pub fn corrupt_uploads(&self, n: u32) {
+        self.state().corrupt_uploads_left = n;
+    }
+
+    pub(crate) fn corrupt_upload(&self) -> bool {
+        let mut st = self.state();
+        let hit = st.corrupt_uploads_left > 0;
+        st.corrupt_uploads_left = st.corrupt_uploads_left.saturating_sub(1);
+        st.uploads_corrupted += u32::from(hit);
+        hit
+    }
+
+    /// How many upload bodies [`Faults::corrupt_uploads`] changed so far.
+    pub fn uploads_corrupted(&self) -> u32 {
+        self.state().uploads_corrupted
     }
 
     pub(crate) fn corrupt_body(&self) -> bool {

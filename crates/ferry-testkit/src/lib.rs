@@ -217,7 +217,11 @@ async fn handle(
     if let uploads::Call::List { bucket, prefix } = &call {
         return Ok(xml_response(StatusCode::OK, shared.uploads.list_xml(bucket, prefix)));
     }
-    let resp = service.call(req.map(s3s::Body::from)).await.map_err(BoxError::from)?;
+    let req = match upload_body(&shared, req).await? {
+        Ok(req) => req,
+        Err(resp) => return Ok(resp),
+    };
+    let resp = service.call(req).await.map_err(BoxError::from)?;
     let mut resp = resp.map(|b| b.boxed_unsync());
     if resp.status().is_success() {
         match call {
@@ -279,6 +283,45 @@ async fn handle(
         }
     }
     Ok(resp)
+}
+
+/// The body of an upload (PutObject, UploadPart), passed on as it came, or
+/// with one byte changed when that fault is armed. An UploadPart whose
+/// `x-amz-checksum-crc32c` does not match its body is refused with
+/// `BadDigest`, as S3 does; s3s-fs checks it for PutObject only.
+async fn upload_body(
+    shared: &Shared,
+    req: Request<Incoming>,
+) -> Result<Result<Request<s3s::Body>, Response<RespBody>>, BoxError> {
+    let is_upload = req.method() == hyper::Method::PUT
+        && !req.uri().path().trim_start_matches('/').split_once('/').is_none_or(|(_, key)| key.is_empty())
+        && !req.headers().contains_key("x-amz-copy-source");
+    let is_part = req.uri().query().unwrap_or("").split('&').any(|kv| kv.starts_with("partNumber="));
+    let want_crc =
+        req.headers().get("x-amz-checksum-crc32c").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if !is_upload {
+        return Ok(Ok(req.map(s3s::Body::from)));
+    }
+    let corrupt = req.body().size_hint().lower() > 0 && shared.faults.corrupt_upload();
+    let check = is_part && want_crc.is_some();
+    if !(corrupt || check) {
+        return Ok(Ok(req.map(s3s::Body::from)));
+    }
+    let (parts, body) = req.into_parts();
+    let mut bytes = body.collect().await?.to_bytes().to_vec();
+    if corrupt && !bytes.is_empty() {
+        let mid = bytes.len() / 2;
+        bytes[mid] = bytes[mid].wrapping_add(1);
+    }
+    if let (true, Some(want)) = (is_part, want_crc) {
+        use base64::Engine as _;
+        let got = base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(&bytes).to_be_bytes());
+        if got != want {
+            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>BadDigest</Code><Message>The CRC32C you specified did not match the calculated checksum.</Message><RequestId>ferry-testkit</RequestId></Error>";
+            return Ok(Err(xml_response(StatusCode::BAD_REQUEST, xml.to_owned())));
+        }
+    }
+    Ok(Ok(Request::from_parts(parts, s3s::Body::from(Bytes::from(bytes)))))
 }
 
 fn error_response(status: u16) -> Response<RespBody> {

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use ferry_storage::{ObjectStoreConfig, ObjectStores, Provider};
+use ferry_storage::{ObjectStoreConfig, ObjectStores, Provider, UploadChecksum};
 use ferry_store::SecretKey;
 use serde::Deserialize;
 
@@ -96,6 +96,10 @@ fn override_store(i: usize, s: &mut ObjectStoreConfig) -> Result<()> {
     }
     if let Some(v) = env(&k("ROOT")) {
         s.root = Some(PathBuf::from(v));
+    }
+    if let Some(v) = env(&k("CHECKSUM")) {
+        s.checksum = UploadChecksum::parse(&v)
+            .ok_or_else(|| anyhow::anyhow!("{}={v:?}: use crc32c or none", k("CHECKSUM")))?;
     }
     Ok(())
 }
@@ -229,5 +233,11 @@ mod tests {
             parse_file("[[object_stores]]\nendpoint = \"a\"\nprovider = \"ftp\"\n").unwrap_err()
         );
         assert!(err.contains("ftp"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse_file("[[object_stores]]\nendpoint = \"a\"\nprovider = \"s3\"\nchecksum = \"md5\"\n")
+                .unwrap_err()
+        );
+        assert!(err.contains("checksum \"md5\": use \"crc32c\" or \"none\""), "{err}");
     }
 }

@@ -350,6 +350,74 @@ async fn a_corrupted_body_is_fetched_again_and_never_stored() {
     assert!(files.is_empty(), "nothing written: {files:?}");
 }
 
+/// A byte changed on the way up: every upload carries the CRC32C of what
+/// ferry read, the store refuses a body that does not match it (BadDigest),
+/// and the item is sent again; no changed object is stored, single PUT or
+/// multipart. With `checksum=none` the same fault stores a corrupt object,
+/// which only the reader's CRC32C check then catches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_changed_on_the_way_up_is_refused_and_sent_again() {
+    let s3 = S3Server::start(&["bkt-up"]).await;
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (small, large, state) =
+        (tmp.path().join("small"), tmp.path().join("large"), tmp.path().join("state"));
+    many_files(&small, 12, 3000);
+    std::fs::create_dir_all(&large).unwrap();
+    let body: Vec<u8> = (0..12u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    std::fs::write(large.join("big.bin"), &body).unwrap();
+
+    let mut corrupted = 0;
+    for (src, prefix, n) in [(&small, "small", 4), (&large, "large", 2)] {
+        s3.faults().corrupt_uploads(n);
+        let dst = format!("s3://bkt-up/{prefix}");
+        let r = ferry(&state, &env, &["sync", src.to_str().unwrap(), &dst, "--part-size", "5M", "--json"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        corrupted += n;
+        assert_eq!(s3.faults().uploads_corrupted(), corrupted, "the fault hit {n} uploads of {prefix}");
+        for f in all_names(src).into_iter().filter(|p| p.is_file()) {
+            let rel = f.strip_prefix(src).unwrap();
+            let stored = std::fs::read(s3.root().join("bkt-up").join(prefix).join(rel)).unwrap();
+            assert!(stored == std::fs::read(&f).unwrap(), "{prefix}/{} stored as read", rel.display());
+        }
+    }
+    assert!(s3.open_uploads().is_empty());
+
+    // Without the checksum the same fault lands. A small object's CRC32C,
+    // kept in its metadata, lets a reader refuse it; a multipart object's
+    // content has no such record.
+    let stored_changed = |prefix: &str, src: &std::path::Path| {
+        let files = all_names(src).into_iter().filter(|p| p.is_file());
+        files
+            .filter(|f| {
+                let stored = s3.root().join("bkt-up").join(prefix).join(f.strip_prefix(src).unwrap());
+                std::fs::read(stored).unwrap() != std::fs::read(f).unwrap()
+            })
+            .count()
+    };
+    for (src, prefix) in [(&small, "unchecked-small"), (&large, "unchecked-large")] {
+        s3.faults().corrupt_uploads(1);
+        let dst = format!("s3://bkt-up/{prefix}?checksum=none");
+        let r = ferry(&state, &env, &["sync", src.to_str().unwrap(), &dst, "--part-size", "5M", "--json"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        corrupted += 1;
+        assert_eq!(s3.faults().uploads_corrupted(), corrupted);
+        assert_eq!(stored_changed(prefix, src), 1, "{prefix}: the changed body was stored");
+    }
+    let back = tmp.path().join("back");
+    let r = ferry(&state, &env, &["sync", "s3://bkt-up/unchecked-small", back.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.json()["failures"][0]["reason"].as_str().unwrap().contains("checksum mismatch"),
+        "{}",
+        r.stdout
+    );
+
+    let r = ferry(&state, &env, &["sync", large.to_str().unwrap(), "s3://bkt-up/x?checksum=md4"]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("checksum=\"md4\": use crc32c or none"), "{}", r.stderr);
+}
+
 /// Source files that grow, shrink or disappear while they are copied fail
 /// their items: nothing at the final name (no object, no open upload), no
 /// temporary file; the next run copies what is there then.
