@@ -335,11 +335,18 @@ impl Run {
         }
     }
 
-    /// `--files-from` to a local tree: the directories above a listed file
-    /// that are missing get their source's attributes (and, at the end, its
-    /// mtime), as a full run would give them. Existing ones are left alone.
+    /// `--files-from`: the directories above a listed file that are missing
+    /// at the destination get their source's attributes (and, on a local
+    /// tree, its mtime at the end), as a full run would give them: a local
+    /// directory, or a marker object. Existing ones are left alone. Service
+    /// exports (which do not update attributes) skip this.
     async fn settle_parents(&self, dir: &str, settled: &mut std::collections::HashSet<String>) {
-        if !self.note_dir_times() || dir.is_empty() {
+        let wanted = self.note_dir_times()
+            || (!self.dst.is_posix()
+                && self.opts.update_attributes
+                && !self.opts.dry_run
+                && !self.check_only);
+        if !wanted || dir.is_empty() {
             return;
         }
         let mut at = String::new();
@@ -586,32 +593,45 @@ impl Run {
             // Forced attributes (a preload) are for what the run creates: an
             // existing directory keeps what import or its users gave it.
             dst_meta.filter(|_| {
-                self.note_dir_times() && s.meta_loaded && self.opts.attributes.is_none()
+                self.dst.is_posix() && !self.check_only && s.meta_loaded && self.opts.attributes.is_none()
             })
         {
             if attrs_change(&want, &have, true) {
-                // Applied to the existing directory (only what can change:
-                // owner and group need root).
-                if let Err(e) = self.dst.create_dir(&s.path, &want).await {
+                if self.opts.dry_run {
+                    p.plan("update", &s.path, 0, ATTRS_DIFFER);
+                } else if let Err(e) = self.dst.create_dir(&s.path, &want).await {
+                    // Applied to the existing directory (only what can
+                    // change: owner and group need root).
                     p.warn(format!("{}: directory attributes not updated: {e}", s.path));
                 }
             }
         } else if dst == WalkDst::Exists && !known && self.dir_marker_checked(&s) {
             // A local directory whose copy is a marker object: look at the
             // marker unless the checkpoint says the directory is as it was.
-            match self.dst.stat_dir(&s.path).await {
-                Ok(Some((have, _))) if !self.attrs_differ(&s, &have) => {}
+            let rewrite = match self.dst.stat_dir(&s.path).await {
+                Ok(Some((have, _))) if !self.attrs_differ(&s, &have) => false,
+                Ok(_) if self.opts.dry_run => {
+                    p.plan("update", &s.path, 0, ATTRS_DIFFER);
+                    true
+                }
                 Ok(_) => match self.dst.create_dir(&s.path, &want).await {
-                    Ok(()) => {
-                        p.skipped.fetch_sub(1, Relaxed);
-                        p.transferred.fetch_add(1, Relaxed);
+                    Ok(()) => true,
+                    Err(e) => {
+                        p.warn(format!("{}: directory attributes not updated: {e}", s.path));
+                        false
                     }
-                    Err(e) => p.warn(format!("{}: directory attributes not updated: {e}", s.path)),
                 },
-                Err(e) => p.warn(format!("{}: directory attributes not checked: {e}", s.path)),
+                Err(e) => {
+                    p.warn(format!("{}: directory attributes not checked: {e}", s.path));
+                    false
+                }
+            };
+            if rewrite {
+                p.skipped.fetch_sub(1, Relaxed);
+                p.transferred.fetch_add(1, Relaxed);
             }
         }
-        if dst != WalkDst::Missing && !known && self.dir_marker_checked(&s) {
+        if dst != WalkDst::Missing && !known && !self.opts.dry_run && self.dir_marker_checked(&s) {
             self.remember_dir(&s).await;
         }
         if dst != WalkDst::Missing {
@@ -623,7 +643,7 @@ impl Run {
     /// Whether a local directory's copy is an object store's marker whose
     /// attributes a run keeps in line (see [`Self::attrs_differ`]).
     fn dir_marker_checked(&self, s: &Entry) -> bool {
-        s.local.is_some() && !self.dst.is_posix() && !self.opts.dry_run && !self.check_only
+        s.local.is_some() && !self.dst.is_posix() && !self.check_only
     }
 
     /// Record a directory as settled, with its ctime, so that the next run

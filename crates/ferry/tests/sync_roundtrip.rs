@@ -116,6 +116,9 @@ async fn local_copies_keep_directory_and_symlink_mtimes() {
     let sub_mtime = dir_mtimes(&src)["dir/sub"];
     std::fs::set_permissions(&sub, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     std::os::unix::fs::chown(&sub, Some(1234), Some(5678)).unwrap();
+    let r = ferry(&state, &[], &["sync", s, d, "--json", "--dry-run"]);
+    assert_eq!(plan_lines(&r.json()), ["update dir/sub (attributes differ)"], "{}", r.stdout);
+    assert_ne!(dir_attrs(&dst), dir_attrs(&src), "a dry run changes nothing");
     let r = ferry(&state, &[], &["sync", s, d, "--json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(dir_attrs(&dst), dir_attrs(&src), "directory attributes after a chmod/chown");
@@ -202,6 +205,14 @@ async fn directories_keep_their_attributes_through_a_bucket() {
         .unwrap();
     std::os::unix::fs::chown(src.join("empty dir"), Some(77), Some(88)).unwrap();
     assert_eq!(mtime(&src.join("dir/sub")), keep, "a chmod leaves the mtime");
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt/t", "--json", "--dry-run"]);
+    assert_eq!(
+        plan_lines(&r.json()),
+        ["update dir/sub (attributes differ)", "update empty dir (attributes differ)"],
+        "{}",
+        r.stdout
+    );
+    assert_eq!(r.json()["transferred"], 2, "{}", r.stdout);
     let r = ferry(&state, &env, &["sync", s, "s3://bkt/t", "--json"]);
     assert_eq!(
         r.code, 0,
@@ -221,6 +232,18 @@ async fn directories_keep_their_attributes_through_a_bucket() {
     assert_eq!(dir_attrs(&back3), dir_attrs(&src), "directory attributes after a chmod and a chown");
     let r = ferry(&state, &env, &["sync", s, "s3://bkt/t", "--json"]);
     assert_eq!(r.json()["transferred"], 0, "{}", r.stdout);
+
+    // --files-from gives the directories above the listed files their
+    // markers, with the source's attributes.
+    let list = tmp.path().join("list");
+    std::fs::write(&list, "dir/empty.dat\n").unwrap();
+    let r =
+        ferry(&state, &env, &["sync", s, "s3://bkt/ff", "--files-from", list.to_str().unwrap(), "--json"]);
+    assert_eq!((r.code, r.json()["transferred"].as_u64()), (0, Some(1)), "{}\n{}", r.stdout, r.stderr);
+    let back4 = tmp.path().join("back4");
+    let r = ferry(&state, &env, &["sync", "s3://bkt/ff", back4.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(dir_attrs(&back4)["dir"], dir_attrs(&src)["dir"], "the marker carries the attributes");
 }
 
 /// `azblob://` for real, on Azurite: Azure metadata names must be C#

@@ -196,3 +196,18 @@ pub fn assert_same(a: &Snapshot, b: &Snapshot) {
         assert_eq!((va.2, va.3, va.4, va.5), (vb.2, vb.3, vb.4, vb.5), "{k}: mode/uid/gid/mtime");
     }
 }
+
+/// The plan of a `--dry-run --json` summary as sorted `action path (reason)` lines.
+pub fn plan_lines(summary: &serde_json::Value) -> Vec<String> {
+    let mut lines: Vec<String> = summary["plan"]
+        .as_array()
+        .expect("a plan in the summary")
+        .iter()
+        .map(|l| {
+            let s = |k: &str| l[k].as_str().unwrap_or_default().to_owned();
+            format!("{} {} ({})", s("action"), s("path"), s("reason"))
+        })
+        .collect();
+    lines.sort();
+    lines
+}
