@@ -24,6 +24,8 @@ pub(crate) struct Recorder {
     task: Option<JoinHandle<Result<(), ferry_store::Error>>>,
     /// This process's claim on the pair, for as long as the run lasts.
     lock: Option<RunLock>,
+    /// A dry run's view: the done set is read, nothing is written.
+    read_only: bool,
 }
 
 const BATCH: usize = 512;
@@ -137,7 +139,22 @@ impl Recorder {
                 }
             }
         });
-        Ok(Self { store, checkpoint, tx: Some(tx), task: Some(task), lock: Some(lock) })
+        Ok(Self { store, checkpoint, tx: Some(tx), task: Some(task), lock: Some(lock), read_only: false })
+    }
+
+    /// What a dry run knows from the pair's checkpoint: its done set, read
+    /// only (no claim on the pair, nothing recorded, the run is neither
+    /// resumed nor finished). `None` when the pair never ran.
+    pub(crate) async fn read_only(spec: &CheckpointSpec, key: &str) -> crate::Result<Option<Self>> {
+        let Some(run_id) = spec.store.find_run(key).await? else { return Ok(None) };
+        Ok(Some(Self {
+            store: spec.store.clone(),
+            checkpoint: Checkpoint { run_id, resumed: false, interrupted: None },
+            tx: None,
+            task: None,
+            lock: None,
+            read_only: true,
+        }))
     }
 
     /// The done set of one directory, read in pages as the listing goes.
@@ -163,7 +180,7 @@ impl Recorder {
         if let Some(task) = self.task.take() {
             task.await.expect("checkpoint writer panicked")?;
         }
-        if success {
+        if success && !self.read_only {
             self.store.finish_run(self.checkpoint.run_id).await?;
         }
         if let Some(lock) = self.lock.take() {

@@ -131,12 +131,14 @@ impl Sync {
     pub async fn run(self) -> Result<Report> {
         let start = Instant::now();
         let (src_name, dst_name) = (self.src.display(), self.dst.display());
+        let key = format!("{src_name}\n{dst_name}\n{}", self.opts.plan_key());
         let recorder = match (&self.checkpoint, self.opts.dry_run) {
-            (Some(spec), false) => {
-                let key = format!("{src_name}\n{dst_name}\n{}", self.opts.plan_key());
-                Some(Recorder::start(spec, &key, &src_name, &dst_name).await?)
-            }
-            _ => None,
+            (Some(spec), false) => Some(Recorder::start(spec, &key, &src_name, &dst_name).await?),
+            // A dry run plans what the run would do, which trusts the
+            // checkpoint: it reads the done set (so an unchanged tree costs
+            // no request there either) and writes nothing.
+            (Some(spec), true) => Recorder::read_only(spec, &key).await?,
+            (None, _) => None,
         };
         let resumed = recorder.as_ref().is_some_and(|r| r.checkpoint.resumed);
         let mut aborted_uploads = 0;

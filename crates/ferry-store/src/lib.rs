@@ -206,6 +206,20 @@ fn now_ms() -> i64 {
 }
 
 impl Store {
+    /// Like [`Store::connect`], but a SQLite database file that does not
+    /// exist is not created: `None` (a dry run reads a checkpoint if there
+    /// is one and leaves no state behind).
+    pub async fn connect_existing(url: &str) -> Result<Option<Store>> {
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|source| Error::Connect { url: redact(url), source })?;
+            if sqlite_file(opts.get_filename()).is_some_and(|f| !std::path::Path::new(&f).exists()) {
+                return Ok(None);
+            }
+        }
+        Self::connect(url).await.map(Some)
+    }
+
     /// Open `sqlite://PATH` (created if missing) or `postgres://…`, and migrate.
     pub async fn connect(url: &str) -> Result<Store> {
         let connect_err = |source| Error::Connect { url: redact(url), source };
@@ -257,6 +271,16 @@ impl Store {
     }
 
     /// Start a run of the pair with this key, keeping what earlier runs recorded.
+    /// The run of `run_key`, if one was ever begun, without touching it
+    /// (what a dry run reads: it neither resumes nor records).
+    pub async fn find_run(&self, run_key: &str) -> Result<Option<i64>> {
+        let q = sql(self, "SELECT id FROM sync_runs WHERE run_key = ?");
+        Ok(match &self.backend {
+            Backend::Sqlite(p) => sqlx::query_scalar(&q).bind(run_key).fetch_optional(p).await?,
+            Backend::Postgres(p) => sqlx::query_scalar(&q).bind(run_key).fetch_optional(p).await?,
+        })
+    }
+
     pub async fn begin_run(&self, run_key: &str, src: &str, dst: &str) -> Result<Checkpoint> {
         let now = now_ms();
         let q = sql(self, "SELECT id, finished, started_at, updated_at FROM sync_runs WHERE run_key = ?");

@@ -40,6 +40,9 @@ async fn story(store: &Store) {
     assert!(started + 20 <= seen && seen <= now && now - started < 60_000, "{started} {seen} {now}");
     let other = store.begin_run("key-2", "/src", "/dst").await.unwrap();
     assert_ne!(other.run_id, cp.run_id);
+    // Finding a run (what a dry run does) changes nothing about it.
+    assert_eq!(store.find_run("key-1").await.unwrap(), Some(cp.run_id));
+    assert_eq!(store.find_run("never-ran").await.unwrap(), None);
 
     let items: Vec<DoneItem> = (0..300)
         .map(|i| DoneItem {
@@ -128,8 +131,13 @@ async fn story(store: &Store) {
 async fn story_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ferry.db");
+    // Opening only what exists creates nothing.
+    let url = format!("sqlite://{}", path.display());
+    assert!(Store::connect_existing(&url).await.unwrap().is_none());
+    assert!(!path.exists());
     let store = Store::open_sqlite_file(&path).await.unwrap();
     story(&store).await;
+    assert!(Store::connect_existing(&url).await.unwrap().is_some());
     // Reopening runs migrations again without harm and keeps the data.
     let cp = store.begin_run("persist", "a", "b").await.unwrap();
     drop(store);

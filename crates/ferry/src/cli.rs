@@ -222,7 +222,8 @@ pub struct SyncArgs {
     #[arg(long, value_name = "FILE")]
     pub files_from: Option<PathBuf>,
 
-    /// Print the plan; change nothing.
+    /// Print the plan; change nothing (an earlier run's checkpoint is read,
+    /// as the run would, and nothing is recorded).
     #[arg(short = 'n', long)]
     pub dry_run: bool,
     /// Print a machine-readable JSON summary on stdout instead of text.

@@ -34,13 +34,22 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("destination {}", args.dst))?;
 
     let mut sync = Sync::new(src, dst, opts);
-    if !args.no_checkpoint && !args.dry_run {
+    if !args.no_checkpoint {
         let url = match &args.state_db {
             Some(url) => url.clone(),
-            None => default_state_db()?,
+            None => default_state_db(!args.dry_run)?,
         };
-        let store = Store::connect(&url).await.context("opening the checkpoint database (see --state-db)")?;
-        sync = sync.with_checkpoint(CheckpointSpec { store, wait_for_pair: false });
+        let context = "opening the checkpoint database (see --state-db)";
+        // A dry run reads the checkpoint of an earlier run, as the run
+        // would, and creates none.
+        let store = if args.dry_run {
+            Store::connect_existing(&url).await.context(context)?
+        } else {
+            Some(Store::connect(&url).await.context(context)?)
+        };
+        if let Some(store) = store {
+            sync = sync.with_checkpoint(CheckpointSpec { store, wait_for_pair: false });
+        }
     }
     let display = (!args.quiet && !args.json && std::io::stderr().is_terminal())
         .then(|| Display::start(sync.progress()));
@@ -114,7 +123,7 @@ fn options(args: &SyncArgs) -> anyhow::Result<SyncOptions> {
     })
 }
 
-fn default_state_db() -> anyhow::Result<String> {
+fn default_state_db(create: bool) -> anyhow::Result<String> {
     let dir = match std::env::var_os("FERRY_STATE_DIR") {
         Some(d) => PathBuf::from(d),
         None => match std::env::var_os("XDG_STATE_HOME") {
@@ -125,7 +134,10 @@ fn default_state_db() -> anyhow::Result<String> {
             },
         },
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+    if create {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating state directory {}", dir.display()))?;
+    }
     Ok(format!("sqlite://{}", dir.join("sync.db").display()))
 }
 

@@ -554,6 +554,21 @@ async fn unchanged_items_cost_no_request_and_outside_changes_are_seen() {
     assert_eq!(r["skipped"].as_u64().unwrap(), 21, "{r}");
     assert_eq!((after.head - before.head, after.get - before.get, after.put - before.put), (0, 0, 0));
 
+    // A dry run reads the checkpoint as the run would: no request there
+    // either. Without one it looks at the objects, and leaves no state.
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt-state/p", "--json", "--dry-run"]).json();
+    let dry = s3.counts();
+    assert_eq!((r["skipped"].as_u64(), dry.head - after.head), (Some(21), 0), "{r}");
+    assert_eq!(plan_lines(&r), Vec::<String>::new());
+    let fresh = tmp.path().join("fresh-state");
+    let r = ferry(&fresh, &env, &["sync", s, "s3://bkt-state/p", "--json", "--dry-run"]).json();
+    assert_eq!((r["skipped"].as_u64(), plan_lines(&r).len()), (Some(21), 0), "{r}");
+    assert!(s3.counts().head >= dry.head + 20, "each object looked at");
+    assert!(!fresh.exists(), "a dry run creates no state directory");
+    let before = s3.counts();
+    assert_eq!(ferry(&state, &env, &["sync", s, "s3://bkt-state/p"]).code, 0);
+    assert_eq!(s3.counts().head, before.head, "the dry runs left the checkpoint as it was");
+
     // An object overwritten behind ferry's back (same size) is noticed and re-copied.
     // Listed modification times may have one-second precision.
     std::thread::sleep(std::time::Duration::from_millis(1100));
