@@ -93,6 +93,13 @@ impl Error {
             opendal::ErrorKind::NotFound => Error::NotFound { what: context },
             opendal::ErrorKind::PermissionDenied => Error::PermissionDenied { what: context },
             opendal::ErrorKind::ConditionNotMatch => Error::SourceChanged(context),
+            _ if refused_checksum(&source) => Error::Store {
+                context: format!(
+                    "{context} (the store does not take the x-amz-checksum-* headers of uploads: \
+                     add ?checksum=none to the location)"
+                ),
+                source,
+            },
             _ => Error::Store { context, source },
         }
     }
@@ -100,6 +107,18 @@ impl Error {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound { .. })
     }
+}
+
+/// An upload request refused for its checksum headers, as stores that do
+/// not know them answer (a changed body, `BadDigest`/`InvalidDigest`, is a
+/// checksum doing its job, not this).
+fn refused_checksum(e: &opendal::Error) -> bool {
+    let text = e.to_string();
+    let upload = ["PutObject", "UploadPart", "CreateMultipartUpload", "CompleteMultipartUpload"]
+        .iter()
+        .any(|op| text.contains(&format!("service_operation: {op}")));
+    let lower = text.to_ascii_lowercase();
+    upload && lower.contains("checksum") && !lower.contains("baddigest") && !lower.contains("invaliddigest")
 }
 
 /// Temporary by OpenDAL's judgement, or a throttling answer, or an unexpected

@@ -180,6 +180,7 @@ struct State {
     corrupt_left: u32,
     corrupt_uploads_left: u32,
     uploads_corrupted: u32,
+    refuse_checksums: bool,
     /// How many more CompleteMultipartUpload answers to lose (the upload
     /// is completed, then the connection drops).
     lose_complete_left: u32,
@@ -212,6 +213,7 @@ impl Default for State {
             corrupt_left: 0,
             corrupt_uploads_left: 0,
             uploads_corrupted: 0,
+            refuse_checksums: false,
             lose_complete_left: 0,
             delays: [std::time::Duration::ZERO; 6],
             rng: StdRng::seed_from_u64(DEFAULT_SEED),
@@ -306,6 +308,16 @@ impl Faults {
         st.corrupt_uploads_left = st.corrupt_uploads_left.saturating_sub(1);
         st.uploads_corrupted += u32::from(hit);
         hit
+    }
+
+    /// Answer requests that carry `x-amz-checksum-*` headers with 400
+    /// `InvalidArgument`, as stores that do not know them do.
+    pub fn refuse_checksum_headers(&self, on: bool) {
+        self.state().refuse_checksums = on;
+    }
+
+    pub(crate) fn refuses_checksums(&self) -> bool {
+        self.state().refuse_checksums
     }
 
     /// How many upload bodies [`Faults::corrupt_uploads`] changed so far.

@@ -212,6 +212,12 @@ async fn handle(
         return Ok(error_response(status));
     }
 
+    if shared.faults.refuses_checksums()
+        && req.headers().keys().any(|k| k.as_str().starts_with("x-amz-checksum"))
+    {
+        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InvalidArgument</Code><Message>x-amz-checksum headers are not supported</Message><RequestId>ferry-testkit</RequestId></Error>";
+        return Ok(xml_response(StatusCode::BAD_REQUEST, xml.to_owned()));
+    }
     let call = uploads::recognise(req.method(), req.uri());
     let method = req.method().clone();
     if let uploads::Call::List { bucket, prefix } = &call {

@@ -413,6 +413,24 @@ async fn a_body_changed_on_the_way_up_is_refused_and_sent_again() {
         r.stdout
     );
 
+    // A store that does not know the headers: the failure says how to go on.
+    s3.faults().refuse_checksum_headers(true);
+    let r = ferry(
+        &state,
+        &env,
+        &["sync", small.to_str().unwrap(), "s3://bkt-up/old", "--json", "--retries", "0"],
+    );
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.json()["failures"][0]["reason"].as_str().unwrap().contains("add ?checksum=none"),
+        "{}",
+        r.stdout
+    );
+    let r =
+        ferry(&state, &env, &["sync", small.to_str().unwrap(), "s3://bkt-up/old?checksum=none", "--json"]);
+    assert_eq!((r.code, r.json()["failed"].as_u64()), (0, Some(0)), "{}\n{}", r.stdout, r.stderr);
+    s3.faults().refuse_checksum_headers(false);
+
     let r = ferry(&state, &env, &["sync", large.to_str().unwrap(), "s3://bkt-up/x?checksum=md4"]);
     assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("checksum=\"md4\": use crc32c or none"), "{}", r.stderr);
