@@ -160,6 +160,12 @@ impl ObjectStores {
                     s.endpoint
                 )));
             }
+            if s.provider != Provider::S3 && s.checksum != UploadChecksum::default() {
+                return Err(Error::Config(format!(
+                    "object_stores[{i}] ({}): checksum applies to provider \"s3\" only; remove it",
+                    s.endpoint
+                )));
+            }
             if stores[..i].iter().any(|o| normalize(&o.endpoint) == normalize(&s.endpoint)) {
                 return Err(Error::Config(format!("object_stores: endpoint {} is listed twice", s.endpoint)));
             }
@@ -332,6 +338,10 @@ mod tests {
         let url = |e| stores.bucket_url(e, "bkt", "p").unwrap().0;
         assert!(url("http://b").ends_with("&checksum=crc32c"), "{}", url("http://b"));
         assert!(url("http://a").ends_with("&checksum=none"), "{}", url("http://a"));
+        let mut obs = s3("http://c");
+        (obs.provider, obs.checksum) = (Provider::Obs, UploadChecksum::None);
+        let err = ObjectStores::new(vec![obs]).unwrap_err().to_string();
+        assert!(err.contains("http://c") && err.contains("provider \"s3\" only"), "{err}");
         let bad = serde_json::from_str::<ObjectStoreConfig>(
             r#"{"endpoint": "x", "provider": "s3", "checksum": "md5"}"#,
         );
