@@ -285,10 +285,7 @@ impl Faults {
     }
 
     pub(crate) fn lose_complete_answer(&self) -> bool {
-        let mut st = self.state();
-        let lose = st.lose_complete_left > 0;
-        st.lose_complete_left = st.lose_complete_left.saturating_sub(1);
-        lose
+        take_one(&mut self.state().lose_complete_left)
     }
 
     pub(crate) fn list_truncated_without_token(&self) -> bool {
@@ -304,8 +301,7 @@ impl Faults {
 
     pub(crate) fn corrupt_upload(&self) -> bool {
         let mut st = self.state();
-        let hit = st.corrupt_uploads_left > 0;
-        st.corrupt_uploads_left = st.corrupt_uploads_left.saturating_sub(1);
+        let hit = take_one(&mut st.corrupt_uploads_left);
         st.uploads_corrupted += u32::from(hit);
         hit
     }
@@ -394,6 +390,13 @@ impl Faults {
 }
 
 /// S3 error code used in the XML body of an injected error.
+/// Use up one of `left` armed faults: whether one was left.
+fn take_one(left: &mut u32) -> bool {
+    let hit = *left > 0;
+    *left = left.saturating_sub(1);
+    hit
+}
+
 pub(crate) fn error_code(status: u16) -> &'static str {
     match status {
         503 => "SlowDown",

@@ -215,8 +215,11 @@ async fn handle(
     if shared.faults.refuses_checksums()
         && req.headers().keys().any(|k| k.as_str().starts_with("x-amz-checksum"))
     {
-        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InvalidArgument</Code><Message>x-amz-checksum headers are not supported</Message><RequestId>ferry-testkit</RequestId></Error>";
-        return Ok(xml_response(StatusCode::BAD_REQUEST, xml.to_owned()));
+        return Ok(s3_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidArgument",
+            "x-amz-checksum headers are not supported",
+        ));
     }
     let call = uploads::recognise(req.method(), req.uri());
     let method = req.method().clone();
@@ -302,12 +305,12 @@ async fn upload_body(
     let is_upload = req.method() == hyper::Method::PUT
         && !req.uri().path().trim_start_matches('/').split_once('/').is_none_or(|(_, key)| key.is_empty())
         && !req.headers().contains_key("x-amz-copy-source");
-    let is_part = req.uri().query().unwrap_or("").split('&').any(|kv| kv.starts_with("partNumber="));
-    let want_crc =
-        req.headers().get("x-amz-checksum-crc32c").and_then(|v| v.to_str().ok()).map(str::to_owned);
     if !is_upload {
         return Ok(Ok(req.map(s3s::Body::from)));
     }
+    let is_part = req.uri().query().unwrap_or("").split('&').any(|kv| kv.starts_with("partNumber="));
+    let want_crc =
+        req.headers().get("x-amz-checksum-crc32c").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let corrupt = req.body().size_hint().lower() > 0 && shared.faults.corrupt_upload();
     let check = is_part && want_crc.is_some();
     if !(corrupt || check) {
@@ -323,19 +326,24 @@ async fn upload_body(
         use base64::Engine as _;
         let got = base64::engine::general_purpose::STANDARD.encode(crc32c::crc32c(&bytes).to_be_bytes());
         if got != want {
-            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>BadDigest</Code><Message>The CRC32C you specified did not match the calculated checksum.</Message><RequestId>ferry-testkit</RequestId></Error>";
-            return Ok(Err(xml_response(StatusCode::BAD_REQUEST, xml.to_owned())));
+            let why = "The CRC32C you specified did not match the calculated checksum.";
+            return Ok(Err(s3_error(StatusCode::BAD_REQUEST, "BadDigest", why)));
         }
     }
     Ok(Ok(Request::from_parts(parts, s3s::Body::from(Bytes::from(bytes)))))
 }
 
 fn error_response(status: u16) -> Response<RespBody> {
-    let code = error_code(status);
+    let status_code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    s3_error(status_code, error_code(status), "injected")
+}
+
+/// An S3 error document.
+fn s3_error(status: StatusCode, code: &str, message: &str) -> Response<RespBody> {
     let xml = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected</Message><RequestId>ferry-testkit</RequestId></Error>"
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><RequestId>ferry-testkit</RequestId></Error>"
     );
-    xml_response(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), xml)
+    xml_response(status, xml)
 }
 
 fn xml_response(status: StatusCode, xml: String) -> Response<RespBody> {
