@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ferry_model::{validate_rel_path, Entry, EntryKind, PosixMeta};
-use ferry_storage::{Error as StorageError, Location, ObjectRoot, Sink, SortedLevel};
+use ferry_storage::{Error as StorageError, Location, ObjectRoot, PartCrcs, Sink, SortedLevel, StoredCrc};
 use ferry_store::DoneItem;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -951,8 +951,9 @@ impl Run {
             }
             version = sink.commit(&meta).await?;
         } else if let (Location::Object(o), true) = (&self.src, self.dst.is_posix()) {
+            let stored = self.stored_crc(s).await?;
             let sink = self.dst.create_file(&s.path, &meta, None, s.size).await?;
-            let res = match self.ranged_download(o, s, &sink).await {
+            let res = match self.ranged_download(o, s, &sink, stored.as_ref()).await {
                 Ok(c) => check_stored_crc(s, c).map(|()| c),
                 Err(e) => Err(e),
             };
@@ -965,11 +966,16 @@ impl Run {
             }
             version = sink.commit(&meta).await?;
         } else {
+            let stored = self.stored_crc(s).await?;
+            let mut parts = stored.and_then(|c| c.part_size()).map(PartCrcs::new);
             let mut stream = self.src.open_read(s, self.opts.chunk).await?;
             let mut sink = self.dst.create_file(&s.path, &meta, None, s.size).await?;
             let res: Result<(), StorageError> = async {
                 while let Some(chunk) = stream.next().await {
                     let chunk: Bytes = chunk?;
+                    if let Some(p) = &mut parts {
+                        p.update(n, &chunk);
+                    }
                     n += chunk.len() as u64;
                     if n > s.size {
                         return Err(StorageError::SizeMismatch { expected: s.size, got: n });
@@ -983,7 +989,7 @@ impl Run {
                     return Err(StorageError::SizeMismatch { expected: s.size, got: n });
                 }
                 check_stored_crc(s, crc)?;
-                Ok(())
+                check_store_crc(s, stored.as_ref(), crc, parts.as_ref())
             }
             .await;
             if let Err(e) = res {
@@ -1009,7 +1015,16 @@ impl Run {
     /// GETs written at their offsets as they stream: throughput of parallel
     /// reads without holding whole chunks in memory. Returns the CRC32C of the
     /// whole content (per-range CRCs combined).
-    async fn ranged_download(&self, o: &ObjectRoot, s: &Entry, sink: &Sink) -> Result<u32, StorageError> {
+    /// With `stored`, the content is checked against the CRC32C the store
+    /// keeps for it (composite ones part by part).
+    async fn ranged_download(
+        &self,
+        o: &ObjectRoot,
+        s: &Entry,
+        sink: &Sink,
+        stored: Option<&StoredCrc>,
+    ) -> Result<u32, StorageError> {
+        let part_size = stored.and_then(StoredCrc::part_size);
         let file = Arc::new(sink.positional().expect("a local destination")?);
         let part = s.size.div_ceil(DOWNLOAD_STREAMS);
         let ranges =
@@ -1019,6 +1034,7 @@ impl Run {
             async move {
                 let mut stream = o.open_range(s, r.clone()).await?;
                 let (mut off, mut crc) = (r.start, 0u32);
+                let mut parts = part_size.map(PartCrcs::new);
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk?;
                     let len = chunk.len() as u64;
@@ -1029,6 +1045,9 @@ impl Run {
                         });
                     }
                     crc = crc32c::crc32c_append(crc, &chunk);
+                    if let Some(p) = &mut parts {
+                        p.update(off, &chunk);
+                    }
                     self.throttle(chunk.len()).await;
                     self.progress.bytes_moving.fetch_add(len, Relaxed);
                     tokio::task::block_in_place(|| file.write_at(&chunk, off))?;
@@ -1037,16 +1056,30 @@ impl Run {
                 if off != r.end {
                     return Err(StorageError::SizeMismatch { expected: r.end - r.start, got: off - r.start });
                 }
-                Ok((crc, r.end - r.start))
+                Ok((crc, r.end - r.start, parts))
             }
         }))
         .await?;
         let mut iter = parts.into_iter();
-        let (mut crc, _) = iter.next().unwrap_or((0, 0));
-        for (c, len) in iter {
+        let (mut crc, _, mut all_parts) = iter.next().unwrap_or((0, 0, None));
+        for (c, len, p) in iter {
             crc = crc32c::crc32c_combine(crc, c, len as usize);
+            if let (Some(all), Some(p)) = (&mut all_parts, p) {
+                all.append(p);
+            }
         }
+        check_store_crc(s, stored, crc, all_parts.as_ref())?;
         Ok(crc)
+    }
+
+    /// The CRC32C the source store keeps for a large object ferry did not
+    /// write whole (ferry's own carry theirs in metadata); `None` when
+    /// there is none to check against.
+    async fn stored_crc(&self, s: &Entry) -> Result<Option<StoredCrc>, StorageError> {
+        match &self.src {
+            Location::Object(o) if s.crc32c.is_none() => o.stored_crc(s).await,
+            _ => Ok(None),
+        }
     }
 
     async fn throttle(&self, n: usize) {
@@ -1151,6 +1184,21 @@ fn check_stored_crc(s: &Entry, got: u32) -> Result<(), StorageError> {
             expected: format!("{want:08x}"),
             got: format!("{got:08x}"),
         }),
+        _ => Ok(()),
+    }
+}
+
+/// Content read must match the CRC32C its store recorded, if any.
+fn check_store_crc(
+    s: &Entry,
+    stored: Option<&StoredCrc>,
+    whole: u32,
+    parts: Option<&PartCrcs>,
+) -> Result<(), StorageError> {
+    match stored.map(|c| c.check(whole, parts)) {
+        Some(Err((expected, got))) => {
+            Err(StorageError::ChecksumMismatch { path: s.path.clone(), expected, got })
+        }
         _ => Ok(()),
     }
 }

@@ -3,13 +3,14 @@
 //! codec that keeps POSIX attributes in object metadata.
 
 pub mod codec;
+mod crc;
 mod endpoints;
 mod error;
 mod level;
 mod location;
 mod object;
 mod posix;
-mod uploads;
+mod s3direct;
 
 use std::pin::Pin;
 
@@ -17,13 +18,14 @@ use bytes::Bytes;
 use ferry_model::{Entry, EntryKind, PosixMeta};
 use futures::Stream;
 
+pub use crc::{PartCrcs, StoredCrc};
 pub use endpoints::{check_bucket_name, ObjectStoreConfig, ObjectStores, Provider};
 pub use error::{Error, Result};
 pub use level::{LevelSorter, SortedLevel};
 pub use location::{build_object_root, Env, LocationSpec, ObjectSpec, ProcessEnv, Scheme, UploadChecksum};
 pub use object::{ObjectRoot, PartPolicy};
 pub use posix::{PositionalFile, PosixReader, PosixRoot, PosixWriter, TEMP_PREFIX};
-pub use uploads::Upload;
+pub use s3direct::Upload;
 
 /// Where a `file://` bucket stages objects before renaming them into place;
 /// hidden from listings.

@@ -17,7 +17,7 @@ use url::Url;
 
 use crate::error::{Error, Result};
 use crate::object::{ObjectRoot, PartPolicy};
-use crate::uploads::{Keys, S3Uploads};
+use crate::s3direct::{Keys, S3Direct};
 
 /// Which object store a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,7 +185,9 @@ impl LocationSpec {
 /// against: with CRC32C, every PutObject and UploadPart carries
 /// `x-amz-checksum-crc32c` of the bytes as ferry read them, and the store
 /// refuses a body changed on the way (`BadDigest`, retried) instead of
-/// storing it. Stores that refuse the header take `checksum=none`.
+/// storing it; large objects read back are checked against the CRC32C the
+/// store kept (see [`crate::StoredCrc`]). Stores that refuse the header take
+/// `checksum=none`, which turns both off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum UploadChecksum {
     #[default]
@@ -262,7 +264,7 @@ pub fn build_object_root(
     let d = spec.display.as_str();
     let endpoint = |keys: &[&str]| spec.endpoint.clone().or_else(|| keys.iter().find_map(|k| env.var(k)));
     let cfg_err = |e: opendal::Error| Error::Config(format!("cannot configure {d}: {e}"));
-    let mut uploads = None;
+    let mut direct = None;
     let op = match spec.scheme {
         Scheme::S3 => {
             let region = spec
@@ -278,7 +280,8 @@ pub fn build_object_root(
             if !spec.path_style {
                 b = b.enable_virtual_host_style();
             }
-            if UploadChecksum::resolve(spec.checksum, env) == UploadChecksum::Crc32c {
+            let checksums = UploadChecksum::resolve(spec.checksum, env) == UploadChecksum::Crc32c;
+            if checksums {
                 b = b.checksum_algorithm("crc32c");
             }
             let keys = if spec.anonymous {
@@ -296,13 +299,14 @@ pub fn build_object_root(
                 }
                 Some(keys)
             };
-            uploads = Some(S3Uploads::new(
+            direct = Some(S3Direct::new(
                 endpoint(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]).as_deref(),
                 &spec.bucket,
                 &region,
                 spec.path_style,
                 keys,
                 retries,
+                checksums,
             ));
             Operator::new(b).map_err(cfg_err)?
         }
@@ -391,8 +395,8 @@ pub fn build_object_root(
     if spec.scheme == Scheme::File {
         root = root.with_local_root(PathBuf::from(&spec.bucket));
     }
-    if let Some(uploads) = uploads {
-        root = root.with_uploads(uploads);
+    if let Some(direct) = direct {
+        root = root.with_direct(direct);
     }
     let root = root.map_operators(|op| {
         op.layer(

@@ -52,7 +52,7 @@ pub struct ObjectRoot {
     display: String,
     parts: PartPolicy,
     /// Multipart-upload housekeeping, for S3-compatible stores.
-    uploads: Option<std::sync::Arc<crate::uploads::S3Uploads>>,
+    direct: Option<std::sync::Arc<crate::s3direct::S3Direct>>,
 }
 
 impl std::fmt::Debug for ObjectRoot {
@@ -106,7 +106,7 @@ impl ObjectRoot {
         }
         let display = display.trim_end_matches('/').to_string();
         let markers = Operator::from_parts(op.base_context().clone(), op.base_service().clone()).into();
-        Self { op, markers, prefix, local_root: None, display, parts, uploads: None }
+        Self { op, markers, prefix, local_root: None, display, parts, direct: None }
     }
 
     /// Put the same layers (retries, timeouts) on both operators.
@@ -139,20 +139,20 @@ impl ObjectRoot {
         self
     }
 
-    pub(crate) fn with_uploads(mut self, uploads: crate::uploads::S3Uploads) -> Self {
-        self.uploads = Some(uploads.into());
+    pub(crate) fn with_direct(mut self, direct: crate::s3direct::S3Direct) -> Self {
+        self.direct = Some(direct.into());
         self
     }
 
     /// Whether incomplete multipart uploads can be listed and aborted here.
     pub fn tracks_uploads(&self) -> bool {
-        self.uploads.is_some()
+        self.direct.is_some()
     }
 
     /// Incomplete multipart uploads under this location's prefix, oldest
     /// first. Only S3-compatible stores (`s3://`) can be asked.
     pub async fn incomplete_uploads(&self) -> Result<Vec<crate::Upload>> {
-        let Some(uploads) = &self.uploads else {
+        let Some(uploads) = &self.direct else {
             return Err(Error::Config(format!(
                 "{}: incomplete multipart uploads can only be listed on s3:// locations",
                 self.display
@@ -173,12 +173,25 @@ impl ObjectRoot {
 
     /// Abort one incomplete upload, freeing its stored parts.
     pub async fn abort_upload(&self, upload: &crate::Upload) -> Result<()> {
-        match &self.uploads {
+        match &self.direct {
             Some(u) => {
                 let what = format!("{}/{}", self.display, upload.key);
                 u.abort(&self.key(&upload.key), &upload.upload_id, &what).await
             }
             None => Err(Error::Config(format!("{}: not an s3:// location", self.display))),
+        }
+    }
+
+    /// The CRC32C the store recorded for this version of an object, when
+    /// the store keeps one and this location uses S3 checksums (`s3://`
+    /// without `checksum=none`). One HEAD, two for a multipart object.
+    pub async fn stored_crc(&self, entry: &Entry) -> Result<Option<crate::StoredCrc>> {
+        match &self.direct {
+            Some(d) => {
+                let what = format!("{}/{}", self.display, entry.path);
+                d.stored_crc(&self.key(&entry.path), entry.etag.as_deref(), entry.size, &what).await
+            }
+            None => Ok(None),
         }
     }
 
@@ -496,7 +509,12 @@ impl ObjectRoot {
         let opts = WriteOptions {
             user_metadata: Some(self.user_metadata(kind, meta, crc32c)),
             concurrent: if big { self.parts.concurrent } else { 1 },
-            chunk: if big { Some(self.parts.chunk) } else { None },
+            // Always exact: every part but the last is `chunk` bytes, as
+            // readers checking a composite checksum expect, whatever sizes
+            // the source streams in (OpenDAL otherwise sends whatever is
+            // buffered once it passes 5 MiB). An object smaller than
+            // `chunk` goes up as one PUT.
+            chunk: Some(self.parts.chunk),
             ..Default::default()
         };
         self.op

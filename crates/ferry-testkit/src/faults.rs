@@ -271,8 +271,9 @@ impl Faults {
         self.state().list_truncated_without_token = on;
     }
 
-    /// For the next `n` successful GET object responses of at most 1 MiB:
-    /// deliver the body with its middle byte changed (headers intact).
+    /// For the next `n` successful GET object responses: deliver the body
+    /// with one byte changed (headers intact): its middle byte, or for a
+    /// body over 1 MiB the middle byte of the first piece streamed.
     /// `u32::MAX` for every one; 0 stops.
     pub fn corrupt_bodies(&self, n: u32) {
         self.state().corrupt_left = n;

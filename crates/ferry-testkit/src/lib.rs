@@ -226,6 +226,15 @@ async fn handle(
     if let uploads::Call::List { bucket, prefix } = &call {
         return Ok(xml_response(StatusCode::OK, shared.uploads.list_xml(bucket, prefix)));
     }
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let part_crc = header("x-amz-checksum-crc32c").and_then(|v| {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
+        Some(u32::from_be_bytes(bytes.try_into().ok()?))
+    });
+    let part_size = header("content-length").and_then(|v| v.parse::<u64>().ok());
+    let whole_checksum = header("x-amz-checksum-mode").is_some_and(|v| v.eq_ignore_ascii_case("enabled"))
+        && header("range").is_none();
     let req = match upload_body(&shared, req).await? {
         Ok(req) => req,
         Err(resp) => return Ok(resp),
@@ -244,9 +253,19 @@ async fn handle(
                 );
             }
             uploads::Call::Finish { bucket, key, upload_id } => {
-                shared.uploads.finished(&bucket, &key, &upload_id);
-                if method == hyper::Method::POST && shared.faults.lose_complete_answer() {
+                let complete = method == hyper::Method::POST;
+                shared.uploads.finished(&bucket, &key, &upload_id, complete);
+                if complete && shared.faults.lose_complete_answer() {
                     return Err("injected: CompleteMultipartUpload answer lost".into());
+                }
+            }
+            uploads::Call::Part { bucket, key, upload_id, part } => {
+                shared.uploads.part(&bucket, &key, &upload_id, part, part_size.unwrap_or(0), part_crc);
+            }
+            uploads::Call::Replace { bucket, key } => shared.uploads.replaced(&bucket, &key),
+            uploads::Call::Read { bucket, key, part } => {
+                if let Some(c) = shared.uploads.composite(&bucket, &key) {
+                    resp = with_composite(resp, &c, part, whole_checksum && method == hyper::Method::HEAD);
                 }
             }
             _ => {}
@@ -276,7 +295,25 @@ async fn handle(
             .and_then(|v| v.parse::<u64>().ok())
             .or_else(|| resp.body().size_hint().exact());
         if let Some(len) = len.filter(|&l| l > 0) {
-            if len <= 1 << 20 && shared.faults.corrupt_body() {
+            if len > 1 << 20 && shared.faults.corrupt_body() {
+                // Too big to hold: change a byte of the first piece that streams by.
+                let mut done = false;
+                return Ok(resp.map(move |body| {
+                    body.map_frame(move |frame| match frame.into_data() {
+                        Ok(data) if !done && !data.is_empty() => {
+                            done = true;
+                            let mut bytes = data.to_vec();
+                            let mid = bytes.len() / 2;
+                            bytes[mid] = bytes[mid].wrapping_add(1);
+                            Frame::data(Bytes::from(bytes))
+                        }
+                        Ok(data) => Frame::data(data),
+                        Err(frame) => frame,
+                    })
+                    .boxed_unsync()
+                }));
+            }
+            if shared.faults.corrupt_body() {
                 let (parts, body) = resp.into_parts();
                 let mut bytes = body.collect().await?.to_bytes().to_vec();
                 let mid = bytes.len() / 2;
@@ -292,6 +329,36 @@ async fn handle(
         }
     }
     Ok(resp)
+}
+
+/// The answer to a HEAD of a multipart object with a composite CRC32C, as S3
+/// gives it: with `partNumber`, the size and place of that part and the
+/// number of parts; with `x-amz-checksum-mode: ENABLED` (`checksum`), the
+/// composite checksum. s3s-fs knows neither.
+fn with_composite(
+    mut resp: Response<RespBody>,
+    c: &uploads::Composite,
+    part: Option<u32>,
+    checksum: bool,
+) -> Response<RespBody> {
+    use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_RANGE};
+    let value = |s: String| HeaderValue::from_str(&s).expect("header value");
+    if let Some(n) = part.filter(|&n| n >= 1 && n as usize <= c.part_sizes.len()) {
+        let start: u64 = c.part_sizes[..n as usize - 1].iter().sum();
+        let len = c.part_sizes[n as usize - 1];
+        let total: u64 = c.part_sizes.iter().sum();
+        let h = resp.headers_mut();
+        h.insert(CONTENT_LENGTH, value(len.to_string()));
+        h.insert(CONTENT_RANGE, value(format!("bytes {start}-{}/{total}", start + len - 1)));
+        h.insert("x-amz-mp-parts-count", value(c.part_sizes.len().to_string()));
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    if checksum {
+        let h = resp.headers_mut();
+        h.insert("x-amz-checksum-crc32c", value(c.header()));
+        h.insert("x-amz-checksum-type", HeaderValue::from_static("COMPOSITE"));
+    }
+    resp
 }
 
 /// The body of an upload (PutObject, UploadPart), passed on as it came, or

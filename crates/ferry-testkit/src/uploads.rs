@@ -1,7 +1,12 @@
-//! Open multipart uploads, tracked at the HTTP layer. s3s-fs keeps uploads
-//! but cannot list them (ListMultipartUploads), which ferry uses to find and
-//! abort what a killed run left behind; this answers that call from what
-//! the server saw created, completed and aborted.
+//! Multipart uploads, tracked at the HTTP layer, for what s3s-fs does not do:
+//!
+//! - it keeps uploads but cannot list them (ListMultipartUploads), which
+//!   ferry uses to find and abort what a killed run left behind; this answers
+//!   that call from what the server saw created, completed and aborted;
+//! - it keeps no checksum of a multipart object, where S3 keeps the
+//!   composite CRC32C of the parts (`<base64>-<parts>`) and answers HEADs
+//!   of one part (`partNumber`); this records the parts' CRC32Cs and sizes
+//!   and adds those answers.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -28,6 +33,25 @@ pub(crate) enum Call {
         bucket: String,
         prefix: String,
     },
+    /// UploadPart (`PUT ?partNumber=&uploadId=`).
+    Part {
+        bucket: String,
+        key: String,
+        upload_id: String,
+        part: u32,
+    },
+    /// PutObject, CopyObject or DeleteObject: whatever was stored under the
+    /// key is replaced.
+    Replace {
+        bucket: String,
+        key: String,
+    },
+    /// HeadObject or GetObject, with the part asked for (`partNumber`).
+    Read {
+        bucket: String,
+        key: String,
+        part: Option<u32>,
+    },
     Other,
 }
 
@@ -50,11 +74,20 @@ pub(crate) fn recognise(method: &Method, uri: &Uri) -> Call {
         })
         .collect();
     let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let part = param("partNumber").and_then(|n| n.parse::<u32>().ok());
     match (method, key.is_empty(), param("uploads"), param("uploadId")) {
         (&Method::POST, false, Some(_), _) => Call::Create { bucket, key },
         (&Method::POST | &Method::DELETE, false, _, Some(upload_id)) => {
             Call::Finish { bucket, key, upload_id }
         }
+        (&Method::PUT, false, _, Some(upload_id)) => match part {
+            Some(part) => Call::Part { bucket, key, upload_id, part },
+            None => Call::Other,
+        },
+        (&Method::PUT | &Method::DELETE, false, None, None) if params.is_empty() => {
+            Call::Replace { bucket, key }
+        }
+        (&Method::GET | &Method::HEAD, false, None, None) => Call::Read { bucket, key, part },
         (&Method::GET, true, Some(_), _) => {
             Call::List { bucket, prefix: param("prefix").unwrap_or_default() }
         }
@@ -62,41 +95,117 @@ pub(crate) fn recognise(method: &Method, uri: &Uri) -> Call {
     }
 }
 
-/// Open uploads by (bucket, key, upload id), with when each began.
+/// An upload begun: when, and the parts stored so far by number, with
+/// their size and CRC32C when the client sent one.
+#[derive(Debug)]
+struct Open {
+    began: SystemTime,
+    parts: BTreeMap<u32, (u64, Option<u32>)>,
+}
+
+/// A completed multipart object whose parts all carried a CRC32C.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Composite {
+    /// The CRC32C of the parts' big-endian CRC32Cs.
+    pub crc: u32,
+    pub part_sizes: Vec<u64>,
+}
+
+impl Composite {
+    /// `x-amz-checksum-crc32c` as S3 writes a composite one.
+    pub(crate) fn header(&self) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(self.crc.to_be_bytes());
+        format!("{b64}-{}", self.part_sizes.len())
+    }
+}
+
+type UploadKey = (String, String, String);
+
 #[derive(Debug, Default)]
-pub(crate) struct Uploads(Mutex<BTreeMap<(String, String, String), SystemTime>>);
+struct State {
+    /// Open uploads by (bucket, key, upload id).
+    open: BTreeMap<UploadKey, Open>,
+    /// Completed multipart objects with a composite CRC32C, by (bucket, key).
+    composite: BTreeMap<(String, String), Composite>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Uploads(Mutex<State>);
 
 impl Uploads {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().expect("uploads lock")
+    }
+
     pub(crate) fn created(&self, bucket: &str, key: &str, create_answer: &[u8]) {
         let text = String::from_utf8_lossy(create_answer);
         let id = text.split("<UploadId>").nth(1).and_then(|rest| rest.split("</UploadId>").next());
         if let Some(id) = id {
-            let mut open = self.0.lock().expect("uploads lock");
-            open.insert((bucket.into(), key.into(), id.into()), SystemTime::now());
+            let open = Open { began: SystemTime::now(), parts: BTreeMap::new() };
+            self.state().open.insert((bucket.into(), key.into(), id.into()), open);
         }
     }
 
-    pub(crate) fn finished(&self, bucket: &str, key: &str, upload_id: &str) {
-        self.0.lock().expect("uploads lock").remove(&(bucket.into(), key.into(), upload_id.into()));
+    /// A part stored: its size and the CRC32C the client sent (checked).
+    pub(crate) fn part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part: u32,
+        size: u64,
+        crc: Option<u32>,
+    ) {
+        if let Some(open) = self.state().open.get_mut(&(bucket.into(), key.into(), upload_id.into())) {
+            open.parts.insert(part, (size, crc));
+        }
+    }
+
+    /// Completed (`complete`) or aborted.
+    pub(crate) fn finished(&self, bucket: &str, key: &str, upload_id: &str, complete: bool) {
+        let mut st = self.state();
+        let Some(open) = st.open.remove(&(bucket.into(), key.into(), upload_id.into())) else { return };
+        st.composite.remove(&(bucket.into(), key.into()));
+        if !complete {
+            return;
+        }
+        let crcs: Option<Vec<u32>> = open.parts.values().map(|(_, crc)| *crc).collect();
+        if let Some(crcs) = crcs.filter(|c| !c.is_empty()) {
+            let bytes: Vec<u8> = crcs.iter().flat_map(|c| c.to_be_bytes()).collect();
+            let part_sizes = open.parts.values().map(|(size, _)| *size).collect();
+            st.composite
+                .insert((bucket.into(), key.into()), Composite { crc: crc32c::crc32c(&bytes), part_sizes });
+        }
+    }
+
+    /// Whatever was under the key was replaced or deleted.
+    pub(crate) fn replaced(&self, bucket: &str, key: &str) {
+        self.state().composite.remove(&(bucket.into(), key.into()));
+    }
+
+    /// The composite CRC32C of a multipart object, if it has one.
+    pub(crate) fn composite(&self, bucket: &str, key: &str) -> Option<Composite> {
+        self.state().composite.get(&(bucket.into(), key.into())).cloned()
     }
 
     /// `bucket/key` of every open upload.
     pub(crate) fn open(&self) -> Vec<String> {
-        self.0.lock().expect("uploads lock").keys().map(|(b, k, _)| format!("{b}/{k}")).collect()
+        self.state().open.keys().map(|(b, k, _)| format!("{b}/{k}")).collect()
     }
 
     /// A ListMultipartUploads answer (one page holding everything).
     pub(crate) fn list_xml(&self, bucket: &str, prefix: &str) -> String {
-        let open = self.0.lock().expect("uploads lock");
+        let st = self.state();
         let mut xml = format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListMultipartUploadsResult><Bucket>{}</Bucket>\
              <Prefix>{}</Prefix><IsTruncated>false</IsTruncated>",
             escape(bucket),
             escape(prefix)
         );
-        for ((b, key, id), at) in open.iter() {
+        for ((b, key, id), open) in st.open.iter() {
             if b == bucket && key.starts_with(prefix) {
-                let at = humantime_utc(*at);
+                let at = humantime_utc(open.began);
                 xml.push_str(&format!(
                     "<Upload><Key>{}</Key><UploadId>{}</UploadId><Initiated>{at}</Initiated></Upload>",
                     escape(key),
@@ -137,8 +246,49 @@ mod tests {
             recognise(&Method::GET, &uri("/b/?uploads&prefix=p%2F")),
             Call::List { bucket: "b".into(), prefix: "p/".into() }
         );
-        assert_eq!(recognise(&Method::PUT, &uri("/b/k?partNumber=1&uploadId=u")), Call::Other);
-        assert_eq!(recognise(&Method::GET, &uri("/b/k")), Call::Other);
+        assert_eq!(
+            recognise(&Method::PUT, &uri("/b/k?partNumber=3&uploadId=u")),
+            Call::Part { bucket: "b".into(), key: "k".into(), upload_id: "u".into(), part: 3 }
+        );
+        assert_eq!(
+            recognise(&Method::GET, &uri("/b/k")),
+            Call::Read { bucket: "b".into(), key: "k".into(), part: None }
+        );
+        assert_eq!(
+            recognise(&Method::HEAD, &uri("/b/k?partNumber=1")),
+            Call::Read { bucket: "b".into(), key: "k".into(), part: Some(1) }
+        );
+        assert_eq!(
+            recognise(&Method::PUT, &uri("/b/k")),
+            Call::Replace { bucket: "b".into(), key: "k".into() }
+        );
+        assert_eq!(
+            recognise(&Method::DELETE, &uri("/b/k")),
+            Call::Replace { bucket: "b".into(), key: "k".into() }
+        );
+        assert_eq!(recognise(&Method::PUT, &uri("/b/k?tagging")), Call::Other);
+    }
+
+    #[test]
+    fn completed_parts_give_the_composite_crc() {
+        let u = Uploads::default();
+        u.created("b", "k", b"<UploadId>id1</UploadId>");
+        let (a, b) = (vec![1u8; 10], vec![2u8; 4]);
+        u.part("b", "k", "id1", 2, 4, Some(crc32c::crc32c(&b)));
+        u.part("b", "k", "id1", 1, 10, Some(crc32c::crc32c(&a)));
+        u.finished("b", "k", "id1", true);
+        let c = u.composite("b", "k").unwrap();
+        let mut crcs = crc32c::crc32c(&a).to_be_bytes().to_vec();
+        crcs.extend(crc32c::crc32c(&b).to_be_bytes());
+        assert_eq!(c, Composite { crc: crc32c::crc32c(&crcs), part_sizes: vec![10, 4] });
+        assert!(c.header().ends_with("-2"), "{}", c.header());
+        u.replaced("b", "k");
+        assert_eq!(u.composite("b", "k"), None);
+        // A part without a CRC32C, or an abort, leaves no composite.
+        u.created("b", "k", b"<UploadId>id2</UploadId>");
+        u.part("b", "k", "id2", 1, 10, None);
+        u.finished("b", "k", "id2", true);
+        assert_eq!(u.composite("b", "k"), None);
     }
 
     #[test]
@@ -153,7 +303,7 @@ mod tests {
         let xml = u.list_xml("b", "p/");
         assert!(xml.contains("<Key>p/x&amp;y</Key><UploadId>id1</UploadId>"), "{xml}");
         assert!(!xml.contains("id2"));
-        u.finished("b", "p/x&y", "id1");
+        u.finished("b", "p/x&y", "id1", false);
         assert_eq!(u.open(), vec!["b/q/z".to_string()]);
         assert_eq!(humantime_utc(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_796_300_000_123);

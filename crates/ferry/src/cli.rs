@@ -151,9 +151,11 @@ Locations:
                             from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
                             AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, overridable with
                             ?endpoint=URL&region=R&path_style=true; uploads carry
-                            a CRC32C the store verifies (?checksum=none, or
+                            a CRC32C the store verifies, and large downloads are
+                            checked against the CRC32C the store kept
+                            (?checksum=none, or
                             AWS_REQUEST_CHECKSUM_CALCULATION=when_required, turns
-                            that off for stores that refuse it)
+                            both off for stores that refuse it)
   obs:// oss:// cos://      Huawei OBS, Alibaba OSS, Tencent COS (OBS_*, OSS_*, COS_* variables)
   azblob://container/prefix Azure Blob / WASB (AZURE_STORAGE_ACCOUNT, AZURE_STORAGE_KEY)
   gcs://bucket/prefix       Google Cloud Storage (GOOGLE_APPLICATION_CREDENTIALS)

@@ -350,6 +350,90 @@ async fn a_corrupted_body_is_fetched_again_and_never_stored() {
     assert!(files.is_empty(), "nothing written: {files:?}");
 }
 
+/// Large objects carry no CRC32C in their metadata (it is known only once
+/// the last part is sent), but the store keeps the composite CRC32C of
+/// their parts: a byte changed in a ranged GET fails that check, the item
+/// is fetched again, and a corrupt file is never kept, whether it goes to a
+/// local file (ranged reads) or to another bucket (one stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_large_body_fails_the_stored_part_checksums() {
+    let s3 = S3Server::start(&["bkt-big"]).await;
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    std::fs::create_dir_all(&src).unwrap();
+    // Three parts of 5 MiB and a short fourth; the downloader's four ranges
+    // do not line up with them.
+    let body: Vec<u8> =
+        (0..(15u32 << 20) + 12_345).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(src.join("big.bin"), &body).unwrap();
+    let up = ferry(&state, &env, &["sync", src.to_str().unwrap(), "s3://bkt-big/p", "--part-size", "5M"]);
+    assert_eq!(up.code, 0, "{}\n{}", up.stdout, up.stderr);
+
+    for (i, dst) in ["local", "s3://bkt-big/copy"].into_iter().enumerate() {
+        let dst = match dst {
+            "local" => tmp.path().join("back").to_str().unwrap().to_string(),
+            other => other.to_string(),
+        };
+        let read_back = |dst: &str| match dst.strip_prefix("s3://bkt-big/") {
+            Some(prefix) => std::fs::read(s3.root().join("bkt-big").join(prefix).join("big.bin")),
+            None => std::fs::read(std::path::Path::new(dst).join("big.bin")),
+        };
+        // The GETs of one clean copy.
+        let gets = s3.counts().get;
+        let r = ferry(&state, &env, &["sync", "s3://bkt-big/p", &format!("{dst}-{i}-clean")]);
+        assert_eq!(r.code, 0, "{dst}: {}\n{}", r.stdout, r.stderr);
+        let clean_gets = s3.counts().get - gets;
+
+        // Two bodies changed: caught, fetched again, stored whole.
+        s3.faults().corrupt_bodies(2);
+        let (gets, heads) = (s3.counts().get, s3.counts().head);
+        let r = ferry(&state, &env, &["sync", "s3://bkt-big/p", &dst, "--json"]);
+        assert_eq!(r.code, 0, "{dst}: {}\n{}", r.stdout, r.stderr);
+        assert!(read_back(&dst).unwrap() == body, "{dst}: the copy is the original");
+        assert!(s3.counts().get - gets > clean_gets, "{dst}: the corrupted item was read again");
+        assert!(s3.counts().head - heads >= 2, "{dst}: the stored checksum was asked for");
+
+        // Every body changed: the item fails, naming the stored checksum,
+        // and nothing is left at the destination.
+        let dst2 = format!("{dst}-{i}-bad");
+        s3.faults().corrupt_bodies(u32::MAX);
+        let r = ferry(&state, &env, &["sync", "s3://bkt-big/p", &dst2, "--json", "--retries", "1"]);
+        s3.faults().corrupt_bodies(0);
+        assert_eq!(r.code, 1, "{dst2}: {}\n{}", r.stdout, r.stderr);
+        let reason = r.json()["failures"][0]["reason"].as_str().unwrap().to_string();
+        assert!(
+            reason.contains("checksum mismatch") && reason.contains("-4 (parts of 5242880 bytes)"),
+            "{reason}"
+        );
+        assert!(read_back(&dst2).is_err(), "{dst2}: nothing stored");
+    }
+    assert!(s3.open_uploads().is_empty());
+
+    // Under a part size larger than the object, a copy from a stream (bucket
+    // to bucket) goes up in one PUT, whose CRC32C the store keeps for the
+    // whole content: that is checked too.
+    let args = ["sync", "s3://bkt-big/p", "s3://bkt-big/wide", "--part-size", "32M"];
+    let puts = s3.counts().put;
+    assert_eq!(ferry(&state, &env, &args).code, 0);
+    assert_eq!(s3.counts().put - puts, 1, "one PUT");
+    let wide = tmp.path().join("wide");
+    s3.faults().corrupt_bodies(1);
+    let gets = s3.counts().get;
+    let r = ferry(&state, &env, &["sync", "s3://bkt-big/wide", wide.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(s3.counts().get - gets > 4, "the corrupted body was read again");
+    assert!(std::fs::read(wide.join("big.bin")).unwrap() == body);
+
+    // Without S3 checksums on the source nothing checks a large object's
+    // content on the way down: the changed byte lands.
+    s3.faults().corrupt_bodies(1);
+    let unchecked = tmp.path().join("unchecked");
+    let r = ferry(&state, &env, &["sync", "s3://bkt-big/p?checksum=none", unchecked.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(std::fs::read(unchecked.join("big.bin")).unwrap() != body, "the corrupt copy landed");
+}
+
 /// A byte changed on the way up: every upload carries the CRC32C of what
 /// ferry read, the store refuses a body that does not match it (BadDigest),
 /// and the item is sent again; no changed object is stored, single PUT or
@@ -384,8 +468,8 @@ async fn a_body_changed_on_the_way_up_is_refused_and_sent_again() {
     assert!(s3.open_uploads().is_empty());
 
     // Without the checksum the same fault lands. A small object's CRC32C,
-    // kept in its metadata, lets a reader refuse it; a multipart object's
-    // content has no such record.
+    // kept in its metadata, lets a reader refuse it; a multipart object
+    // uploaded without part checksums has no such record.
     let stored_changed = |prefix: &str, src: &std::path::Path| {
         let files = all_names(src).into_iter().filter(|p| p.is_file());
         files

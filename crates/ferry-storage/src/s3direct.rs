@@ -1,12 +1,16 @@
-//! Incomplete multipart uploads on S3-compatible stores.
+//! The S3 calls ferry makes itself, where OpenDAL has no API for them,
+//! signed with the same reqsign signer and sent through the same HTTP
+//! transport OpenDAL uses.
 //!
-//! A run killed while writing a large object leaves its multipart upload
-//! open: invisible in listings, but its parts are stored (and billed) until
-//! someone aborts it. OpenDAL aborts the uploads it sees fail, but it neither
-//! lists uploads nor shows their ids, so this module speaks the two S3 calls
-//! needed — ListMultipartUploads and AbortMultipartUpload — itself, signed
-//! with the same reqsign signer and sent through the same HTTP transport
-//! OpenDAL uses.
+//! - Incomplete multipart uploads. A run killed while writing a large object
+//!   leaves its multipart upload open: invisible in listings, but its parts
+//!   are stored (and billed) until someone aborts it. OpenDAL aborts the
+//!   uploads it sees fail, but it neither lists uploads nor shows their ids:
+//!   ListMultipartUploads and AbortMultipartUpload are made here.
+//! - The checksum a store recorded for an object (HeadObject with
+//!   `x-amz-checksum-mode: ENABLED`, and with `partNumber=1` to learn the part
+//!   size of a composite one), so that downloads of objects ferry did not
+//!   write whole can still be checked end to end.
 
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +22,7 @@ use reqsign_aws_v4::{Credential, RequestSigner, StaticCredentialProvider};
 use reqsign_core::{Context, Signer};
 use serde::Deserialize;
 
+use crate::crc::StoredCrc;
 use crate::error::{Error, Result};
 
 /// An upload that was started and neither completed nor aborted.
@@ -37,13 +42,16 @@ pub(crate) struct Keys {
     pub session_token: Option<String>,
 }
 
-/// Speaks the multipart-upload housekeeping calls to one bucket.
-pub(crate) struct S3Uploads {
+/// Speaks the calls above to one bucket.
+pub(crate) struct S3Direct {
     /// `scheme://host[:port]/bucket` (path style) or `scheme://bucket.host[:port]`.
     base: String,
     signer: Option<Signer<Credential>>,
     transport: HttpTransporter,
     retries: usize,
+    /// Whether the S3 additional checksums are in use on this location
+    /// (`checksum=crc32c`): only then are stored checksums asked for.
+    checksums: bool,
 }
 
 /// Characters S3 leaves alone in a canonical query value (RFC 3986 unreserved).
@@ -76,7 +84,7 @@ struct ErrorXml {
     message: String,
 }
 
-impl S3Uploads {
+impl S3Direct {
     /// `endpoint` without a trailing slash; `None` means AWS in `region`.
     pub(crate) fn new(
         endpoint: Option<&str>,
@@ -85,6 +93,7 @@ impl S3Uploads {
         path_style: bool,
         keys: Option<Keys>,
         retries: usize,
+        checksums: bool,
     ) -> Self {
         let endpoint = endpoint
             .map(|e| e.trim_end_matches('/').to_string())
@@ -108,7 +117,7 @@ impl S3Uploads {
                 RequestSigner::new("s3", region),
             )
         });
-        Self { base, signer, transport: HttpTransporter::default(), retries }
+        Self { base, signer, transport: HttpTransporter::default(), retries, checksums }
     }
 
     /// Every incomplete upload whose key starts with `prefix` (full keys).
@@ -129,7 +138,7 @@ impl S3Uploads {
             if !id_marker.is_empty() {
                 url.push_str(&format!("&upload-id-marker={}", utf8_percent_encode(&id_marker, QUERY)));
             }
-            let body = self.call(Method::GET, &url, &context).await?;
+            let (_, body) = self.call(Method::GET, &url, &[], &context).await?;
             let page: ListResult = quick_xml::de::from_reader(body.as_ref()).map_err(|e| Error::Http {
                 context: context.clone(),
                 status: 200,
@@ -163,18 +172,79 @@ impl S3Uploads {
             utf8_percent_encode(key, PATH),
             utf8_percent_encode(upload_id, QUERY)
         );
-        match self.call(Method::DELETE, &url, &format!("abort the upload of {what}")).await {
+        match self.call(Method::DELETE, &url, &[], &format!("abort the upload of {what}")).await {
             Err(Error::Http { status: 404, .. }) => Ok(()),
             other => other.map(|_| ()),
         }
     }
 
-    /// Send one signed request, retrying temporary failures with backoff.
-    async fn call(&self, method: Method, url: &str, context: &str) -> Result<Bytes> {
+    /// The CRC32C the store recorded for `key` when it was written, if any:
+    /// of the whole content, or composite (the CRC32C of the parts'
+    /// CRC32Cs) for a multipart upload, with the size of its parts. `etag`
+    /// pins the version: a changed object fails as `SourceChanged`. `what`
+    /// names the object in messages.
+    pub(crate) async fn stored_crc(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        size: u64,
+        what: &str,
+    ) -> Result<Option<StoredCrc>> {
+        if !self.checksums {
+            return Ok(None);
+        }
+        let url = format!("{}/{}", self.base, utf8_percent_encode(key, PATH));
+        let mut headers = vec![("x-amz-checksum-mode", "ENABLED".to_string())];
+        if let Some(etag) = etag {
+            headers.push(("if-match", etag.to_string()));
+        }
+        let context = format!("read the stored checksum of {what}");
+        let (h, _) = self.call(Method::HEAD, &url, &headers, &context).await.map_err(|e| match e {
+            Error::Http { status: 404, context, .. } => Error::NotFound { what: context },
+            e => e,
+        })?;
+        let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+        let Some(value) = text("x-amz-checksum-crc32c") else {
+            return Ok(None);
+        };
+        let Some((crc, parts)) = StoredCrc::from_head(value, text("x-amz-checksum-type"), text("etag"))
+        else {
+            return Ok(None);
+        };
+        let Some(parts) = parts else {
+            return Ok(Some(StoredCrc::Whole(crc)));
+        };
+        // Parts are cut at one size but the last (as every common uploader
+        // does): the first part's size is that size.
+        let (h, _) = self.call(Method::HEAD, &format!("{url}?partNumber=1"), &headers, &context).await?;
+        let header =
+            |name: &str| h.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        match (header("content-length"), header("x-amz-mp-parts-count")) {
+            (Some(part_size), Some(n)) if n == parts && part_size > 0 => {
+                Ok(StoredCrc::composite(crc, parts, part_size, size))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Send one signed request, retrying temporary failures with backoff;
+    /// the answer's headers and body.
+    async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        context: &str,
+    ) -> Result<(http::HeaderMap, Bytes)> {
         let mut attempt = 0;
         loop {
-            match self.call_once(method.clone(), url, context).await {
-                Err(e) if e.is_temporary() && attempt < self.retries => {
+            match self.call_once(method.clone(), url, headers, context).await {
+                // A changed object (412) is for the caller to retry whole.
+                Err(e)
+                    if e.is_temporary()
+                        && !matches!(e, Error::SourceChanged(_))
+                        && attempt < self.retries =>
+                {
                     attempt += 1;
                     let base = 100u64 << attempt.min(6);
                     let jitter = rand::random::<u64>() % base;
@@ -185,10 +255,18 @@ impl S3Uploads {
         }
     }
 
-    async fn call_once(&self, method: Method, url: &str, context: &str) -> Result<Bytes> {
-        let req = Request::builder()
-            .method(method)
-            .uri(url)
+    async fn call_once(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        context: &str,
+    ) -> Result<(http::HeaderMap, Bytes)> {
+        let mut req = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
+        let req = req
             .body(Buffer::new())
             .map_err(|e| Error::Config(format!("{context}: bad request address {url:?}: {e}")))?;
         let (mut parts, body) = req.into_parts();
@@ -205,9 +283,10 @@ impl S3Uploads {
             .await
             .map_err(|e| Error::store(context.to_string(), e))?;
         let status = resp.status();
-        let body = resp.into_body().to_bytes();
+        let (parts, body) = resp.into_parts();
+        let body = body.to_bytes();
         if status.is_success() {
-            return Ok(body);
+            return Ok((parts.headers, body));
         }
         let err: ErrorXml = quick_xml::de::from_reader(body.as_ref()).unwrap_or_default();
         let detail = match (err.code.as_str(), err.message.as_str()) {
@@ -217,6 +296,7 @@ impl S3Uploads {
         };
         Err(match status {
             StatusCode::FORBIDDEN => Error::PermissionDenied { what: format!("{context} ({detail})") },
+            StatusCode::PRECONDITION_FAILED => Error::SourceChanged(context.to_string()),
             _ => Error::Http { context: context.to_string(), status: status.as_u16(), detail },
         })
     }
@@ -251,11 +331,11 @@ mod tests {
 
     #[test]
     fn addresses_follow_the_bucket_style() {
-        let path = S3Uploads::new(Some("http://127.0.0.1:9000/"), "bkt", "garage", true, None, 0);
+        let path = S3Direct::new(Some("http://127.0.0.1:9000/"), "bkt", "garage", true, None, 0, true);
         assert_eq!(path.base, "http://127.0.0.1:9000/bkt");
-        let vhost = S3Uploads::new(Some("https://s3.example.com"), "bkt", "r", false, None, 0);
+        let vhost = S3Direct::new(Some("https://s3.example.com"), "bkt", "r", false, None, 0, true);
         assert_eq!(vhost.base, "https://bkt.s3.example.com");
-        let aws = S3Uploads::new(None, "bkt", "eu-west-1", false, None, 0);
+        let aws = S3Direct::new(None, "bkt", "eu-west-1", false, None, 0, true);
         assert_eq!(aws.base, "https://bkt.s3.eu-west-1.amazonaws.com");
         assert_eq!(utf8_percent_encode("a b/ü~", PATH).to_string(), "a%20b/%C3%BC~");
         assert_eq!(utf8_percent_encode("a/b+c", QUERY).to_string(), "a%2Fb%2Bc");

@@ -1,0 +1,277 @@
+//! Checking content against the CRC32C a store recorded for it.
+//!
+//! An S3 store that was sent `x-amz-checksum-crc32c` keeps it: for a single
+//! PUT it is the CRC32C of the whole content; for a multipart upload it is
+//! *composite*, the CRC32C of the big-endian CRC32Cs of the parts, written
+//! `<base64>-<parts>`. Reading the content back, ferry computes the CRC32C
+//! of every part-sized span as the bytes stream by (in any number of ranged
+//! reads) and compares.
+
+use base64::Engine as _;
+
+/// The CRC32C a store keeps for an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredCrc {
+    /// Of the whole content.
+    Whole(u32),
+    /// Of the parts' CRC32Cs; the parts are `part_size` bytes but the last.
+    Composite { crc: u32, parts: u64, part_size: u64 },
+}
+
+impl StoredCrc {
+    /// What a HEAD with `x-amz-checksum-mode: ENABLED` says: the CRC and,
+    /// for a composite one, the number of parts; `None` when the answer is
+    /// missing or does not hang together. `value` is `x-amz-checksum-crc32c`,
+    /// `kind` is `x-amz-checksum-type`, `etag` the object's ETag, whose
+    /// `-<parts>` suffix marks a multipart object. A multipart object's
+    /// checksum is taken as the whole content's only when the store says it
+    /// is (`FULL_OBJECT`), and a composite one only with the part count the
+    /// ETag has: some stores (moto) answer composite values without their
+    /// part count.
+    pub(crate) fn from_head(
+        value: &str,
+        kind: Option<&str>,
+        etag: Option<&str>,
+    ) -> Option<(u32, Option<u64>)> {
+        let (crc, parts) = Self::parse_header(value)?;
+        let etag_parts = etag
+            .map(|e| e.trim_matches('"'))
+            .and_then(|e| e.rsplit_once('-'))
+            .and_then(|(_, n)| n.parse::<u64>().ok());
+        match (parts, etag_parts) {
+            (Some(n), Some(m)) if n != m => None,
+            (Some(n), _) => Some((crc, Some(n))),
+            (None, Some(_)) if !kind.is_some_and(|k| k.eq_ignore_ascii_case("FULL_OBJECT")) => None,
+            (None, _) => Some((crc, None)),
+        }
+    }
+
+    /// `x-amz-checksum-crc32c`: the CRC and, for a composite one, the
+    /// number of parts.
+    fn parse_header(value: &str) -> Option<(u32, Option<u64>)> {
+        let (b64, parts) = match value.split_once('-') {
+            Some((b64, n)) => (b64, Some(n.parse::<u64>().ok().filter(|&n| n > 0)?)),
+            None => (value, None),
+        };
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+        let crc = u32::from_be_bytes(bytes.try_into().ok()?);
+        Some((crc, parts))
+    }
+
+    /// A composite CRC over `parts` parts of `part_size` bytes but the last,
+    /// if that layout can hold `size` bytes.
+    pub(crate) fn composite(crc: u32, parts: u64, part_size: u64, size: u64) -> Option<Self> {
+        let full = (parts - 1).checked_mul(part_size)?;
+        (full < size && size <= full.checked_add(part_size)?).then_some(StoredCrc::Composite {
+            crc,
+            parts,
+            part_size,
+        })
+    }
+
+    /// The span over which a reader must compute CRCs: the part size.
+    pub fn part_size(&self) -> Option<u64> {
+        match self {
+            StoredCrc::Whole(_) => None,
+            StoredCrc::Composite { part_size, .. } => Some(*part_size),
+        }
+    }
+
+    /// Compare with what was read: the CRC32C of the whole content, and
+    /// the part CRCs when this is composite. `Err((stored, read))` on a
+    /// mismatch, both as they are shown to users.
+    pub fn check(&self, whole: u32, parts: Option<&PartCrcs>) -> Result<(), (String, String)> {
+        match *self {
+            StoredCrc::Whole(want) if want == whole => Ok(()),
+            StoredCrc::Whole(want) => Err((format!("{want:08x}"), format!("{whole:08x}"))),
+            StoredCrc::Composite { crc, parts: n, part_size } => {
+                let got = parts.filter(|p| p.part_size == part_size).and_then(PartCrcs::composite);
+                match got {
+                    Some((c, m)) if (c, m) == (crc, n) => Ok(()),
+                    other => {
+                        let read = match other {
+                            Some((c, m)) => format!("{c:08x}-{m}"),
+                            None => "parts that do not cover the object".to_string(),
+                        };
+                        Err((format!("{crc:08x}-{n} (parts of {part_size} bytes)"), read))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// CRC32Cs of the part-sized spans of content fed in order, possibly
+/// starting anywhere (one ranged read); readers of adjacent ranges are
+/// joined with [`PartCrcs::append`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartCrcs {
+    part_size: u64,
+    /// (part index, CRC32C, bytes) of consecutive spans, each within one part.
+    spans: Vec<(u64, u32, u64)>,
+    /// Where the next byte fed is expected.
+    next: Option<u64>,
+}
+
+impl PartCrcs {
+    /// # Panics
+    /// If `part_size` is 0.
+    pub fn new(part_size: u64) -> Self {
+        assert!(part_size > 0, "part size 0");
+        PartCrcs { part_size, spans: Vec::new(), next: None }
+    }
+
+    /// Feed the bytes at `offset`, which must follow what was fed before.
+    pub fn update(&mut self, mut offset: u64, mut data: &[u8]) {
+        if self.next.is_some_and(|n| n != offset) {
+            // A gap or overlap: nothing composite can be claimed any more.
+            self.spans.push((u64::MAX, 0, 0));
+        }
+        while !data.is_empty() {
+            let part = offset / self.part_size;
+            let room = (part + 1) * self.part_size - offset;
+            let n = room.min(data.len() as u64) as usize;
+            let (here, rest) = data.split_at(n);
+            match self.spans.last_mut() {
+                Some((p, crc, len)) if *p == part => {
+                    *crc = crc32c::crc32c_append(*crc, here);
+                    *len += n as u64;
+                }
+                _ => self.spans.push((part, crc32c::crc32c(here), n as u64)),
+            }
+            offset += n as u64;
+            data = rest;
+        }
+        self.next = Some(offset);
+    }
+
+    /// Join the spans of the range that follows this one.
+    pub fn append(&mut self, next: PartCrcs) {
+        for (part, crc, len) in next.spans {
+            match self.spans.last_mut() {
+                Some((p, c, l)) if *p == part => {
+                    *c = crc32c::crc32c_combine(*c, crc, len as usize);
+                    *l += len;
+                }
+                _ => self.spans.push((part, crc, len)),
+            }
+        }
+        self.next = next.next.or(self.next);
+    }
+
+    /// The composite CRC and the number of parts, if the spans are parts
+    /// 0, 1, … in order, each whole but the last.
+    fn composite(&self) -> Option<(u32, u64)> {
+        let mut bytes = Vec::with_capacity(self.spans.len() * 4);
+        for (i, &(part, crc, len)) in self.spans.iter().enumerate() {
+            let last = i + 1 == self.spans.len();
+            if part != i as u64 || len == 0 || (!last && len != self.part_size) {
+                return None;
+            }
+            bytes.extend_from_slice(&crc.to_be_bytes());
+        }
+        Some((crc32c::crc32c(&bytes), self.spans.len() as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(crc: u32) -> String {
+        base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+    }
+
+    /// The composite CRC as S3 defines it, computed from whole parts.
+    fn reference(data: &[u8], part_size: usize) -> (u32, u64) {
+        let crcs: Vec<u8> = data.chunks(part_size).flat_map(|p| crc32c::crc32c(p).to_be_bytes()).collect();
+        (crc32c::crc32c(&crcs), data.chunks(part_size).count() as u64)
+    }
+
+    #[test]
+    fn headers_parse_whole_and_composite() {
+        assert_eq!(StoredCrc::parse_header(&b64(0xdeadbeef)), Some((0xdeadbeef, None)));
+        assert_eq!(StoredCrc::parse_header(&format!("{}-128", b64(7))), Some((7, Some(128))));
+        assert_eq!(StoredCrc::parse_header("not base64"), None);
+        assert_eq!(StoredCrc::parse_header(&format!("{}-0", b64(7))), None);
+        assert_eq!(StoredCrc::parse_header("AAAAAAAA"), None, "six bytes are not a CRC32C");
+    }
+
+    #[test]
+    fn head_answers_are_taken_only_when_they_agree_with_the_etag() {
+        let whole = b64(9);
+        let composite = format!("{}-3", b64(9));
+        let md5 = Some("\"0123456789abcdef0123456789abcdef\"");
+        let multipart = Some("\"0123456789abcdef0123456789abcdef-3\"");
+        assert_eq!(StoredCrc::from_head(&whole, None, md5), Some((9, None)));
+        assert_eq!(StoredCrc::from_head(&whole, Some("FULL_OBJECT"), md5), Some((9, None)));
+        assert_eq!(StoredCrc::from_head(&composite, Some("COMPOSITE"), multipart), Some((9, Some(3))));
+        assert_eq!(StoredCrc::from_head(&composite, None, None), Some((9, Some(3))));
+        // A multipart object's full-object checksum, said so (AWS).
+        assert_eq!(StoredCrc::from_head(&whole, Some("FULL_OBJECT"), multipart), Some((9, None)));
+        // moto: a composite value without its part count.
+        assert_eq!(StoredCrc::from_head(&whole, Some("COMPOSITE"), multipart), None);
+        assert_eq!(StoredCrc::from_head(&whole, None, multipart), None);
+        // A part count the ETag disagrees with.
+        assert_eq!(StoredCrc::from_head(&format!("{}-2", b64(9)), None, multipart), None);
+    }
+
+    #[test]
+    fn a_layout_must_hold_the_size() {
+        assert!(StoredCrc::composite(1, 3, 10, 21).is_some());
+        assert!(StoredCrc::composite(1, 3, 10, 30).is_some());
+        assert!(StoredCrc::composite(1, 3, 10, 20).is_none(), "the last part would be empty");
+        assert!(StoredCrc::composite(1, 3, 10, 31).is_none());
+        assert!(StoredCrc::composite(1, u64::MAX, u64::MAX, 1).is_none());
+    }
+
+    #[test]
+    fn ranges_cut_anywhere_give_the_composite_of_whole_parts() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for part_size in [1_000usize, 1_024, 3_333, 10_000] {
+            let (want, n) = reference(&data, part_size);
+            let stored = StoredCrc::composite(want, n, part_size as u64, data.len() as u64).unwrap();
+            // Four ranges as the downloader cuts them, each fed in uneven chunks.
+            let mut joined: Option<PartCrcs> = None;
+            for r in [0..2_500usize, 2_500..5_000, 5_000..7_500, 7_500..10_000] {
+                let mut p = PartCrcs::new(part_size as u64);
+                let mut off = r.start;
+                for chunk in data[r.clone()].chunks(777) {
+                    p.update(off as u64, chunk);
+                    off += chunk.len();
+                }
+                match &mut joined {
+                    None => joined = Some(p),
+                    Some(j) => j.append(p),
+                }
+            }
+            let whole = crc32c::crc32c(&data);
+            assert_eq!(stored.check(whole, joined.as_ref()), Ok(()), "part size {part_size}");
+            // One byte changed anywhere is caught.
+            let mut bad = data.clone();
+            bad[4_321] ^= 1;
+            let mut p = PartCrcs::new(part_size as u64);
+            p.update(0, &bad);
+            assert!(stored.check(crc32c::crc32c(&bad), Some(&p)).is_err());
+        }
+    }
+
+    #[test]
+    fn gaps_wrong_part_sizes_and_whole_mismatches_fail() {
+        let data = vec![5u8; 3_000];
+        let (want, n) = reference(&data, 1_000);
+        let stored = StoredCrc::composite(want, n, 1_000, 3_000).unwrap();
+        let mut gap = PartCrcs::new(1_000);
+        gap.update(0, &data[..1_000]);
+        gap.update(1_500, &data[1_500..]);
+        let (_, read) = stored.check(0, Some(&gap)).unwrap_err();
+        assert!(read.contains("do not cover"), "{read}");
+        let mut other = PartCrcs::new(500);
+        other.update(0, &data);
+        assert!(stored.check(0, Some(&other)).is_err());
+        assert!(stored.check(0, None).is_err());
+        let whole = StoredCrc::Whole(crc32c::crc32c(&data));
+        assert_eq!(whole.check(crc32c::crc32c(&data), None), Ok(()));
+        assert_eq!(whole.check(1, None).unwrap_err().1, "00000001");
+    }
+}
