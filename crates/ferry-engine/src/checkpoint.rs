@@ -2,7 +2,7 @@
 //! store, so that a rerun after a crash skips them without re-checking.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_store::{Checkpoint, DoneItem, Known, RunLock, Store};
 use tokio::sync::mpsc;
@@ -21,7 +21,8 @@ pub(crate) struct Recorder {
     store: Store,
     pub(crate) checkpoint: Checkpoint,
     tx: Option<mpsc::Sender<DoneItem>>,
-    task: Option<JoinHandle<Result<(), ferry_store::Error>>>,
+    /// Records done items; ends with why it stopped recording, if it did.
+    task: Option<JoinHandle<Option<String>>>,
     /// This process's claim on the pair, for as long as the run lasts.
     lock: Option<RunLock>,
     /// A dry run's view: the done set is read, nothing is written.
@@ -29,6 +30,12 @@ pub(crate) struct Recorder {
 }
 
 const BATCH: usize = 512;
+/// Done items held while the database cannot be written, before the run
+/// waits for it (back-pressure).
+const PENDING_MAX: usize = 100_000;
+/// How long the database may stay unwritable before the run goes on
+/// without recording (a restart or a lock usually lasts seconds).
+const OUTAGE_LIMIT: Duration = Duration::from_secs(60);
 /// How often a run notes in its checkpoint that it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(20);
 /// Clock difference allowed between ferry and the object store when
@@ -97,48 +104,8 @@ impl Recorder {
             }
         };
         let checkpoint = store.begin_run(key, src, dst).await?;
-        let (tx, mut rx) = mpsc::channel::<DoneItem>(BATCH * 4);
-        let writer = store.clone();
-        let run_id = checkpoint.run_id;
-        let task = tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(BATCH);
-            let mut alive = std::time::Instant::now();
-            loop {
-                if alive.elapsed() >= HEARTBEAT {
-                    alive = std::time::Instant::now();
-                    if let Err(e) = writer.touch_run(run_id).await {
-                        tracing::warn!(error = %e, "cannot note in the checkpoint that the run is alive");
-                    }
-                }
-                let deadline = tokio::time::sleep(Duration::from_millis(200));
-                tokio::pin!(deadline);
-                let mut closed = false;
-                loop {
-                    tokio::select! {
-                        item = rx.recv() => match item {
-                            Some(item) => {
-                                batch.push(item);
-                                if batch.len() >= BATCH {
-                                    break;
-                                }
-                            }
-                            None => {
-                                closed = true;
-                                break;
-                            }
-                        },
-                        _ = &mut deadline => break,
-                    }
-                }
-                if !batch.is_empty() {
-                    writer.record_done(run_id, &batch).await?;
-                    batch.clear();
-                }
-                if closed {
-                    return Ok(());
-                }
-            }
-        });
+        let (tx, rx) = mpsc::channel::<DoneItem>(BATCH * 4);
+        let task = tokio::spawn(write_done(store.clone(), checkpoint.run_id, rx, OUTAGE_LIMIT));
         Ok(Self { store, checkpoint, tx: Some(tx), task: Some(task), lock: Some(lock), read_only: false })
     }
 
@@ -174,19 +141,109 @@ impl Recorder {
         }
     }
 
-    /// Flush what is queued; when the run succeeded, forget the checkpoint.
-    pub(crate) async fn finish(&mut self, success: bool) -> crate::Result<()> {
+    /// Flush what is queued; when the run succeeded, mark the checkpoint
+    /// finished. The items were copied whatever the database did, so its
+    /// trouble is a warning (returned), not a failure of the run.
+    pub(crate) async fn finish(&mut self, success: bool) -> Option<String> {
         self.tx.take();
-        if let Some(task) = self.task.take() {
-            task.await.expect("checkpoint writer panicked")?;
-        }
-        if success && !self.read_only {
-            self.store.finish_run(self.checkpoint.run_id).await?;
+        let mut trouble = match self.task.take() {
+            Some(task) => task.await.expect("checkpoint writer panicked"),
+            None => None,
+        };
+        if success && !self.read_only && trouble.is_none() {
+            if let Err(e) = self.store.finish_run(self.checkpoint.run_id).await {
+                trouble = Some(format!(
+                    "the checkpoint could not be marked finished ({e}): the next run resumes this one"
+                ));
+            }
         }
         if let Some(lock) = self.lock.take() {
             lock.release().await;
         }
-        Ok(())
+        trouble
+    }
+}
+
+/// The checkpoint writer: done items, recorded in batches of up to
+/// [`BATCH`] at least every 200 ms, and a sign of life every [`HEARTBEAT`].
+/// A database that cannot be written (restarted, locked by another
+/// process) is retried with backoff while items are held in memory, up to
+/// [`PENDING_MAX`] (then the run waits); after `outage_limit` of failures the
+/// run goes on without recording, and the reason is returned.
+async fn write_done(
+    store: Store,
+    run_id: i64,
+    mut rx: mpsc::Receiver<DoneItem>,
+    outage_limit: Duration,
+) -> Option<String> {
+    let mut pending: Vec<DoneItem> = Vec::with_capacity(BATCH);
+    let mut alive = Instant::now();
+    let mut failing_since: Option<Instant> = None;
+    let mut backoff = Duration::from_millis(250);
+    let mut next_try = Instant::now();
+    let mut gave_up: Option<String> = None;
+    let mut closed = false;
+    loop {
+        if alive.elapsed() >= HEARTBEAT && failing_since.is_none() && gave_up.is_none() {
+            alive = Instant::now();
+            if let Err(e) = store.touch_run(run_id).await {
+                tracing::warn!(error = %e, "cannot note in the checkpoint that the run is alive");
+            }
+        }
+        // Gather a batch, or what comes within 200 ms, or wait out a backoff.
+        let wait =
+            if failing_since.is_some() { next_try } else { Instant::now() + Duration::from_millis(200) };
+        let deadline = tokio::time::sleep_until(wait.into());
+        tokio::pin!(deadline);
+        while !closed {
+            tokio::select! {
+                item = rx.recv(), if pending.len() < PENDING_MAX => match item {
+                    Some(item) if gave_up.is_some() => drop(item),
+                    Some(item) => {
+                        pending.push(item);
+                        if pending.len() >= BATCH && failing_since.is_none() {
+                            break;
+                        }
+                    }
+                    None => closed = true,
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        if closed && failing_since.is_some() {
+            deadline.await;
+        }
+        while !pending.is_empty() && gave_up.is_none() {
+            let n = pending.len().min(BATCH);
+            match store.record_done(run_id, &pending[..n]).await {
+                Ok(()) => {
+                    pending.drain(..n);
+                    if failing_since.take().is_some() {
+                        tracing::info!("the checkpoint database can be written again");
+                    }
+                    backoff = Duration::from_millis(250);
+                }
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= outage_limit {
+                        gave_up = Some(format!(
+                            "the checkpoint could not be written for {} s ({e}); the run went on without \
+                             recording what it did, so a rerun checks those items in full",
+                            since.elapsed().as_secs()
+                        ));
+                        pending.clear();
+                    } else {
+                        tracing::warn!(error = %e, "cannot write the checkpoint; trying again");
+                        next_try = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(8));
+                    }
+                    break;
+                }
+            }
+        }
+        if closed && (pending.is_empty() || gave_up.is_some()) {
+            return gave_up;
+        }
     }
 }
 
@@ -293,5 +350,73 @@ mod tests {
         assert_eq!(c.get("z").await, None);
         // Another directory knows nothing.
         assert_eq!(rec.done_in_dir("e").get("n000001").await, None);
+    }
+
+    /// A SQLite checkpoint with one run, and a second connection to the
+    /// same file with which a test makes the done table disappear and
+    /// come back (as a database being restarted looks to a writer).
+    async fn store_with_backdoor() -> (tempfile::TempDir, Store, i64, sqlx::SqliteConnection) {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/s.db", dir.path().display());
+        let store = Store::connect(&url).await.unwrap();
+        let run_id = store.begin_run("k", "a", "b").await.unwrap().run_id;
+        let conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        (dir, store, run_id, conn)
+    }
+
+    fn items(n: usize) -> Vec<DoneItem> {
+        (0..n)
+            .map(|i| DoneItem {
+                dir: String::new(),
+                name: format!("f{i:05}"),
+                size: i as u64,
+                mtime_ns: 1,
+                ctime_ns: None,
+                dst_version: None,
+            })
+            .collect()
+    }
+
+    async fn rename(conn: &mut sqlx::SqliteConnection, from: &str, to: &str) {
+        sqlx::query(&format!("ALTER TABLE {from} RENAME TO {to}")).execute(conn).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn done_items_wait_out_a_database_that_cannot_be_written() {
+        let (_dir, store, run_id, mut conn) = store_with_backdoor().await;
+        rename(&mut conn, "sync_done", "sync_done_away").await;
+        let (tx, rx) = mpsc::channel(BATCH * 4);
+        let writer = tokio::spawn(write_done(store.clone(), run_id, rx, Duration::from_secs(30)));
+        // More than the channel holds: the run does not wait for the database.
+        let sent = tokio::time::timeout(Duration::from_secs(5), async {
+            for item in items(3 * BATCH * 4) {
+                tx.send(item).await.unwrap();
+            }
+        })
+        .await;
+        assert!(sent.is_ok(), "items are taken while the database is away");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        rename(&mut conn, "sync_done_away", "sync_done").await;
+        drop(tx);
+        assert_eq!(writer.await.unwrap(), None, "nothing to report once the database is back");
+        assert_eq!(store.done_count(run_id).await.unwrap(), 3 * BATCH as u64 * 4, "every item recorded");
+    }
+
+    #[tokio::test]
+    async fn a_database_away_too_long_is_reported_and_the_run_goes_on() {
+        let (_dir, store, run_id, mut conn) = store_with_backdoor().await;
+        rename(&mut conn, "sync_done", "sync_done_away").await;
+        let (tx, rx) = mpsc::channel(BATCH * 4);
+        let writer = tokio::spawn(write_done(store.clone(), run_id, rx, Duration::from_millis(600)));
+        let started = Instant::now();
+        for item in items(BATCH * 10) {
+            tx.send(item).await.unwrap();
+        }
+        drop(tx);
+        let reason = tokio::time::timeout(Duration::from_secs(10), writer).await.unwrap().unwrap();
+        let reason = reason.expect("the outage is reported");
+        assert!(reason.contains("could not be written") && reason.contains("no such table"), "{reason}");
+        assert!(started.elapsed() >= Duration::from_millis(600), "retried for the allowed time first");
     }
 }

@@ -182,8 +182,10 @@ impl Sync {
 
         let success = p.failed.load(Relaxed) == 0 && verify_failed == 0;
         let mut run = Arc::try_unwrap(run).ok().expect("run still shared after completion");
-        if let Some(rec) = run.recorder.as_mut() {
-            rec.finish(success).await?;
+        if let Some(trouble) = run.recorder.as_mut().map(|rec| rec.finish(success)) {
+            if let Some(warning) = trouble.await {
+                run.progress.warn(warning);
+            }
         }
         let progress = run.progress.clone();
         let dry_run = run.opts.dry_run;

@@ -46,8 +46,39 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ferry: error: {e:#}");
+            eprintln!("ferry: error: {}", one_line(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// The error and its causes on one line, each cause once: many errors
+/// already carry their cause's text in their own.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn causes_already_told_are_not_repeated() {
+        let inner = std::io::Error::other("database is locked");
+        let e = anyhow::Error::new(inner)
+            .context("database error: database is locked")
+            .context("checkpoint store");
+        assert_eq!(super::one_line(&e), "checkpoint store: database error: database is locked");
+        let e = anyhow::anyhow!("disk full").context("write /x");
+        assert_eq!(super::one_line(&e), "write /x: disk full");
     }
 }

@@ -434,6 +434,55 @@ async fn a_corrupted_large_body_fails_the_stored_part_checksums() {
     assert!(std::fs::read(unchecked.join("big.bin")).unwrap() != body, "the corrupt copy landed");
 }
 
+/// The checkpoint database locked by another process for longer than
+/// SQLite waits (10 s): the run holds its done items, writes them once the
+/// lock is gone, and ends as it would have (exit 0, every item recorded,
+/// so the rerun has nothing to do). It used to end with exit 2 after
+/// copying everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_checkpoint_database_does_not_fail_the_run() {
+    use sqlx::Connection;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (tmp.path().join("src"), tmp.path().join("dst"), tmp.path().join("state"));
+    many_files(&src, 300, 20_000);
+    std::fs::create_dir_all(&state).unwrap();
+    let db = format!("sqlite://{}", state.join("cp.db").display());
+    let args = [
+        "sync",
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
+        "--state-db",
+        &db,
+        "--bwlimit",
+        "400K",
+        "--json",
+    ];
+    let child = ferry_cmd(&state, &[]).args(args).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut conn = sqlx::SqliteConnection::connect(&db).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut conn).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    sqlx::query("COMMIT").execute(&mut conn).await.unwrap();
+    drop(conn);
+    let r = Run::of(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(
+        (j["transferred"].as_u64(), j["failed"].as_u64()),
+        (Some(303), Some(0)),
+        "300 files, 3 directories: {j}"
+    );
+    assert_eq!(j["warnings"], serde_json::json!([]), "the lock was outlasted: {j}");
+    assert_same(&snapshot(&src, false), &snapshot(&dst, false));
+    let mut conn = sqlx::SqliteConnection::connect(&db).await.unwrap();
+    let (done, finished): (i64, bool) =
+        sqlx::query_as("SELECT (SELECT COUNT(*) FROM sync_done), (SELECT finished FROM sync_runs)")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!((done, finished), (300, true), "every item recorded, the run marked finished");
+}
+
 /// A byte changed on the way up: every upload carries the CRC32C of what
 /// ferry read, the store refuses a body that does not match it (BadDigest),
 /// and the item is sent again; no changed object is stored, single PUT or
