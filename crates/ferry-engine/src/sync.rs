@@ -975,20 +975,23 @@ impl Run {
             let res: Result<(), StorageError> = async {
                 while let Some(chunk) = stream.next().await {
                     let chunk: Bytes = chunk?;
-                    if let Some(p) = &mut parts {
-                        p.update(n, &chunk);
+                    match &mut parts {
+                        Some(p) => p.update(n, &chunk),
+                        None => crc = crc32c::crc32c_append(crc, &chunk),
                     }
                     n += chunk.len() as u64;
                     if n > s.size {
                         return Err(StorageError::SizeMismatch { expected: s.size, got: n });
                     }
-                    crc = crc32c::crc32c_append(crc, &chunk);
                     self.throttle(chunk.len()).await;
                     self.progress.bytes_moving.fetch_add(chunk.len() as u64, Relaxed);
                     sink.write(chunk).await?;
                 }
                 if n != s.size {
                     return Err(StorageError::SizeMismatch { expected: s.size, got: n });
+                }
+                if let Some(p) = &parts {
+                    crc = p.whole();
                 }
                 check_stored_crc(s, crc)?;
                 check_store_crc(s, stored.as_ref(), crc, parts.as_ref())
@@ -1046,9 +1049,9 @@ impl Run {
                             got: off + len - r.start,
                         });
                     }
-                    crc = crc32c::crc32c_append(crc, &chunk);
-                    if let Some(p) = &mut parts {
-                        p.update(off, &chunk);
+                    match &mut parts {
+                        Some(p) => p.update(off, &chunk),
+                        None => crc = crc32c::crc32c_append(crc, &chunk),
                     }
                     self.throttle(chunk.len()).await;
                     self.progress.bytes_moving.fetch_add(len, Relaxed);
@@ -1058,7 +1061,7 @@ impl Run {
                 if off != r.end {
                     return Err(StorageError::SizeMismatch { expected: r.end - r.start, got: off - r.start });
                 }
-                Ok((crc, r.end - r.start, parts))
+                Ok((parts.as_ref().map_or(crc, PartCrcs::whole), r.end - r.start, parts))
             }
         }))
         .await?;

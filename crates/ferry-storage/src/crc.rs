@@ -159,6 +159,14 @@ impl PartCrcs {
         self.next = next.next.or(self.next);
     }
 
+    /// The CRC32C of all the content fed, from the spans' (so that a
+    /// reader computes each byte's CRC once).
+    pub fn whole(&self) -> u32 {
+        let mut spans = self.spans.iter();
+        let first = spans.next().map_or(0, |&(_, crc, _)| crc);
+        spans.fold(first, |acc, &(_, crc, len)| crc32c::crc32c_combine(acc, crc, len as usize))
+    }
+
     /// The composite CRC and the number of parts, if the spans are parts
     /// 0, 1, … in order, each whole but the last.
     fn composite(&self) -> Option<(u32, u64)> {
@@ -246,6 +254,7 @@ mod tests {
                 }
             }
             let whole = crc32c::crc32c(&data);
+            assert_eq!(joined.as_ref().unwrap().whole(), whole, "part size {part_size}");
             assert_eq!(stored.check(whole, joined.as_ref()), Ok(()), "part size {part_size}");
             // One byte changed anywhere is caught.
             let mut bad = data.clone();
