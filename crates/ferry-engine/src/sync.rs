@@ -872,16 +872,12 @@ impl Run {
         if s.size != d.size {
             return Ok(Some("size differs"));
         }
-        match compare {
-            Compare::Checksum => {
-                let a = self.checksum(&self.src, s, true).await?;
-                let b = self.checksum(&self.dst, d, !self.check_only).await?;
-                if a != b {
-                    return Ok(Some("checksum differs"));
-                }
-            }
-            _ if !same_mtime(s, d) => return Ok(Some("modification time differs")),
-            _ => {}
+        let differs = match compare {
+            Compare::Checksum => (!self.same_content(s, d).await?).then_some("checksum differs"),
+            _ => (!same_mtime(s, d)).then_some("modification time differs"),
+        };
+        if differs.is_some() {
+            return Ok(differs);
         }
         Ok(self.attrs_differ(s, d).then_some(ATTRS_DIFFER))
     }
@@ -1005,7 +1001,7 @@ impl Run {
         }
         if self.opts.verify == Verify::Transferred {
             let written = Entry { etag: None, crc32c: None, meta_loaded: true, local: None, ..s.clone() };
-            let got = self.checksum(&self.dst, &written, false).await?;
+            let (got, _) = self.checksum(&self.dst, &written, false, None).await?;
             if got != crc {
                 return Err(StorageError::InvalidName {
                     name: s.path.clone(),
@@ -1081,10 +1077,41 @@ impl Run {
     /// write whole (ferry's own carry theirs in metadata); `None` when
     /// there is none to check against.
     async fn stored_crc(&self, s: &Entry) -> Result<Option<StoredCrc>, StorageError> {
-        match &self.src {
-            Location::Object(o) if s.crc32c.is_none() => o.stored_crc(s).await,
-            _ => Ok(None),
+        stored_crc_of(&self.src, s).await
+    }
+
+    /// Whether both sides hold the same content, by CRC32C (`--checksum`,
+    /// and `--verify all`). A large object without a CRC32C of ferry's own
+    /// is compared through the one its store kept, so it is not read at
+    /// all: against the same kind of value on the other side, or against
+    /// the other side's content cut into the same parts. Verification
+    /// reads the destination whatever it carries.
+    async fn same_content(&self, s: &Entry, d: &Entry) -> Result<bool, StorageError> {
+        let from_src = stored_crc_of(&self.src, s).await?;
+        let from_dst = if self.check_only { None } else { stored_crc_of(&self.dst, d).await? };
+        match (from_src, from_dst) {
+            (Some(a), Some(b)) if a.part_size() == b.part_size() => Ok(a == b),
+            (Some(stored), _) => self.matches_stored(&self.dst, d, !self.check_only, &stored).await,
+            (None, Some(stored)) => self.matches_stored(&self.src, s, true, &stored).await,
+            (None, None) => {
+                let a = self.checksum(&self.src, s, true, None).await?.0;
+                let b = self.checksum(&self.dst, d, !self.check_only, None).await?.0;
+                Ok(a == b)
+            }
         }
+    }
+
+    /// Whether an entry's content matches a checksum kept by the other side's store.
+    async fn matches_stored(
+        &self,
+        loc: &Location,
+        e: &Entry,
+        trust_stored: bool,
+        stored: &StoredCrc,
+    ) -> Result<bool, StorageError> {
+        let (whole, parts) =
+            self.checksum(loc, e, trust_stored && stored.part_size().is_none(), stored.part_size()).await?;
+        Ok(stored.check(whole, parts.as_ref()).is_ok())
     }
 
     async fn throttle(&self, n: usize) {
@@ -1094,21 +1121,32 @@ impl Run {
     }
 
     /// CRC32C of an entry's content; a stored one is used when `trust_stored`.
-    async fn checksum(&self, loc: &Location, e: &Entry, trust_stored: bool) -> Result<u32, StorageError> {
-        if let (true, Some(c)) = (trust_stored, e.crc32c) {
-            return Ok(c);
+    /// With `part_size`, also the CRC32Cs of its parts of that size (read).
+    async fn checksum(
+        &self,
+        loc: &Location,
+        e: &Entry,
+        trust_stored: bool,
+        part_size: Option<u64>,
+    ) -> Result<(u32, Option<PartCrcs>), StorageError> {
+        if let (true, Some(c), None) = (trust_stored, e.crc32c, part_size) {
+            return Ok((c, None));
         }
         let mut stream = loc.open_read(e, self.opts.chunk).await?;
         let (mut crc, mut n) = (0u32, 0u64);
+        let mut parts = part_size.map(PartCrcs::new);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
+            match &mut parts {
+                Some(p) => p.update(n, &chunk),
+                None => crc = crc32c::crc32c_append(crc, &chunk),
+            }
             n += chunk.len() as u64;
-            crc = crc32c::crc32c_append(crc, &chunk);
         }
         if n != e.size {
             return Err(StorageError::SizeMismatch { expected: e.size, got: n });
         }
-        Ok(crc)
+        Ok((parts.as_ref().map_or(crc, PartCrcs::whole), parts))
     }
 
     /// Delete extraneous destination items, unless anything went wrong.
@@ -1190,6 +1228,15 @@ fn check_stored_crc(s: &Entry, got: u32) -> Result<(), StorageError> {
             got: format!("{got:08x}"),
         }),
         _ => Ok(()),
+    }
+}
+
+/// The CRC32C an object store keeps for a large object that carries none
+/// of ferry's own.
+async fn stored_crc_of(loc: &Location, e: &Entry) -> Result<Option<StoredCrc>, StorageError> {
+    match loc {
+        Location::Object(o) if e.crc32c.is_none() && e.size > SMALL_FILE => o.stored_crc(e).await,
+        _ => Ok(None),
     }
 }
 

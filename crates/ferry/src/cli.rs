@@ -187,7 +187,9 @@ pub struct SyncArgs {
     /// Destination location (created if it is a missing local directory).
     pub dst: String,
 
-    /// Compare content checksums (CRC32C) instead of size and modification time.
+    /// Compare content checksums (CRC32C) instead of size and modification time;
+    /// large s3:// objects are compared through the CRC32C their store kept,
+    /// without being read.
     #[arg(short = 'c', long, conflicts_with_all = ["force", "ignore_existing"])]
     pub checksum: bool,
     /// Skip items that are newer at the destination.
