@@ -199,10 +199,7 @@ impl S3Direct {
             headers.push(("if-match", etag.to_string()));
         }
         let context = format!("read the stored checksum of {what}");
-        let (h, _) = self.call(Method::HEAD, &url, &headers, &context).await.map_err(|e| match e {
-            Error::Http { status: 404, context, .. } => Error::NotFound { what: context },
-            e => e,
-        })?;
+        let Some(h) = self.head_if_understood(&url, &headers, &context).await? else { return Ok(None) };
         let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
         let Some(value) = text("x-amz-checksum-crc32c") else {
             return Ok(None);
@@ -216,7 +213,8 @@ impl S3Direct {
         };
         // Parts are cut at one size but the last (as every common uploader
         // does): the first part's size is that size.
-        let (h, _) = self.call(Method::HEAD, &format!("{url}?partNumber=1"), &headers, &context).await?;
+        let part_url = format!("{url}?partNumber=1");
+        let Some(h) = self.head_if_understood(&part_url, &headers, &context).await? else { return Ok(None) };
         let header =
             |name: &str| h.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         match (header("content-length"), header("x-amz-mp-parts-count")) {
@@ -224,6 +222,27 @@ impl S3Direct {
                 Ok(StoredCrc::composite(crc, parts, part_size, size))
             }
             _ => Ok(None),
+        }
+    }
+
+    /// A HEAD whose answer's headers are wanted; `None` when the store
+    /// refuses what was asked (a 4xx other than 404 and 412: a store that
+    /// knows neither `x-amz-checksum-mode` nor `partNumber` may say 400 or
+    /// 501), so that what it cannot tell is not checked rather than failed.
+    async fn head_if_understood(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        context: &str,
+    ) -> Result<Option<http::HeaderMap>> {
+        match self.call(Method::HEAD, url, headers, context).await {
+            Ok((h, _)) => Ok(Some(h)),
+            Err(Error::Http { status: 404, context, .. }) => Err(Error::NotFound { what: context }),
+            Err(Error::Http { status, detail, .. }) if (400..500).contains(&status) || status == 501 => {
+                tracing::debug!(status, detail, "{context}: not understood, not checked");
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 
