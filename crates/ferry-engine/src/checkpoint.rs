@@ -232,6 +232,8 @@ async fn write_done(
                             since.elapsed().as_secs()
                         ));
                         pending.clear();
+                        // Back to the plain 200 ms gathering, now dropping items.
+                        failing_since = None;
                     } else {
                         tracing::warn!(error = %e, "cannot write the checkpoint; trying again");
                         next_try = Instant::now() + backoff;
@@ -378,6 +380,14 @@ mod tests {
             .collect()
     }
 
+    /// CPU time this process used so far, in clock ticks (user + system).
+    fn cpu_ticks() -> u64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split(' ').collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
     async fn rename(conn: &mut sqlx::SqliteConnection, from: &str, to: &str) {
         sqlx::query(&format!("ALTER TABLE {from} RENAME TO {to}")).execute(conn).await.unwrap();
     }
@@ -413,6 +423,13 @@ mod tests {
         for item in items(BATCH * 10) {
             tx.send(item).await.unwrap();
         }
+        // Once it has given up, the writer takes what comes without
+        // trying, and without spinning while the run goes on.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let cpu = cpu_ticks();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tx.send(items(1).remove(0)).await.unwrap();
+        assert!(cpu_ticks() - cpu < 20, "the writer idles: {} ticks in 1 s", cpu_ticks() - cpu);
         drop(tx);
         let reason = tokio::time::timeout(Duration::from_secs(10), writer).await.unwrap().unwrap();
         let reason = reason.expect("the outage is reported");
