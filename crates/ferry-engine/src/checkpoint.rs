@@ -184,7 +184,9 @@ async fn write_done(
     let mut gave_up: Option<String> = None;
     let mut closed = false;
     loop {
-        if alive.elapsed() >= HEARTBEAT && failing_since.is_none() && gave_up.is_none() {
+        // Signs of life go on after giving up on recording items: the next
+        // run's sweep of left uploads relies on them.
+        if alive.elapsed() >= HEARTBEAT && failing_since.is_none() {
             alive = Instant::now();
             if let Err(e) = store.touch_run(run_id).await {
                 tracing::warn!(error = %e, "cannot note in the checkpoint that the run is alive");

@@ -990,7 +990,7 @@ impl Run {
                     crc = p.whole();
                 }
                 check_stored_crc(s, crc)?;
-                check_store_crc(s, stored.as_ref(), crc, parts.as_ref())
+                self.store_crc_verdict(s, stored.as_ref(), crc, parts.as_ref()).await
             }
             .await;
             if let Err(e) = res {
@@ -1069,8 +1069,32 @@ impl Run {
                 all.append(p);
             }
         }
-        check_store_crc(s, stored, crc, all_parts.as_ref())?;
+        self.store_crc_verdict(s, stored, crc, all_parts.as_ref()).await?;
         Ok(crc)
+    }
+
+    /// Content read from the source must match the CRC32C its store kept.
+    /// A composite mismatch counts only if the object's parts really are of
+    /// equal sizes, as the check assumed (every part's size is asked for);
+    /// otherwise the object cannot be checked and is taken with a warning.
+    async fn store_crc_verdict(
+        &self,
+        s: &Entry,
+        stored: Option<&StoredCrc>,
+        whole: u32,
+        parts: Option<&PartCrcs>,
+    ) -> Result<(), StorageError> {
+        let Some(Err((expected, got))) = stored.map(|c| c.check(whole, parts)) else { return Ok(()) };
+        if let (Some(c), Location::Object(o)) = (stored, &self.src) {
+            if !o.parts_are_equal(s, c).await? {
+                self.progress.warn(format!(
+                    "{}: its parts are of unequal sizes, so the checksum its store kept cannot be checked",
+                    s.path
+                ));
+                return Ok(());
+            }
+        }
+        Err(StorageError::ChecksumMismatch { path: s.path.clone(), expected, got })
     }
 
     /// The CRC32C the source store keeps for a large object ferry did not
@@ -1089,29 +1113,42 @@ impl Run {
     async fn same_content(&self, s: &Entry, d: &Entry) -> Result<bool, StorageError> {
         let from_src = stored_crc_of(&self.src, s).await?;
         let from_dst = if self.check_only { None } else { stored_crc_of(&self.dst, d).await? };
-        match (from_src, from_dst) {
-            (Some(a), Some(b)) if a.part_size() == b.part_size() => Ok(a == b),
-            (Some(stored), _) => self.matches_stored(&self.dst, d, !self.check_only, &stored).await,
-            (None, Some(stored)) => self.matches_stored(&self.src, s, true, &stored).await,
-            (None, None) => {
-                let a = self.checksum(&self.src, s, true, None).await?.0;
-                let b = self.checksum(&self.dst, d, !self.check_only, None).await?.0;
-                Ok(a == b)
+        let verdict = match (from_src, from_dst) {
+            (Some(a), Some(b)) if a.part_size() == b.part_size() && a == b => Some(true),
+            (Some(stored), _) => {
+                self.matches_stored((&self.src, s), (&self.dst, d), !self.check_only, &stored).await?
             }
+            (None, Some(stored)) => {
+                self.matches_stored((&self.dst, d), (&self.src, s), true, &stored).await?
+            }
+            (None, None) => None,
+        };
+        if let Some(same) = verdict {
+            return Ok(same);
         }
+        let a = self.checksum(&self.src, s, true, None).await?.0;
+        let b = self.checksum(&self.dst, d, !self.check_only, None).await?.0;
+        Ok(a == b)
     }
 
-    /// Whether an entry's content matches a checksum kept by the other side's store.
+    /// Whether `other`'s content matches the checksum `holder`'s store kept;
+    /// `None` when that cannot tell (a composite over parts of unequal sizes).
     async fn matches_stored(
         &self,
-        loc: &Location,
-        e: &Entry,
+        (holder, h): (&Location, &Entry),
+        (other, e): (&Location, &Entry),
         trust_stored: bool,
         stored: &StoredCrc,
-    ) -> Result<bool, StorageError> {
-        let (whole, parts) =
-            self.checksum(loc, e, trust_stored && stored.part_size().is_none(), stored.part_size()).await?;
-        Ok(stored.check(whole, parts.as_ref()).is_ok())
+    ) -> Result<Option<bool>, StorageError> {
+        let part_size = stored.part_size();
+        let (whole, parts) = self.checksum(other, e, trust_stored && part_size.is_none(), part_size).await?;
+        if stored.check(whole, parts.as_ref()).is_ok() {
+            return Ok(Some(true));
+        }
+        match holder {
+            Location::Object(o) if !o.parts_are_equal(h, stored).await? => Ok(None),
+            _ => Ok(Some(false)),
+        }
     }
 
     async fn throttle(&self, n: usize) {
@@ -1237,21 +1274,6 @@ async fn stored_crc_of(loc: &Location, e: &Entry) -> Result<Option<StoredCrc>, S
     match loc {
         Location::Object(o) if e.crc32c.is_none() && e.size > SMALL_FILE => o.stored_crc(e).await,
         _ => Ok(None),
-    }
-}
-
-/// Content read must match the CRC32C its store recorded, if any.
-fn check_store_crc(
-    s: &Entry,
-    stored: Option<&StoredCrc>,
-    whole: u32,
-    parts: Option<&PartCrcs>,
-) -> Result<(), StorageError> {
-    match stored.map(|c| c.check(whole, parts)) {
-        Some(Err((expected, got))) => {
-            Err(StorageError::ChecksumMismatch { path: s.path.clone(), expected, got })
-        }
-        _ => Ok(()),
     }
 }
 

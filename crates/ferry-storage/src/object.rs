@@ -195,6 +195,20 @@ impl ObjectRoot {
         }
     }
 
+    /// Whether a multipart object's parts are laid out as `stored` (a
+    /// composite CRC) assumes: all of its part size but the last. Asked
+    /// after a mismatch, to tell corruption from parts of unequal sizes.
+    pub async fn parts_are_equal(&self, entry: &Entry, stored: &crate::StoredCrc) -> Result<bool> {
+        match (&self.direct, *stored) {
+            (Some(d), crate::StoredCrc::Composite { parts, part_size, .. }) => {
+                let what = format!("{}/{}", self.display, entry.path);
+                let layout = (parts, part_size, entry.size);
+                d.parts_are_equal(&self.key(&entry.path), entry.etag.as_deref(), layout, &what).await
+            }
+            _ => Ok(true),
+        }
+    }
+
     /// Whether directories are marker objects that can carry metadata (object
     /// stores), rather than real directories (the `fs` and memory services).
     fn markers_carry_metadata(&self) -> bool {

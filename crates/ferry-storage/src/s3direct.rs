@@ -54,6 +54,9 @@ pub(crate) struct S3Direct {
     checksums: bool,
 }
 
+/// Answers to a HEAD that mean the store does not understand the question.
+const NOT_UNDERSTOOD: [u16; 4] = [400, 405, 416, 501];
+
 /// Characters S3 leaves alone in a canonical query value (RFC 3986 unreserved).
 const QUERY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 /// The same in a path, where `/` separates segments.
@@ -225,10 +228,46 @@ impl S3Direct {
         }
     }
 
+    /// Whether every part of a multipart object is `part_size` bytes but
+    /// the last (the layout a composite check assumes): one HEAD per part
+    /// from the second on, a few at a time. Asked only after a mismatch.
+    pub(crate) async fn parts_are_equal(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        (parts, part_size, size): (u64, u64, u64),
+        what: &str,
+    ) -> Result<bool> {
+        use futures::StreamExt as _;
+        let url = format!("{}/{}", self.base, utf8_percent_encode(key, PATH));
+        let headers: Vec<(&str, String)> = etag.map(|e| ("if-match", e.to_string())).into_iter().collect();
+        let context = format!("read the part sizes of {what}");
+        let sizes: Vec<Result<Option<u64>>> = futures::stream::iter(2..=parts)
+            .map(|n| {
+                let (url, headers, context) = (&url, &headers, &context);
+                async move {
+                    let h =
+                        self.head_if_understood(&format!("{url}?partNumber={n}"), headers, context).await?;
+                    Ok(h.and_then(|h| h.get("content-length")?.to_str().ok()?.parse::<u64>().ok()))
+                }
+            })
+            .buffered(8)
+            .collect()
+            .await;
+        for (n, got) in (2..=parts).zip(sizes) {
+            let want = if n == parts { size - (parts - 1) * part_size } else { part_size };
+            if got? != Some(want) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// A HEAD whose answer's headers are wanted; `None` when the store
-    /// refuses what was asked (a 4xx other than 404 and 412: a store that
-    /// knows neither `x-amz-checksum-mode` nor `partNumber` may say 400 or
-    /// 501), so that what it cannot tell is not checked rather than failed.
+    /// does not understand what was asked (a store that knows neither
+    /// `x-amz-checksum-mode` nor `partNumber` says 400, 405, 416 or 501, or
+    /// 403 behind a gateway), so that what it cannot tell is not checked
+    /// rather than failed. Throttling and other errors stay errors.
     async fn head_if_understood(
         &self,
         url: &str,
@@ -238,8 +277,14 @@ impl S3Direct {
         match self.call(Method::HEAD, url, headers, context).await {
             Ok((h, _)) => Ok(Some(h)),
             Err(Error::Http { status: 404, context, .. }) => Err(Error::NotFound { what: context }),
-            Err(Error::Http { status, detail, .. }) if (400..500).contains(&status) || status == 501 => {
+            Err(Error::Http { status, detail, .. }) if NOT_UNDERSTOOD.contains(&status) => {
                 tracing::debug!(status, detail, "{context}: not understood, not checked");
+                Ok(None)
+            }
+            // A gateway that refuses the extra header; a real lack of
+            // permission fails the GET that follows, with its own message.
+            Err(Error::PermissionDenied { what }) => {
+                tracing::debug!("{what}: refused, not checked");
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -258,10 +303,11 @@ impl S3Direct {
         let mut attempt = 0;
         loop {
             match self.call_once(method.clone(), url, headers, context).await {
-                // A changed object (412) is for the caller to retry whole.
+                // A changed object (412) is for the caller to retry whole;
+                // 501 (not implemented) will not change.
                 Err(e)
                     if e.is_temporary()
-                        && !matches!(e, Error::SourceChanged(_))
+                        && !matches!(e, Error::SourceChanged(_) | Error::Http { status: 501, .. })
                         && attempt < self.retries =>
                 {
                     attempt += 1;

@@ -166,10 +166,11 @@ impl Uploads {
     pub(crate) fn finished(&self, bucket: &str, key: &str, upload_id: &str, complete: bool) {
         let mut st = self.state();
         let Some(open) = st.open.remove(&(bucket.into(), key.into(), upload_id.into())) else { return };
-        st.composite.remove(&(bucket.into(), key.into()));
         if !complete {
+            // What is stored at the key stays as it was.
             return;
         }
+        st.composite.remove(&(bucket.into(), key.into()));
         let crcs: Option<Vec<u32>> = open.parts.values().map(|(_, crc)| *crc).collect();
         if let Some(crcs) = crcs.filter(|c| !c.is_empty()) {
             let bytes: Vec<u8> = crcs.iter().flat_map(|c| c.to_be_bytes()).collect();
@@ -284,7 +285,14 @@ mod tests {
         assert!(c.header().ends_with("-2"), "{}", c.header());
         u.replaced("b", "k");
         assert_eq!(u.composite("b", "k"), None);
-        // A part without a CRC32C, or an abort, leaves no composite.
+        // An aborted upload leaves the stored object's composite alone.
+        u.created("b", "k2", b"<UploadId>id0</UploadId>");
+        u.part("b", "k2", "id0", 1, 3, Some(1));
+        u.finished("b", "k2", "id0", true);
+        u.created("b", "k2", b"<UploadId>id9</UploadId>");
+        u.finished("b", "k2", "id9", false);
+        assert!(u.composite("b", "k2").is_some());
+        // A part without a CRC32C leaves no composite.
         u.created("b", "k", b"<UploadId>id2</UploadId>");
         u.part("b", "k", "id2", 1, 10, None);
         u.finished("b", "k", "id2", true);

@@ -434,6 +434,50 @@ async fn a_corrupted_large_body_fails_the_stored_part_checksums() {
     assert!(std::fs::read(unchecked.join("big.bin")).unwrap() != body, "the corrupt copy landed");
 }
 
+/// A composite checksum over parts of unequal sizes (a writer that sends
+/// whatever it has buffered) cannot be checked part by part: the first
+/// part's size does not cut the content as the writer did. The download
+/// is taken with a warning instead of failing forever, and `--checksum`
+/// falls back to reading the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_of_unequal_sizes_are_not_taken_for_corruption() {
+    let s3 = S3Server::start(&["bkt-uneven"]).await;
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (back, state) = (tmp.path().join("back"), tmp.path().join("state"));
+    let op = opendal::Operator::new(
+        opendal::services::S3::default()
+            .bucket("bkt-uneven")
+            .endpoint(&s3.endpoint())
+            .region(s3.region())
+            .access_key_id(s3.access_key())
+            .secret_access_key(s3.secret_key())
+            .checksum_algorithm("crc32c")
+            .disable_config_load(),
+    )
+    .unwrap();
+    // Parts of 5.5, 6 and 1.5 MiB: OpenDAL sends each write once it passes 5 MiB.
+    let body: Vec<u8> = (0..13u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
+    let mut w = op.writer("p/uneven.bin").await.unwrap();
+    for piece in [&body[..11 << 19], &body[11 << 19..23 << 19], &body[23 << 19..]] {
+        w.write(piece.to_vec()).await.unwrap();
+    }
+    w.close().await.unwrap();
+
+    let r = ferry(&state, &env, &["sync", "s3://bkt-uneven/p", back.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let warnings = r.json()["warnings"].to_string();
+    assert!(warnings.contains("uneven.bin: its parts are of unequal sizes"), "{warnings}");
+    assert!(std::fs::read(back.join("uneven.bin")).unwrap() == body);
+
+    let gets = s3.counts().get;
+    let args =
+        ["sync", "s3://bkt-uneven/p", back.to_str().unwrap(), "--checksum", "--no-checkpoint", "--json"];
+    let r = ferry(&state, &env, &args);
+    assert_eq!((r.code, r.json()["skipped"].as_u64()), (0, Some(1)), "{}\n{}", r.stdout, r.stderr);
+    assert!(s3.counts().get > gets, "compared by reading it");
+}
+
 /// The checkpoint database locked by another process for longer than
 /// SQLite waits (10 s): the run holds its done items, writes them once the
 /// lock is gone, and ends as it would have (exit 0, every item recorded,
