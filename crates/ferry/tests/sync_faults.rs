@@ -445,17 +445,7 @@ async fn parts_of_unequal_sizes_are_not_taken_for_corruption() {
     let env = s3.env();
     let tmp = tempfile::tempdir().unwrap();
     let (back, state) = (tmp.path().join("back"), tmp.path().join("state"));
-    let op = opendal::Operator::new(
-        opendal::services::S3::default()
-            .bucket("bkt-uneven")
-            .endpoint(&s3.endpoint())
-            .region(s3.region())
-            .access_key_id(s3.access_key())
-            .secret_access_key(s3.secret_key())
-            .checksum_algorithm("crc32c")
-            .disable_config_load(),
-    )
-    .unwrap();
+    let op = s3_operator(&s3, "bkt-uneven", true);
     // Parts of 5.5, 6 and 1.5 MiB: OpenDAL sends each write once it passes 5 MiB.
     let body: Vec<u8> = (0..13u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
     let mut w = op.writer("p/uneven.bin").await.unwrap();

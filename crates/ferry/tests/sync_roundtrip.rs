@@ -572,19 +572,7 @@ async fn unchanged_items_cost_no_request_and_outside_changes_are_seen() {
     // An object overwritten behind ferry's back (same size) is noticed and re-copied.
     // Listed modification times may have one-second precision.
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let op = {
-        use opendal::services::S3;
-        opendal::Operator::new(
-            S3::default()
-                .bucket("bkt-state")
-                .endpoint(&s3.endpoint())
-                .region(s3.region())
-                .access_key_id(s3.access_key())
-                .secret_access_key(s3.secret_key())
-                .disable_config_load(),
-        )
-        .unwrap()
-    };
+    let op = s3_operator(&s3, "bkt-state", false);
     op.write("p/d/f3", "CONTENT 0003").await.unwrap();
     let r = ferry(&state, &env, &["sync", s, "s3://bkt-state/p", "--json"]).json();
     assert_eq!(r["transferred"], 1, "{r}");
@@ -682,16 +670,7 @@ async fn content_that_does_not_match_its_stored_checksum_is_never_stored() {
     let s3 = S3Server::start(&["bkt-crc"]).await;
     let tmp = tempfile::tempdir().unwrap();
     let (back, state) = (tmp.path().join("back"), tmp.path().join("state"));
-    let op = opendal::Operator::new(
-        opendal::services::S3::default()
-            .bucket("bkt-crc")
-            .endpoint(&s3.endpoint())
-            .region(s3.region())
-            .access_key_id(s3.access_key())
-            .secret_access_key(s3.secret_key())
-            .disable_config_load(),
-    )
-    .unwrap();
+    let op = s3_operator(&s3, "bkt-crc", false);
     // An object whose stored checksum is that of other content (a corrupted body).
     let meta = std::collections::HashMap::from([
         ("file-checksum".to_string(), format!("crc32c:{:08x}", crc32c_of(b"the original"))),

@@ -13,6 +13,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use ferry_testkit::S3Server;
 
+/// An OpenDAL operator on a bucket of the test server, for writing objects
+/// behind ferry's back; `crc32c` sends upload checksums as ferry does.
+pub fn s3_operator(s3: &S3Server, bucket: &str, crc32c: bool) -> opendal::Operator {
+    let mut b = opendal::services::S3::default()
+        .bucket(bucket)
+        .endpoint(&s3.endpoint())
+        .region(s3.region())
+        .access_key_id(s3.access_key())
+        .secret_access_key(s3.secret_key())
+        .disable_config_load();
+    if crc32c {
+        b = b.checksum_algorithm("crc32c");
+    }
+    opendal::Operator::new(b).expect("an operator on the test server")
+}
+
 /// A run of the binary: exit code, stdout, stderr.
 pub struct Run {
     pub code: i32,
