@@ -965,16 +965,13 @@ impl Run {
             version = sink.commit(&meta).await?;
         } else {
             let stored = self.stored_crc(s).await?;
-            let mut parts = stored.and_then(|c| c.part_size()).map(PartCrcs::new);
+            let mut parts = PartCrcs::for_parts(stored.and_then(|c| c.part_size()));
             let mut stream = self.src.open_read(s, self.opts.chunk).await?;
             let mut sink = self.dst.create_file(&s.path, &meta, None, s.size).await?;
             let res: Result<(), StorageError> = async {
                 while let Some(chunk) = stream.next().await {
                     let chunk: Bytes = chunk?;
-                    match &mut parts {
-                        Some(p) => p.update(n, &chunk),
-                        None => crc = crc32c::crc32c_append(crc, &chunk),
-                    }
+                    parts.update(n, &chunk);
                     n += chunk.len() as u64;
                     if n > s.size {
                         return Err(StorageError::SizeMismatch { expected: s.size, got: n });
@@ -986,11 +983,9 @@ impl Run {
                 if n != s.size {
                     return Err(StorageError::SizeMismatch { expected: s.size, got: n });
                 }
-                if let Some(p) = &parts {
-                    crc = p.whole();
-                }
+                crc = parts.whole();
                 check_stored_crc(s, crc)?;
-                self.store_crc_verdict(s, stored.as_ref(), crc, parts.as_ref()).await
+                self.store_crc_verdict(s, stored.as_ref(), crc, &parts).await
             }
             .await;
             if let Err(e) = res {
@@ -1034,8 +1029,8 @@ impl Run {
             let file = file.clone();
             async move {
                 let mut stream = o.open_range(s, r.clone()).await?;
-                let (mut off, mut crc) = (r.start, 0u32);
-                let mut parts = part_size.map(PartCrcs::new);
+                let mut off = r.start;
+                let mut parts = PartCrcs::for_parts(part_size);
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk?;
                     let len = chunk.len() as u64;
@@ -1045,10 +1040,7 @@ impl Run {
                             got: off + len - r.start,
                         });
                     }
-                    match &mut parts {
-                        Some(p) => p.update(off, &chunk),
-                        None => crc = crc32c::crc32c_append(crc, &chunk),
-                    }
+                    parts.update(off, &chunk);
                     self.throttle(chunk.len()).await;
                     self.progress.bytes_moving.fetch_add(len, Relaxed);
                     tokio::task::block_in_place(|| file.write_at(&chunk, off))?;
@@ -1057,19 +1049,16 @@ impl Run {
                 if off != r.end {
                     return Err(StorageError::SizeMismatch { expected: r.end - r.start, got: off - r.start });
                 }
-                Ok((parts.as_ref().map_or(crc, PartCrcs::whole), r.end - r.start, parts))
+                Ok(parts)
             }
         }))
         .await?;
-        let mut iter = parts.into_iter();
-        let (mut crc, _, mut all_parts) = iter.next().unwrap_or((0, 0, None));
-        for (c, len, p) in iter {
-            crc = crc32c::crc32c_combine(crc, c, len as usize);
-            if let (Some(all), Some(p)) = (&mut all_parts, p) {
-                all.append(p);
-            }
+        let mut all = PartCrcs::for_parts(part_size);
+        for p in parts {
+            all.append(p);
         }
-        self.store_crc_verdict(s, stored, crc, all_parts.as_ref()).await?;
+        let crc = all.whole();
+        self.store_crc_verdict(s, stored, crc, &all).await?;
         Ok(crc)
     }
 
@@ -1082,9 +1071,9 @@ impl Run {
         s: &Entry,
         stored: Option<&StoredCrc>,
         whole: u32,
-        parts: Option<&PartCrcs>,
+        parts: &PartCrcs,
     ) -> Result<(), StorageError> {
-        let Some(Err((expected, got))) = stored.map(|c| c.check(whole, parts)) else { return Ok(()) };
+        let Some(Err((expected, got))) = stored.map(|c| c.check(whole, Some(parts))) else { return Ok(()) };
         if let (Some(c), Location::Object(o)) = (stored, &self.src) {
             if !o.parts_are_equal(s, c).await? {
                 self.progress.warn(format!(
@@ -1142,7 +1131,7 @@ impl Run {
     ) -> Result<Option<bool>, StorageError> {
         let part_size = stored.part_size();
         let (whole, parts) = self.checksum(other, e, trust_stored && part_size.is_none(), part_size).await?;
-        if stored.check(whole, parts.as_ref()).is_ok() {
+        if stored.check(whole, Some(&parts)).is_ok() {
             return Ok(Some(true));
         }
         match holder {
@@ -1165,25 +1154,22 @@ impl Run {
         e: &Entry,
         trust_stored: bool,
         part_size: Option<u64>,
-    ) -> Result<(u32, Option<PartCrcs>), StorageError> {
+    ) -> Result<(u32, PartCrcs), StorageError> {
+        let mut parts = PartCrcs::for_parts(part_size);
         if let (true, Some(c), None) = (trust_stored, e.crc32c, part_size) {
-            return Ok((c, None));
+            return Ok((c, parts));
         }
         let mut stream = loc.open_read(e, self.opts.chunk).await?;
-        let (mut crc, mut n) = (0u32, 0u64);
-        let mut parts = part_size.map(PartCrcs::new);
+        let mut n = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
-            match &mut parts {
-                Some(p) => p.update(n, &chunk),
-                None => crc = crc32c::crc32c_append(crc, &chunk),
-            }
+            parts.update(n, &chunk);
             n += chunk.len() as u64;
         }
         if n != e.size {
             return Err(StorageError::SizeMismatch { expected: e.size, got: n });
         }
-        Ok((parts.as_ref().map_or(crc, PartCrcs::whole), parts))
+        Ok((parts.whole(), parts))
     }
 
     /// Delete extraneous destination items, unless anything went wrong.

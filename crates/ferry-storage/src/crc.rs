@@ -121,6 +121,13 @@ impl PartCrcs {
         PartCrcs { part_size, spans: Vec::new(), next: None }
     }
 
+    /// Parts of `part_size` when there is one to check against, else the
+    /// content as one span: readers feed it the same way either way and
+    /// take [`PartCrcs::whole`].
+    pub fn for_parts(part_size: Option<u64>) -> Self {
+        Self::new(part_size.unwrap_or(u64::MAX))
+    }
+
     /// Feed the bytes at `offset`, which must follow what was fed before.
     pub fn update(&mut self, mut offset: u64, mut data: &[u8]) {
         if self.next.is_some_and(|n| n != offset) {
@@ -255,6 +262,10 @@ mod tests {
             }
             let whole = crc32c::crc32c(&data);
             assert_eq!(joined.as_ref().unwrap().whole(), whole, "part size {part_size}");
+            let mut unsplit = PartCrcs::for_parts(None);
+            unsplit.update(0, &data[..3_000]);
+            unsplit.update(3_000, &data[3_000..]);
+            assert_eq!(unsplit.whole(), whole);
             assert_eq!(stored.check(whole, joined.as_ref()), Ok(()), "part size {part_size}");
             // One byte changed anywhere is caught.
             let mut bad = data.clone();
