@@ -18,7 +18,7 @@ pub mod worker;
 
 pub use checkpoint::CheckpointSpec;
 pub use error::{Error, Result};
-pub use filter::Filter;
+pub use filter::{Filter, TimeBound};
 pub use options::{Compare, ForcedAttributes, SyncOptions, Verify};
 pub use progress::{Failure, PlanLine, Progress, Report};
 pub use ratelimit::RateLimit;

@@ -54,8 +54,8 @@ struct Run {
     recorder: Option<Recorder>,
     /// Some listing failed: no deletion may run.
     listing_failed: AtomicBool,
-    /// Destination entries absent from the source (top-most only).
-    extraneous: Mutex<Vec<(String, EntryKind)>>,
+    /// Destination entries absent from the source (top-most only), as listed.
+    extraneous: Mutex<Vec<Entry>>,
     /// Source files with more than one link, by (device, inode).
     hard_links: Mutex<HashMap<(u64, u64), Vec<String>>>,
     /// Verification pass: report differences instead of copying.
@@ -105,6 +105,8 @@ enum Outcome {
     Skipped(Option<String>),
     /// Copied: bytes, and the new destination version when the store gave one.
     Transferred(u64, Option<String>),
+    /// Left out by `--min-age`/`--max-age` once its time was looked up.
+    Excluded,
 }
 
 impl Sync {
@@ -461,7 +463,10 @@ impl Run {
                 }
                 continue;
             }
-            if !self.opts.filter.file_included(&s.path, s.size) {
+            // Times not known exactly yet (objects) are looked up by the worker.
+            if !self.opts.filter.file_included(&s.path, s.size)
+                || s.mtime_exact && !self.opts.filter.time_included(s.mtime_ns)
+            {
                 p.excluded.fetch_add(1, Relaxed);
                 continue;
             }
@@ -698,6 +703,8 @@ impl Run {
         }
     }
 
+    /// Remember a destination entry absent from the source for the deletion
+    /// phase, unless the filters leave it out (time bounds are applied then).
     fn note_extraneous(&self, d: Entry) {
         if !self.opts.delete || self.check_only {
             return;
@@ -707,8 +714,102 @@ impl Run {
             _ => self.opts.filter.file_included(&d.path, d.size),
         };
         if kept {
-            self.extraneous.lock().expect("lock").push((d.path, d.kind));
+            self.extraneous.lock().expect("lock").push(d);
         }
+    }
+
+    /// Whether a file passes `--min-age`/`--max-age`; an object's time is
+    /// the one stored in its metadata, looked up (one HEAD) when the
+    /// listing did not carry it.
+    async fn time_included(&self, at: &Location, e: &mut Entry) -> Result<bool, StorageError> {
+        if !self.opts.filter.has_times() {
+            return Ok(true);
+        }
+        if !e.mtime_exact {
+            for w in at.load_meta(e).await? {
+                self.progress.warn(format!("{}: {w}", e.path));
+            }
+        }
+        Ok(self.opts.filter.time_included(e.mtime_ns))
+    }
+
+    /// What to delete of the extraneous entries: with filters, the files
+    /// they leave out inside an extraneous directory stay, and so do the
+    /// directories above them. `None` when a listing or lookup failed (it
+    /// is reported): then nothing is deleted.
+    async fn deletion_victims(&self, noted: Vec<Entry>) -> Option<Vec<(String, EntryKind)>> {
+        if !self.opts.filter.is_active() {
+            return Some(noted.into_iter().map(|e| (e.path, e.kind)).collect());
+        }
+        let mut victims = Vec::new();
+        for mut e in noted {
+            let whole = match e.kind {
+                EntryKind::Dir => self.prune_dir(&e.path, &mut victims).await?,
+                _ => self.extraneous_file_included(&mut e).await?,
+            };
+            if whole {
+                victims.push((e.path, e.kind));
+            }
+        }
+        Some(victims)
+    }
+
+    async fn extraneous_file_included(&self, e: &mut Entry) -> Option<bool> {
+        match self.time_included(&self.dst, e).await {
+            Ok(included) => Some(included),
+            Err(err) => {
+                self.progress.fail(&e.path, format!("cannot look up for deletion: {err}"));
+                None
+            }
+        }
+    }
+
+    /// Look into an extraneous destination directory: `Some(true)` when
+    /// everything in it is to be deleted (then the directory goes whole),
+    /// else the victims inside are added to `out` and it stays.
+    fn prune_dir<'a>(
+        &'a self,
+        dir: &'a str,
+        out: &'a mut Vec<(String, EntryKind)>,
+    ) -> futures::future::BoxFuture<'a, Option<bool>> {
+        Box::pin(async move {
+            let p = &self.progress;
+            let mut level = match self.dst.list_level(dir, self.opts.level_in_memory).await {
+                Ok(l) => l,
+                Err(e) => {
+                    p.fail(dir, format!("listing the destination for deletion failed: {e}"));
+                    return None;
+                }
+            };
+            let mut inside = Vec::new();
+            let mut all = level.rejected.is_empty();
+            for entry in level.by_ref() {
+                let mut e = match entry {
+                    Ok(e) => e,
+                    Err(err) => {
+                        p.fail(dir, format!("listing the destination for deletion failed: {err}"));
+                        return None;
+                    }
+                };
+                let whole = match e.kind {
+                    EntryKind::Dir if !self.opts.filter.dir_included(&e.path) => false,
+                    EntryKind::Dir => self.prune_dir(&e.path, &mut inside).await?,
+                    _ => {
+                        self.opts.filter.file_included(&e.path, e.size)
+                            && self.extraneous_file_included(&mut e).await?
+                    }
+                };
+                if whole {
+                    inside.push((e.path, e.kind));
+                } else {
+                    all = false;
+                }
+            }
+            if !all {
+                out.append(&mut inside);
+            }
+            Some(all)
+        })
     }
 
     /// Check and transfer one item, retrying temporary failures.
@@ -723,6 +824,10 @@ impl Run {
                     if version.is_some() {
                         self.remember(&item, version).await;
                     }
+                }
+                Ok(Outcome::Excluded) => {
+                    p.excluded.fetch_add(1, Relaxed);
+                    p.listed_bytes.fetch_sub(item.src.size, Relaxed);
                 }
                 Ok(Outcome::Transferred(bytes, version)) => {
                     p.transferred.fetch_add(1, Relaxed);
@@ -763,6 +868,9 @@ impl Run {
     async fn process(&self, item: &Item) -> Result<Outcome, StorageError> {
         let mut s = item.src.clone();
         let mut d = item.dst.clone();
+        if !self.time_included(&self.src, &mut s).await? {
+            return Ok(Outcome::Excluded);
+        }
         let reason = match self.decide(&mut s, d.as_mut()).await? {
             None => {
                 // Checked in full against an object: remember the version seen
@@ -1176,16 +1284,25 @@ impl Run {
     /// Returns why deletion was skipped, if it was.
     async fn delete_extraneous(&self) -> Option<String> {
         let p = &self.progress;
-        let mut victims = std::mem::take(&mut *self.extraneous.lock().expect("lock"));
-        if victims.is_empty() {
+        let noted = std::mem::take(&mut *self.extraneous.lock().expect("lock"));
+        if noted.is_empty() {
             return None;
         }
-        if self.listing_failed.load(Relaxed) || p.failed.load(Relaxed) > 0 {
-            return Some(format!(
-                "{} item(s) failed, so none of the {} extraneous destination item(s) were deleted",
+        let skipped = |count: usize| {
+            format!(
+                "{} item(s) failed, so none of the {count} extraneous destination item(s) were deleted",
                 p.failed.load(Relaxed),
-                victims.len()
-            ));
+            )
+        };
+        if self.listing_failed.load(Relaxed) || p.failed.load(Relaxed) > 0 {
+            return Some(skipped(noted.len()));
+        }
+        let count = noted.len();
+        let Some(mut victims) = self.deletion_victims(noted).await else {
+            return Some(skipped(count));
+        };
+        if victims.is_empty() {
+            return None;
         }
         if let Some(max) = self.opts.max_delete {
             if victims.len() as u64 > max {

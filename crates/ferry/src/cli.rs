@@ -222,6 +222,15 @@ pub struct SyncArgs {
     /// Leave out files larger than SIZE.
     #[arg(long, value_name = "SIZE", value_parser = crate::size::parse_size)]
     pub max_size: Option<u64>,
+    /// Only files modified at least AGE ago (90s, 30m, 24h, 7d, 2w), or at or
+    /// before a date (2026-01-31, 2026-01-31 12:00:00, RFC 3339; local time
+    /// unless a zone is given). An object's time is the one stored in its
+    /// metadata: listings do not carry it, so objects cost a HEAD each.
+    #[arg(long, value_name = "AGE|DATE", value_parser = crate::size::parse_time_bound)]
+    pub min_age: Option<ferry_engine::TimeBound>,
+    /// Only files modified at most AGE ago, or at or after a date (as --min-age).
+    #[arg(long, value_name = "AGE|DATE", value_parser = crate::size::parse_time_bound)]
+    pub max_age: Option<ferry_engine::TimeBound>,
     /// Only copy the files listed in FILE (one relative path per line; '-' for stdin).
     #[arg(long, value_name = "FILE")]
     pub files_from: Option<PathBuf>,

@@ -106,7 +106,8 @@ fn options(args: &SyncArgs) -> anyhow::Result<SyncOptions> {
         update: args.update,
         delete: args.delete,
         max_delete: args.max_delete,
-        filter: Filter::new(&args.include, &args.exclude, args.min_size, args.max_size)?,
+        filter: Filter::new(&args.include, &args.exclude, args.min_size, args.max_size)?
+            .with_times(args.min_age.clone(), args.max_age.clone())?,
         files_from,
         dry_run: args.dry_run,
         threads: args.threads as usize,

@@ -823,3 +823,136 @@ async fn attribute_changes_reach_copies() {
         assert_eq!(j["transferred"], 0, "{to}: {j}");
     }
 }
+
+/// `--delete` with filters: what the filters leave out inside an extraneous
+/// destination directory stays, and so does that directory; a directory
+/// with nothing left out goes whole. Planned the same way by a dry run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_keeps_what_the_filters_leave_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (tmp.path().join("src"), tmp.path().join("dst"), tmp.path().join("state"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), "a").unwrap();
+    for (path, body) in [
+        ("old/x.keep", "kept: excluded by name"),
+        ("old/y.txt", "deleted"),
+        ("old/big.txt", "kept: over --max-size, 20 bytes"),
+        ("old/sub/z.txt", "deleted with sub"),
+        ("old/cache/q.txt", "kept: directory excluded"),
+        ("old/deep/er/w.keep", "kept"),
+        ("old/deep/er/v.txt", "deleted"),
+        ("gone/w.txt", "deleted with gone"),
+        ("top.keep", "kept"),
+        ("top.txt", "deleted"),
+    ] {
+        let p = dst.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let args = |extra: &[&'static str]| {
+        let mut a = vec!["sync", s, d, "--delete", "--json", "--exclude", "*.keep"];
+        a.extend(["--exclude", "old/cache/**", "--max-size", "20"]);
+        a.extend(extra);
+        a
+    };
+    let want = ["gone", "old/deep/er/v.txt", "old/sub", "old/y.txt", "top.txt"];
+    let dry = ferry(&state, &[], &args(&["--dry-run"]));
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    let planned: Vec<String> =
+        plan_lines(&dry.json()).into_iter().filter(|l| l.starts_with("delete")).collect();
+    let expected: Vec<String> = want.iter().map(|p| format!("delete {p} (not in source)")).collect();
+    assert_eq!(planned, expected);
+    let r = ferry(&state, &[], &args(&[]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["deleted"], 5, "{}", r.stdout);
+    for gone in want {
+        assert!(!dst.join(gone).exists(), "{gone} deleted");
+    }
+    for kept in ["old/x.keep", "old/big.txt", "old/cache/q.txt", "old/deep/er/w.keep", "top.keep", "a.txt"] {
+        assert!(dst.join(kept).is_file(), "{kept} kept");
+    }
+    // --max-delete counts what would really go.
+    std::fs::create_dir_all(dst.join("again")).unwrap();
+    std::fs::write(dst.join("again/k.keep"), "k").unwrap();
+    std::fs::write(dst.join("again/d.txt"), "d").unwrap();
+    let r = ferry(&state, &[], &args(&["--max-delete", "1"]));
+    assert_eq!((r.code, r.json()["deleted"].as_u64()), (0, Some(1)), "{}", r.stdout);
+    assert!(dst.join("again/k.keep").exists() && !dst.join("again/d.txt").exists());
+}
+
+/// `--min-age`/`--max-age` choose files by modification time; for objects
+/// that is the time stored in their metadata, not when they were uploaded.
+/// Deletion follows the same bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn age_filters_use_the_files_modification_time() {
+    let s3 = S3Server::start(&["bkt-age"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    let hour = 3_600_000_000_000i64;
+    let times = [
+        ("old.txt", 1_577_836_800_000_000_000i64), // 2020-01-01
+        ("d/mid.txt", 1_717_200_000_000_000_000),  // 2024-06-01
+        ("d/new.txt", now_ns() - hour),
+    ];
+    for (name, ns) in times {
+        std::fs::write(src.join(name), name).unwrap();
+        set_mtime(&src.join(name), ns);
+    }
+    let env = s3.env();
+    let s = src.to_str().unwrap();
+    let names = |root: &std::path::Path| -> Vec<String> {
+        snapshot(root, false).keys().map(|k| k.to_string()).collect()
+    };
+    // Each case: the bounds, then what is copied, fs → fs and bucket → fs.
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&["--max-age", "2d"], &["d/new.txt"]),
+        (&["--min-age", "2025-01-01"], &["d/mid.txt", "old.txt"]),
+        (&["--min-age", "2024-12-31", "--max-age", "2023-01-01T00:00:00Z"], &["d/mid.txt"]),
+        (&["--min-age", "30m"], &["d/mid.txt", "d/new.txt", "old.txt"]),
+    ];
+    assert_eq!(ferry(&state, &env, &["sync", s, "s3://bkt-age/p"]).code, 0);
+    for (i, (bounds, want)) in cases.iter().enumerate() {
+        for from in [s, "s3://bkt-age/p"] {
+            let out = tmp.path().join(format!("out{i}-{}", from.len()));
+            let mut args = vec!["sync", from, out.to_str().unwrap(), "--json"];
+            args.extend(*bounds);
+            let r = ferry(&state, &env, &args);
+            assert_eq!(r.code, 0, "{from} {bounds:?}: {}", r.stderr);
+            let j = r.json();
+            assert_eq!(names(&out), *want, "{from} {bounds:?}: {j}");
+            assert_eq!(j["excluded"].as_u64(), Some(3 - want.len() as u64), "{from} {bounds:?}: {j}");
+            let sum = ["transferred", "skipped", "excluded", "failed"].map(|k| j[k].as_u64().unwrap());
+            assert_eq!(j["listed"].as_u64(), Some(sum.iter().sum()), "{j}");
+        }
+    }
+    // Bounds that leave nothing, and words that are not times: exit 2.
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt-age/q", "--min-age", "3d", "--max-age", "2d"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("leave no file"), "{}", r.stderr);
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt-age/q", "--max-age", "yesterday"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("neither an age"), "{}", r.stderr);
+
+    // Deleting from a bucket: an extraneous object is judged by its stored
+    // time (the listing says every object is new).
+    let extra = tmp.path().join("extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    for (name, ns) in [("x-old.txt", 1_577_836_800_000_000_000i64), ("x-new.txt", now_ns() - hour)] {
+        std::fs::write(extra.join(name), name).unwrap();
+        set_mtime(&extra.join(name), ns);
+    }
+    // Beside source files, and in a directory the source does not have.
+    for at in ["s3://bkt-age/p/d", "s3://bkt-age/p/e"] {
+        assert_eq!(ferry(&state, &env, &["sync", extra.to_str().unwrap(), at]).code, 0);
+    }
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt-age/p", "--delete", "--max-age", "2d", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["deleted"], 2, "{}", r.stdout);
+    let op = s3_operator(&s3, "bkt-age", false);
+    for dir in ["p/d", "p/e"] {
+        assert!(op.exists(&format!("{dir}/x-old.txt")).await.unwrap(), "{dir}: older than --max-age: kept");
+        assert!(!op.exists(&format!("{dir}/x-new.txt")).await.unwrap(), "{dir}");
+    }
+}
