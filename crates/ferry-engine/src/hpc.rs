@@ -27,7 +27,7 @@ use ferry_store::{CachedStat, EntryState, NsEntry, Store, TargetRow, TaskProgres
 use tokio::sync::mpsc;
 
 use crate::options::{ForcedAttributes, SyncOptions};
-use crate::progress::{Failure, Progress};
+use crate::progress::{Failure, Progress, FAILURE_CSV_HEADER};
 use crate::{CheckpointSpec, Sync};
 
 /// Mode of imported files when neither the task nor the target gives one.
@@ -85,22 +85,14 @@ impl TaskOutcome {
         if self.failures.is_empty() && self.fatal.is_none() {
             return None;
         }
-        let mut csv = String::from("path,status,error_code,message\n");
+        let mut csv = String::from(FAILURE_CSV_HEADER);
         if let Some(f) = &self.fatal {
-            csv.push_str(&format!(",FAIL,TASK_FAILED,{}\n", csv_field(f)));
+            csv.push_str(&Failure { path: String::new(), reason: f.clone() }.csv_row());
         }
         for f in &self.failures {
-            csv.push_str(&format!("{},FAIL,ITEM_FAILED,{}\n", csv_field(&f.path), csv_field(&f.reason)));
+            csv.push_str(&f.csv_row());
         }
         Some(csv)
-    }
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
     }
 }
 

@@ -1,12 +1,20 @@
 //! Live counters (read by progress displays) and the final report.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Serialize;
 
 /// How many failures and plan lines the report keeps in full.
 pub const REPORT_LIMIT: usize = 10_000;
+
+/// Receives every failure and plan line as it happens, beyond what the
+/// report keeps (a failure list of a million-file run, a dry run's plan
+/// printed as it is made).
+pub trait Journal: Send + Sync + std::fmt::Debug {
+    fn failure(&self, failure: &Failure);
+    fn plan(&self, line: &PlanLine);
+}
 
 /// Counters updated while a run goes on.
 #[derive(Debug, Default)]
@@ -35,14 +43,26 @@ pub struct Progress {
     pub(crate) failures: Mutex<Vec<Failure>>,
     pub(crate) warnings: Mutex<Vec<String>>,
     pub(crate) plan: Mutex<Vec<PlanLine>>,
+    /// Plan lines made, kept or not.
+    pub(crate) planned: AtomicU64,
+    pub(crate) journal: OnceLock<Arc<dyn Journal>>,
 }
 
 impl Progress {
+    /// Send every failure and plan line to `journal` too (once, before the run).
+    pub fn set_journal(&self, journal: Arc<dyn Journal>) {
+        let _ = self.journal.set(journal);
+    }
+
     pub(crate) fn fail(&self, path: &str, reason: impl Into<String>) {
         self.failed.fetch_add(1, Relaxed);
+        let failure = Failure { path: path.to_string(), reason: reason.into() };
+        if let Some(j) = self.journal.get() {
+            j.failure(&failure);
+        }
         let mut f = self.failures.lock().expect("failures lock");
         if f.len() < REPORT_LIMIT {
-            f.push(Failure { path: path.to_string(), reason: reason.into() });
+            f.push(failure);
         }
     }
 
@@ -54,17 +74,42 @@ impl Progress {
     }
 
     pub(crate) fn plan(&self, action: &'static str, path: &str, size: u64, reason: &'static str) {
+        self.planned.fetch_add(1, Relaxed);
+        let line = PlanLine { action, path: path.to_string(), size, reason };
+        if let Some(j) = self.journal.get() {
+            j.plan(&line);
+        }
         let mut p = self.plan.lock().expect("plan lock");
         if p.len() < REPORT_LIMIT {
-            p.push(PlanLine { action, path: path.to_string(), size, reason });
+            p.push(line);
         }
     }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Failure {
+    /// Empty for a failure of the whole run.
     pub path: String,
     pub reason: String,
+}
+
+/// The failure report's first line (a task's report, `--failures-csv`).
+pub const FAILURE_CSV_HEADER: &str = "path,status,error_code,message\n";
+
+impl Failure {
+    /// One line of the failure report.
+    pub fn csv_row(&self) -> String {
+        let code = if self.path.is_empty() { "TASK_FAILED" } else { "ITEM_FAILED" };
+        format!("{},FAIL,{code},{}\n", csv_field(&self.path), csv_field(&self.reason))
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 /// One planned action (shown by `--dry-run`).
@@ -97,11 +142,17 @@ pub struct Report {
     pub aborted_uploads: u64,
     /// Why deletions did not run, when `--delete` was asked for and skipped.
     pub delete_skipped: Option<String>,
+    /// The first failures (up to 10,000).
     pub failures: Vec<Failure>,
+    /// Failures beyond those listed in `failures`.
+    pub failures_omitted: u64,
     pub warnings: Vec<String>,
     /// Groups of source paths that are hard links to the same file (copied as separate files).
     pub hard_links: Vec<Vec<String>>,
+    /// The first planned actions of a dry run (up to 10,000).
     pub plan: Vec<PlanLine>,
+    /// Planned actions beyond those listed in `plan`.
+    pub plan_omitted: u64,
 }
 
 impl Report {

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::checkpoint::{self, CheckpointSpec, Recorder};
 use crate::options::{Compare, SyncOptions, Verify};
-use crate::progress::{Progress, Report};
+use crate::progress::{Progress, Report, REPORT_LIMIT};
 use crate::ratelimit::RateLimit;
 use crate::Result;
 
@@ -206,6 +206,7 @@ impl Sync {
         let failures = std::mem::take(&mut *p.failures.lock().expect("lock"));
         let warnings = std::mem::take(&mut *p.warnings.lock().expect("lock"));
         let plan = std::mem::take(&mut *p.plan.lock().expect("lock"));
+        let failed = p.failed.load(Relaxed) + verify_failed;
         let report = Report {
             source: src_name,
             destination: dst_name,
@@ -214,16 +215,18 @@ impl Sync {
             transferred: p.transferred.load(Relaxed),
             transferred_bytes: p.transferred_bytes.load(Relaxed),
             skipped: p.skipped.load(Relaxed),
-            failed: p.failed.load(Relaxed) + verify_failed,
+            failed,
             excluded: p.excluded.load(Relaxed),
             deleted: p.deleted.load(Relaxed),
             elapsed_seconds: start.elapsed().as_secs_f64(),
             resumed,
             aborted_uploads,
             delete_skipped,
+            failures_omitted: failed.saturating_sub(failures.len() as u64),
             failures,
             warnings,
             hard_links,
+            plan_omitted: p.planned.load(Relaxed).saturating_sub(plan.len() as u64),
             plan,
         };
         Ok(report)
@@ -1350,11 +1353,15 @@ impl Run {
             visited: Mutex::new(Default::default()),
             dir_times: Mutex::new(Vec::new()),
         });
-        check.clone().scan_and_transfer().await;
-        let failures = std::mem::take(&mut *check.progress.failures.lock().expect("lock"));
-        for f in &failures {
-            self.progress.failures.lock().expect("lock").push(f.clone());
+        if let Some(j) = self.progress.journal.get() {
+            check.progress.set_journal(j.clone());
         }
+        check.clone().scan_and_transfer().await;
+        // Already in the journal: only the report gets them from here.
+        let failures = std::mem::take(&mut *check.progress.failures.lock().expect("lock"));
+        let mut kept = self.progress.failures.lock().expect("lock");
+        let room = REPORT_LIMIT.saturating_sub(kept.len());
+        kept.extend(failures.into_iter().take(room));
         check.progress.failed.load(Relaxed)
     }
 }

@@ -242,6 +242,10 @@ pub struct SyncArgs {
     /// Print a machine-readable JSON summary on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Write every failed item to FILE as CSV (path,status,error_code,message),
+    /// as failures happen; the summary lists only the first 10,000.
+    #[arg(long, value_name = "FILE")]
+    pub failures_csv: Option<PathBuf>,
     /// Print nothing but errors (and the JSON summary with --json).
     #[arg(short, long)]
     pub quiet: bool,

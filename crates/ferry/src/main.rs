@@ -4,6 +4,7 @@ mod admin_cmd;
 mod cleanup_cmd;
 mod cli;
 mod config;
+mod journal;
 mod ls_cmd;
 mod progress;
 mod serve_cmd;

@@ -31,6 +31,11 @@ impl Display {
         Self { bar, task }
     }
 
+    /// The progress line, for printing lines around it.
+    pub fn bar(&self) -> ProgressBar {
+        self.bar.clone()
+    }
+
     pub fn finish(self) {
         self.task.abort();
         self.bar.finish_and_clear();

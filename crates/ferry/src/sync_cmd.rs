@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use ferry_engine::{CheckpointSpec, Compare, Filter, Report, Sync, SyncOptions, Verify};
@@ -10,6 +11,7 @@ use ferry_storage::{Location, OpenOptions, PartPolicy, ProcessEnv};
 use ferry_store::Store;
 
 use crate::cli::{SyncArgs, VerifyArg};
+use crate::journal::RunJournal;
 use crate::progress::Display;
 use crate::size::human;
 
@@ -51,8 +53,15 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
             sync = sync.with_checkpoint(CheckpointSpec { store, wait_for_pair: false });
         }
     }
+    // Created once both locations opened: a bad one leaves no file behind.
+    let failures_csv = args.failures_csv.as_deref();
+    let journal = Arc::new(RunJournal::new(args.dry_run && !args.json && !args.quiet, failures_csv)?);
+    sync.progress().set_journal(journal.clone());
     let display = (!args.quiet && !args.json && std::io::stderr().is_terminal())
         .then(|| Display::start(sync.progress()));
+    if let Some(d) = &display {
+        journal.show_progress_on(d.bar());
+    }
     let report = sync.run().await;
     if let Some(d) = display {
         d.finish();
@@ -61,8 +70,9 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if !args.quiet || !report.success() {
-        print_text(&report, args.quiet);
+        print_text(&report, args.quiet, failures_csv);
     }
+    journal.finish(failures_csv)?;
     Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
@@ -142,19 +152,9 @@ fn default_state_db(create: bool) -> anyhow::Result<String> {
     Ok(format!("sqlite://{}", dir.join("sync.db").display()))
 }
 
-fn print_text(r: &Report, quiet: bool) {
+/// The summary; a dry run's plan was printed as it was made.
+fn print_text(r: &Report, quiet: bool, failures_csv: Option<&std::path::Path>) {
     if !quiet {
-        if r.dry_run {
-            for line in &r.plan {
-                println!(
-                    "would {} {} ({}, {})",
-                    line.action,
-                    line.path,
-                    human(line.size as f64),
-                    line.reason
-                );
-            }
-        }
         let rate = r.transferred_bytes as f64 / r.elapsed_seconds.max(0.001);
         println!(
             "{}{} item(s), {} transferred in {:.1}s ({}/s); {} unchanged, {} excluded, {} deleted, {} failed{}",
@@ -183,6 +183,14 @@ fn print_text(r: &Report, quiet: bool) {
         eprintln!("failed items:");
         for f in &r.failures {
             eprintln!("  {}: {}", if f.path.is_empty() { "(run)" } else { &f.path }, f.reason);
+        }
+        if r.failures_omitted > 0 {
+            match failures_csv {
+                Some(path) => {
+                    eprintln!("  … and {} more, all listed in {}", r.failures_omitted, path.display())
+                }
+                None => eprintln!("  … and {} more (--failures-csv FILE lists them all)", r.failures_omitted),
+            }
         }
     }
 }

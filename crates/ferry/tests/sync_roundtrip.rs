@@ -956,3 +956,69 @@ async fn age_filters_use_the_files_modification_time() {
         assert!(!op.exists(&format!("{dir}/x-new.txt")).await.unwrap(), "{dir}");
     }
 }
+
+/// The summary keeps the first 10,000 failures and plan lines; a dry run
+/// prints every planned action as it is made, and `--failures-csv` lists
+/// every failed item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_list_and_dry_run_plan_go_past_the_report_limit() {
+    const FILES: usize = 10_050;
+    const BLOCKED: usize = 10_020;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (tmp.path().join("src"), tmp.path().join("dst"), tmp.path().join("state"));
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..FILES {
+        std::fs::write(src.join(format!("f{i:05}")), "x").unwrap();
+        if i < BLOCKED {
+            // A directory in the way fails the item.
+            std::fs::create_dir_all(dst.join(format!("f{i:05}"))).unwrap();
+        }
+    }
+    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let fresh = tmp.path().join("fresh");
+    let f = fresh.to_str().unwrap();
+
+    let dry = ferry(&state, &[], &["sync", s, f, "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    let planned: Vec<&str> = dry.stdout.lines().filter(|l| l.starts_with("would copy f")).collect();
+    assert_eq!(planned.len(), FILES, "every planned copy printed");
+    assert!(planned.contains(&"would copy f10049 (1 B, missing)"), "{:?}", &planned[..3]);
+    let j = ferry(&state, &[], &["sync", s, f, "--dry-run", "--json"]).json();
+    assert_eq!((j["plan"].as_array().unwrap().len(), j["plan_omitted"].as_u64()), (10_000, Some(50)));
+
+    let csv = tmp.path().join("failures.csv");
+    let c = csv.to_str().unwrap();
+    let r = ferry(&state, &[], &["sync", s, d, "--failures-csv", c, "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let j = r.json();
+    assert_eq!(j["failed"].as_u64(), Some(BLOCKED as u64), "{}", j["failed"]);
+    assert_eq!((j["failures"].as_array().unwrap().len(), j["failures_omitted"].as_u64()), (10_000, Some(20)));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("path,status,error_code,message"));
+    let mut paths: Vec<&str> = lines
+        .map(|l| {
+            let mut cols = l.splitn(4, ',');
+            let path = cols.next().unwrap();
+            assert_eq!((cols.next(), cols.next()), (Some("FAIL"), Some("ITEM_FAILED")), "{l}");
+            assert!(cols.next().unwrap().contains("in the way"), "{l}");
+            path
+        })
+        .collect();
+    paths.sort();
+    let want: Vec<String> = (0..BLOCKED).map(|i| format!("f{i:05}")).collect();
+    assert_eq!(paths, want);
+
+    // In text, the summary says how many it leaves out and where they are.
+    let r = ferry(&state, &[], &["sync", s, d, "--failures-csv", c]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains(&format!("… and 20 more, all listed in {c}")), "{}", r.stderr);
+    let r = ferry(&state, &[], &["sync", s, d]);
+    assert!(r.stderr.contains("… and 20 more (--failures-csv FILE lists them all)"), "{}", r.stderr);
+    // A run that cannot start writes no list.
+    let none = tmp.path().join("none.csv");
+    let r =
+        ferry(&state, &[], &["sync", "/nonexistent-ferry-src", d, "--failures-csv", none.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(!none.exists());
+}
