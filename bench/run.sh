@@ -85,13 +85,13 @@ SB=$((SMALL_N * SMALL_KB * 1024)); LB=$((LARGE_N * LARGE_MB * 1024 * 1024))
 D=$WORK/data; O=$WORK/out
 echo "running cases against $SERVER, $REPS repetitions each ..." >&2
 pair "small up ($SMALL_N x ${SMALL_KB} KiB)" "$SMALL_N" "$SB" \
-    "$FERRY sync $D/small s3://bench/ferry/small-@K@ --quiet --threads 64" \
+    "$FERRY sync $D/small s3://bench/ferry/small-@K@ --quiet" \
     "$R copy $D/small bench:bench/rclone/small-@K@/ $RC -M"
 pair "small down" "$SMALL_N" "$SB" \
-    "$FERRY sync s3://bench/ferry/small-0 $O/ferry-small --quiet --threads 64" \
+    "$FERRY sync s3://bench/ferry/small-0 $O/ferry-small --quiet" \
     "$R copy bench:bench/rclone/small-0/ $O/rclone-small $RC -M"
 pair "no-op re-sync ($SMALL_N unchanged)" "$SMALL_N" 0 \
-    "$FERRY sync $D/small s3://bench/ferry/small-0 --quiet --threads 64" \
+    "$FERRY sync $D/small s3://bench/ferry/small-0 --quiet" \
     "$R sync $D/small bench:bench/rclone/small-0/ $RC -M"
 pair "large up ($LARGE_N x $LARGE_MB MiB)" "$LARGE_N" "$LB" \
     "$FERRY sync $D/large s3://bench/ferry/large-@K@ --quiet" \

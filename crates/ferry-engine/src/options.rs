@@ -40,8 +40,14 @@ pub struct SyncOptions {
     /// Only these relative paths (files), instead of a full listing.
     pub files_from: Option<Vec<String>>,
     pub dry_run: bool,
-    /// Items in flight at once.
+    /// Items in flight at once. Small files each wait a round trip or
+    /// more on the store, so many are needed to keep it busy; memory is
+    /// bounded by `buffer_bytes`, not by this.
     pub threads: usize,
+    /// File contents held in memory by the items in flight, at most: a
+    /// small file whole, a large one its parts or ranges. Items wait for
+    /// room.
+    pub buffer_bytes: u64,
     /// Directory listings in flight at once.
     pub list_threads: usize,
     /// Entries of one directory level kept in memory while it
@@ -85,7 +91,8 @@ impl Default for SyncOptions {
             filter: Filter::default(),
             files_from: None,
             dry_run: false,
-            threads: 32,
+            threads: 256,
+            buffer_bytes: 256 << 20,
             list_threads: 8,
             level_in_memory: 200_000,
             bwlimit: None,

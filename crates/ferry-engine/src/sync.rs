@@ -50,6 +50,8 @@ struct Run {
     progress: Arc<Progress>,
     /// Shared `--bwlimit` bucket.
     limiter: Option<RateLimit>,
+    /// Room for file contents in flight, in KiB (`SyncOptions::buffer_bytes`).
+    buffers: tokio::sync::Semaphore,
     /// Done set of this run, when checkpoints are on.
     recorder: Option<Recorder>,
     /// Some listing failed: no deletion may run.
@@ -154,6 +156,7 @@ impl Sync {
         }
         let run = Arc::new(Run {
             limiter: self.opts.bwlimit.map(RateLimit::new),
+            buffers: buffer_room(&self.opts),
             src: self.src,
             dst: self.dst,
             opts: self.opts,
@@ -904,6 +907,7 @@ impl Run {
             self.dst.set_file_attrs(&s.path, &self.write_meta(&s)).await?;
             return Ok(Outcome::Transferred(0, None));
         }
+        let _room = self.hold_buffers(&s).await;
         self.progress.to_transfer.fetch_add(1, Relaxed);
         self.progress.to_transfer_bytes.fetch_add(s.size, Relaxed);
         // A small object not looked at yet: one GET brings body and metadata.
@@ -1007,6 +1011,19 @@ impl Run {
             return false;
         }
         d.meta.mode.is_some() && attrs_change(&self.write_meta(s), &d.meta, self.dst.keeps_owner())
+    }
+
+    /// Wait until the contents in flight leave room for this item's: a
+    /// small file is held whole, a large one by its parts or ranges. An
+    /// item larger than the whole room waits until it has it all.
+    async fn hold_buffers(&self, s: &Entry) -> tokio::sync::SemaphorePermit<'_> {
+        let bytes = if s.size <= SMALL_FILE {
+            s.size
+        } else {
+            self.src.buffer_for(s.size, false, self.opts.chunk as u64) + self.dst.buffer_for(s.size, true, 0)
+        };
+        let kib = bytes.div_ceil(1024).min(room_kib(&self.opts) as u64) as u32;
+        self.buffers.acquire_many(kib).await.expect("the semaphore is never closed")
     }
 
     async fn load_src_meta(&self, s: &mut Entry) -> Result<(), StorageError> {
@@ -1345,6 +1362,7 @@ impl Run {
             opts: SyncOptions { delete: false, dry_run: false, ..self.opts.clone() },
             progress: Arc::new(Progress::default()),
             limiter: None,
+            buffers: buffer_room(&self.opts),
             recorder: None,
             listing_failed: AtomicBool::new(false),
             extraneous: Mutex::new(Vec::new()),
@@ -1364,6 +1382,15 @@ impl Run {
         kept.extend(failures.into_iter().take(room));
         check.progress.failed.load(Relaxed)
     }
+}
+
+/// The room of `Run::buffers`, in KiB.
+fn room_kib(opts: &SyncOptions) -> u32 {
+    opts.buffer_bytes.div_ceil(1024).clamp(1, u32::MAX as u64) as u32
+}
+
+fn buffer_room(opts: &SyncOptions) -> tokio::sync::Semaphore {
+    tokio::sync::Semaphore::new(room_kib(opts) as usize)
 }
 
 /// A source that carries a checksum (written by ferry) must match what was read.

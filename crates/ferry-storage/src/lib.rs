@@ -111,6 +111,18 @@ impl Location {
         matches!(self, Location::Posix(_))
     }
 
+    /// Bytes that reading (`writing` false) or writing an item of `size`
+    /// holds in memory at most; local files are read in `local_chunk`
+    /// pieces and written straight through.
+    pub fn buffer_for(&self, size: u64, writing: bool, local_chunk: u64) -> u64 {
+        match (self, writing) {
+            (Location::Posix(_), false) => size.min(local_chunk),
+            (Location::Posix(_), true) => 0,
+            (Location::Object(o), false) => o.read_buffer(size),
+            (Location::Object(o), true) => o.write_buffer(size),
+        }
+    }
+
     /// One directory level in path order, for comparing with another. At
     /// most `in_memory` entries are kept in memory; larger levels (a flat
     /// prefix of millions of keys) are sorted through temporary files.

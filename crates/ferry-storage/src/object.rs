@@ -426,6 +426,27 @@ impl ObjectRoot {
         }
     }
 
+    /// Bytes a read of an object of `size` holds in memory at most.
+    pub fn read_buffer(&self, size: u64) -> u64 {
+        let chunk = self.parts.chunk.min(READ_CHUNK) as u64;
+        if size > READ_CHUNK as u64 {
+            self.parts.concurrent.min(4) as u64 * chunk
+        } else {
+            size
+        }
+    }
+
+    /// Bytes a write of an object of `size` holds in memory at most: the
+    /// parts in flight and the one being filled.
+    pub fn write_buffer(&self, size: u64) -> u64 {
+        let chunk = self.parts.chunk as u64;
+        if size > chunk {
+            (self.parts.concurrent as u64 + 1) * chunk
+        } else {
+            size
+        }
+    }
+
     /// Stream an object's bytes, failing if it changes (ETag) meanwhile.
     pub async fn open_read(&self, entry: &Entry) -> Result<ReadStream> {
         let ctx = format!("read {}/{}", self.display, entry.path);

@@ -122,6 +122,35 @@ impl RequestCounts {
     }
 }
 
+/// Requests being handled at once, and the most seen since the last reset.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    now: AtomicU64,
+    peak: AtomicU64,
+}
+
+/// One request being handled; it ends when dropped.
+pub(crate) struct InFlightGuard<'a>(&'a InFlight);
+
+impl InFlight {
+    pub(crate) fn enter(&self) -> InFlightGuard<'_> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        InFlightGuard(self)
+    }
+
+    /// The peak since the last call (which starts the next count).
+    pub(crate) fn take_peak(&self) -> u64 {
+        self.peak.swap(self.now.load(Ordering::SeqCst), Ordering::SeqCst)
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     get: AtomicU64,

@@ -25,7 +25,7 @@ use s3s::service::{S3Service, S3ServiceBuilder};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
-use faults::{classify, error_code, Class, Counters};
+use faults::{classify, error_code, Class, Counters, InFlight};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 type RespBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -39,6 +39,7 @@ const REGION: &str = "us-east-1";
 struct Shared {
     faults: Faults,
     counters: Counters,
+    in_flight: InFlight,
     uploads: uploads::Uploads,
 }
 
@@ -131,6 +132,12 @@ impl S3Server {
     pub fn counts(&self) -> RequestCounts {
         self.shared.counters.snapshot()
     }
+
+    /// The most requests handled at once since the previous call (or the
+    /// start); the next count starts from those in flight now.
+    pub fn take_peak_in_flight(&self) -> u64 {
+        self.shared.in_flight.take_peak()
+    }
 }
 
 impl Drop for S3Server {
@@ -195,6 +202,7 @@ async fn handle(
 ) -> Result<Response<RespBody>, BoxError> {
     let class = classify(req.method(), req.uri());
     shared.counters.record(class);
+    let _in_flight = shared.in_flight.enter();
 
     let delay = shared.faults.delay(class);
     if !delay.is_zero() {

@@ -250,9 +250,15 @@ pub struct SyncArgs {
     #[arg(short, long)]
     pub quiet: bool,
 
-    /// Items checked and transferred at once.
-    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    /// Items checked and transferred at once. Each small file waits a round
+    /// trip or more on the store, so many in flight keep it busy; memory is
+    /// bounded by --buffer-memory, not by this.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub threads: u16,
+    /// File contents held in memory at most by the items in flight (a small
+    /// file whole, a large one its parts or ranges); items wait for room.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = crate::size::parse_size)]
+    pub buffer_memory: u64,
     /// Directories listed at once.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub list_threads: u16,

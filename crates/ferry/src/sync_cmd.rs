@@ -106,6 +106,9 @@ fn options(args: &SyncArgs) -> anyhow::Result<SyncOptions> {
     if args.delete && args.files_from.is_some() {
         bail!("--delete needs a full listing of the source and cannot be combined with --files-from");
     }
+    if args.buffer_memory < 1 << 20 {
+        bail!("--buffer-memory {} leaves no room to copy with: give at least 1M", args.buffer_memory);
+    }
     if let (Some(min), Some(max)) = (args.min_size, args.max_size) {
         if min > max {
             bail!("--min-size {min} is larger than --max-size {max}");
@@ -121,6 +124,7 @@ fn options(args: &SyncArgs) -> anyhow::Result<SyncOptions> {
         files_from,
         dry_run: args.dry_run,
         threads: args.threads as usize,
+        buffer_bytes: args.buffer_memory,
         list_threads: args.list_threads as usize,
         level_in_memory: args.level_in_memory as usize,
         bwlimit: args.bwlimit,

@@ -1022,3 +1022,33 @@ async fn failure_list_and_dry_run_plan_go_past_the_report_limit() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(!none.exists());
 }
+
+/// Many items are in flight at once, but their contents together stay
+/// within --buffer-memory: with room for one 600 KiB file, uploads go one
+/// at a time; with room for three, never more than three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contents_in_flight_stay_within_the_buffer_memory() {
+    let s3 = S3Server::start(&["bkt-room"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..12 {
+        std::fs::write(src.join(format!("f{i:02}")), vec![i as u8; 600 << 10]).unwrap();
+    }
+    s3.faults().set_delay(ferry_testkit::OpClass::Put, std::time::Duration::from_millis(40));
+    let env = s3.env();
+    let s = src.to_str().unwrap();
+    let mut peaks = Vec::new();
+    for (at, room) in [("one", "1M"), ("three", "2M"), ("default", "256M")] {
+        s3.take_peak_in_flight();
+        let r = ferry(&state, &env, &["sync", s, &format!("s3://bkt-room/{at}"), "--buffer-memory", room]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        peaks.push(s3.take_peak_in_flight());
+    }
+    assert_eq!(peaks[0], 1, "{peaks:?}");
+    assert!((2..=3).contains(&peaks[1]), "{peaks:?}");
+    assert!(peaks[2] > 3, "{peaks:?}");
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt-room/x", "--buffer-memory", "0"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--buffer-memory"), "{}", r.stderr);
+}
