@@ -124,13 +124,13 @@ for name, tool, files, nbytes, t in rows:
     secs, rss = t.split()
     prev = by.setdefault(name, {}).get(tool)
     secs, rss = float(secs), int(rss) / 1024
-    runs = (prev[4] if prev else []) + [secs]
+    runs = (prev[4] if prev else []) + [f"{secs:.2f} ({rss:.0f})"]
     if prev:
         secs, rss = min(secs, prev[0]), max(rss, prev[3])
     by[name][tool] = (secs, int(files), int(nbytes), rss, runs)
 print(f"server: {sys.argv[2]}\n")
-print("Best time of each tool over its repetitions (all times in the last column), highest peak RSS.\n")
-print("| case | tool | seconds | files/s | MiB/s | peak RSS MiB | ferry/rclone (speed) | all runs (s) |")
+print("Best time of each tool over its repetitions, highest peak RSS; the last column has every run in order, seconds (peak RSS MiB).\n")
+print("| case | tool | seconds | files/s | MiB/s | peak RSS MiB | ferry/rclone (speed) | all runs: s (MiB) |")
 print("|---|---|---|---|---|---|---|---|")
 for name, tools in by.items():
     speed = {}
@@ -143,5 +143,5 @@ for name, tools in by.items():
         ratio = ""
         if tool == "rclone" and "ferry" in speed:
             ratio = f"{speed['ferry'] / speed['rclone']:.2f}x"
-        print(f"| {name} | {tool} | {secs:.2f} | {fps:,.0f} | {mbs:,.1f} | {rss:,.0f} | {ratio} | {' '.join(f'{r:.2f}' for r in runs)} |")
+        print(f"| {name} | {tool} | {secs:.2f} | {fps:,.0f} | {mbs:,.1f} | {rss:,.0f} | {ratio} | {', '.join(runs)} |")
 PY
