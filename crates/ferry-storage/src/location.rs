@@ -409,10 +409,26 @@ pub fn build_object_root(
                 .with_jitter()
                 .with_max_times(retries)
                 .with_min_delay(Duration::from_millis(50))
-                .with_max_delay(Duration::from_secs(5)),
+                .with_max_delay(Duration::from_secs(5))
+                .with_notify(note_retry),
         )
     });
     Ok(root)
+}
+
+/// A request about to be sent again: one line with `-v`, nothing
+/// otherwise (a retry that succeeds is no news, one that does not fails its
+/// item with the reason). OpenDAL's own notice is a warning that prints the
+/// error's `Debug` form: several lines, and a backtrace when
+/// `RUST_BACKTRACE` is set, which costs the process ~125 MiB to symbolize.
+fn note_retry(event: opendal::layers::RetryEvent<'_>) {
+    tracing::debug!(
+        "retrying {} (attempt {}) in {:.2}s: {}",
+        event.op.into_static(),
+        event.attempt,
+        event.retry_after.as_secs_f64(),
+        event.err
+    );
 }
 
 #[cfg(test)]

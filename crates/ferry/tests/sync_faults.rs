@@ -773,3 +773,27 @@ async fn a_lost_complete_answer_still_counts_as_copied() {
     let r = ferry(&state, &env, &["sync", src.to_str().unwrap(), "s3://bkt-complete/p", "--json"]);
     assert_eq!((r.code, r.json()["skipped"].as_u64()), (0, Some(1)), "{}", r.stdout);
 }
+
+/// A retried request is no news: nothing on stderr by default, one line
+/// each with `-v`, and never a backtrace (with RUST_BACKTRACE set, a
+/// logged backtrace once cost the process ~125 MiB to symbolize).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_quiet_and_carry_no_backtrace() {
+    let s3 = S3Server::start(&["bkt-quiet"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    many_files(&src, 30, 100);
+    let mut env = s3.env();
+    env.push(("RUST_BACKTRACE".into(), "1".into()));
+    s3.faults().set_error_rate(OpClass::Put, 300, 503);
+    let s = src.to_str().unwrap();
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt-quiet/a"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stderr, "", "retries that succeed say nothing");
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt-quiet/b", "-v"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let retries: Vec<&str> = r.stderr.lines().filter(|l| l.contains("retrying")).collect();
+    assert!(!retries.is_empty(), "{}", r.stderr);
+    assert!(retries.iter().all(|l| l.contains("503")), "{retries:?}");
+    assert!(!r.stderr.contains("Backtrace") && !r.stderr.contains("backtrace"), "{}", r.stderr);
+}
