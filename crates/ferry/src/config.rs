@@ -6,7 +6,7 @@
 //! | `listen` | `FERRY_LISTEN` | `127.0.0.1:8790` |
 //! | `database` | `FERRY_DATABASE` | `sqlite://<data dir>/ferry.db` |
 //! | `workers.tasks` | `FERRY_WORKERS_TASKS` | 4 |
-//! | `workers.threads` | `FERRY_WORKERS_THREADS` | 32 |
+//! | `workers.threads` | `FERRY_WORKERS_THREADS` | 256 |
 //! | `workers.lease_secs` | `FERRY_WORKERS_LEASE_SECS` | 30 |
 //! | `secret_key_file` | `FERRY_SECRET_KEY_FILE` | `<data dir>/secret.key` (created when missing) |
 //! | `object_stores[i].<key>` | `FERRY_OBJECT_STORES_<i>_<KEY>` | one `file` store, endpoint `local`, root `<data dir>/buckets` |
@@ -135,7 +135,7 @@ impl Config {
         let database =
             database.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("ferry.db").display()));
         let worker_tasks = env_parse("FERRY_WORKERS_TASKS")?.or(file.workers.tasks).unwrap_or(4);
-        let worker_threads = env_parse("FERRY_WORKERS_THREADS")?.or(file.workers.threads).unwrap_or(32);
+        let worker_threads = env_parse("FERRY_WORKERS_THREADS")?.or(file.workers.threads).unwrap_or(256);
         let lease_secs = env_parse("FERRY_WORKERS_LEASE_SECS")?.or(file.workers.lease_secs).unwrap_or(30);
         if worker_tasks == 0 || worker_threads == 0 || lease_secs < 2 {
             bail!("workers: tasks and threads must be at least 1 and lease_secs at least 2");
