@@ -9,6 +9,7 @@
 #   bash bench/serve.sh
 #   LIST_N=20000 SMALL_N=2000 bash bench/serve.sh      # quicker
 #   BENCH_SKIP_IMPORT=1 ...                           # without the import_metadata case
+#   BENCH_SERVE_THREADS=64 ...                       # items in flight per task, and for the ferry sync reference (default 256)
 #   BENCH_REPS=5 ...                                  # repetitions of the preload/export cases (median; default 3)
 #   BENCH_POLL=0.01 ...                               # poll task status every 10 ms (default 50 ms: on 2 cores,
 #                                                     # 100 polls/s slowed the export case by ~4%)
@@ -43,12 +44,12 @@ for i in range(list_n):
     open(os.path.join(d, f"o{i:07d}"), "wb").close()
 PY
 echo "uploading $LIST_N + $SMALL_N objects ..." >&2
-"$FERRY" sync "$WORK/data/list" s3://bench/list --quiet --threads 64 --no-checkpoint
-"$FERRY" sync "$WORK/data/small" s3://bench/small --quiet --threads 64 --no-checkpoint
+"$FERRY" sync "$WORK/data/list" s3://bench/list --quiet --no-checkpoint
+"$FERRY" sync "$WORK/data/small" s3://bench/small --quiet --no-checkpoint
 
 cat > "$WORK/ferry.toml" <<TOML
 [workers]
-threads = 64
+threads = ${BENCH_SERVE_THREADS:-256}
 [[object_stores]]
 endpoint = "$AWS_ENDPOINT_URL"
 provider = "s3"
@@ -58,7 +59,7 @@ secret_access_key = "$SK"
 TOML
 SERVE=("$FERRY" serve --listen 127.0.0.1:$API_PORT --data-dir "$WORK/serve" --config "$WORK/ferry.toml")
 FERRY_LOG=${FERRY_LOG:-info,ferry_engine=debug} ${BENCH_SERVE_WRAP:-} "${SERVE[@]}" > "$WORK/serve.log" 2>&1 & SERVE_PID=$!
-trap 'kill $SERVE_PID 2>/dev/null; cleanup' EXIT
+trap 'kill $SERVE_PID 2>/dev/null; cp "$WORK/serve.log" /tmp/ferry-bench-serve.log 2>/dev/null; cleanup' EXIT
 for _ in $(seq 50); do grep -q listening "$WORK/serve.log" && break; sleep 0.1; done
 TOKEN=$("$FERRY" token create --project bench --data-dir "$WORK/serve" --config "$WORK/ferry.toml")
 
@@ -138,7 +139,7 @@ def interleaved(runs):
     print({n: [round(t, 2) for t in ts] for n, ts in times.items()}, file=sys.stderr)
     return {n: median(ts) for n, ts in times.items()}
 
-sync = [ferry, "sync", "--quiet", "--threads", "64"]
+sync = [ferry, "sync", "--quiet", "--threads", os.environ.get("BENCH_SERVE_THREADS", "256")]
 timed(sync + ["--no-checkpoint", "s3://bench/small", os.path.join(work, "out", "warm-up")])
 t = interleaved({
     "preload": lambda k: task("preload", f"small{k}", "small/")[0],
