@@ -92,6 +92,13 @@ impl TaskOutcome {
         for f in &self.failures {
             csv.push_str(&f.csv_row());
         }
+        let unlisted = self.progress.failed_files.saturating_sub(self.failures.len() as u64);
+        if unlisted > 0 {
+            csv.push_str(&format!(
+                ",FAIL,REPORT_TRUNCATED,{unlisted} more failed items are not listed (the report keeps the first {})\n",
+                self.failures.len()
+            ));
+        }
         Some(csv)
     }
 }
@@ -858,6 +865,16 @@ mod tests {
             "path,status,error_code,message\n\"a,b\",FAIL,ITEM_FAILED,\"said \"\"no\"\"\"\n"
         );
         assert!(TaskOutcome::default().failure_report().is_none());
+        // Past what the report keeps, a last row says how many are missing.
+        let mut o = o;
+        o.progress.failed_files = 3;
+        assert!(
+            o.failure_report().unwrap().ends_with(
+                "\n,FAIL,REPORT_TRUNCATED,2 more failed items are not listed (the report keeps the first 1)\n"
+            ),
+            "{:?}",
+            o.failure_report()
+        );
     }
 
     #[test]
