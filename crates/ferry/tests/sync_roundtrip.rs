@@ -927,6 +927,17 @@ async fn age_filters_use_the_files_modification_time() {
             assert_eq!(j["listed"].as_u64(), Some(sum.iter().sum()), "{j}");
         }
     }
+    // --files-from looks each named file up and applies the same bounds.
+    let list = tmp.path().join("list");
+    std::fs::write(&list, "old.txt\nd/mid.txt\nd/new.txt\n").unwrap();
+    for from in [s, "s3://bkt-age/p"] {
+        let out = tmp.path().join(format!("listed-{}", from.len()));
+        let (o, l) = (out.to_str().unwrap(), list.to_str().unwrap());
+        let r = ferry(&state, &env, &["sync", from, o, "--files-from", l, "--max-age", "2d", "--json"]);
+        assert_eq!(r.code, 0, "{from}: {}", r.stderr);
+        assert_eq!(names(&out), ["d/new.txt"], "{from}");
+        assert_eq!(r.json()["excluded"], 2, "{from}");
+    }
     // Bounds that leave nothing, and words that are not times: exit 2.
     let r = ferry(&state, &env, &["sync", s, "s3://bkt-age/q", "--min-age", "3d", "--max-age", "2d"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
