@@ -732,9 +732,7 @@ impl Run {
             return Ok(true);
         }
         if !e.mtime_exact {
-            for w in at.load_meta(e).await? {
-                self.progress.warn(format!("{}: {w}", e.path));
-            }
+            self.load_meta(at, e).await?;
         }
         Ok(self.opts.filter.time_included(e.mtime_ns))
     }
@@ -950,7 +948,7 @@ impl Run {
             // Small objects get their attributes with the GET that copies them.
             let prefetch = !self.src.is_posix() && s.size <= SMALL_FILE;
             if !self.opts.dry_run && !prefetch {
-                self.load_src_meta(s).await?;
+                self.load_meta(&self.src, s).await?;
             }
             return Ok(Some("missing"));
         };
@@ -964,15 +962,13 @@ impl Run {
         if compare == Compare::IgnoreExisting {
             return Ok(None);
         }
-        self.load_src_meta(s).await?;
+        self.load_meta(&self.src, s).await?;
         if compare == Compare::Force {
             return Ok(Some("forced"));
         }
         if s.kind == EntryKind::Symlink || d.kind == EntryKind::Symlink || !d.meta_loaded && s.size == d.size
         {
-            for w in self.dst.load_meta(d).await? {
-                self.progress.warn(format!("{}: {w}", d.path));
-            }
+            self.load_meta(&self.dst, d).await?;
         }
         if s.kind == EntryKind::Symlink || d.kind == EntryKind::Symlink {
             if s.kind != d.kind {
@@ -1026,9 +1022,11 @@ impl Run {
         self.buffers.acquire_many(kib).await.expect("the semaphore is never closed")
     }
 
-    async fn load_src_meta(&self, s: &mut Entry) -> Result<(), StorageError> {
-        for w in self.src.load_meta(s).await? {
-            self.progress.warn(format!("{}: {w}", s.path));
+    /// Fill an entry's attributes and exact time from `at` (a HEAD for an
+    /// object the listing did not describe); what cannot be read is warned of.
+    async fn load_meta(&self, at: &Location, e: &mut Entry) -> Result<(), StorageError> {
+        for w in at.load_meta(e).await? {
+            self.progress.warn(format!("{}: {w}", e.path));
         }
         Ok(())
     }
