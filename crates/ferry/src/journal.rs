@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::Context;
@@ -13,7 +13,7 @@ use indicatif::ProgressBar;
 
 use crate::size::human;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RunJournal {
     /// Print plan lines on stdout as they are made.
     print_plan: bool,
@@ -24,6 +24,7 @@ pub struct RunJournal {
 
 #[derive(Debug)]
 struct Csv {
+    path: PathBuf,
     out: BufWriter<File>,
     /// The first write error; later rows are not attempted.
     error: Option<std::io::Error>,
@@ -39,7 +40,7 @@ impl RunJournal {
                         .with_context(|| format!("creating --failures-csv {}", path.display()))?,
                 );
                 let error = out.write_all(FAILURE_CSV_HEADER.as_bytes()).err();
-                Some(Mutex::new(Csv { out, error }))
+                Some(Mutex::new(Csv { path: path.to_path_buf(), out, error }))
             }
         };
         Ok(Self { print_plan, csv, bar: OnceLock::new() })
@@ -50,14 +51,14 @@ impl RunJournal {
     }
 
     /// Flush the failure list; an error names the file.
-    pub fn finish(&self, failures_csv: Option<&Path>) -> anyhow::Result<()> {
-        let (Some(csv), Some(path)) = (&self.csv, failures_csv) else { return Ok(()) };
+    pub fn finish(&self) -> anyhow::Result<()> {
+        let Some(csv) = &self.csv else { return Ok(()) };
         let mut csv = csv.lock().expect("csv lock");
         let res = match csv.error.take() {
             Some(e) => Err(e),
             None => csv.out.flush().and_then(|()| csv.out.get_ref().sync_all()),
         };
-        res.with_context(|| format!("writing --failures-csv {}: the list is incomplete", path.display()))
+        res.with_context(|| format!("writing --failures-csv {}: the list is incomplete", csv.path.display()))
     }
 }
 

@@ -72,7 +72,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
     } else if !args.quiet || !report.success() {
         print_text(&report, args.quiet, failures_csv);
     }
-    journal.finish(failures_csv)?;
+    journal.finish()?;
     Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
