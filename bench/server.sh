@@ -67,3 +67,18 @@ export AWS_ENDPOINT_URL=http://127.0.0.1:$PORT AWS_REGION=$REGION AWS_ACCESS_KEY
 export RCLONE_CONFIG_BENCH_TYPE=s3 RCLONE_CONFIG_BENCH_PROVIDER=Other RCLONE_CONFIG_BENCH_ENDPOINT=$AWS_ENDPOINT_URL \
     RCLONE_CONFIG_BENCH_ACCESS_KEY_ID=$AK RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY=$SK \
     RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE=true RCLONE_CONFIG_BENCH_REGION=$REGION RCLONE_CONFIG_BENCH_LIST_VERSION=2
+
+# Wait (at most 120 s) until the server has used under 5% of a core for a
+# second: garage catches up on its Merkle trees and block resync queue after
+# a run of writes (a few seconds of a full core after 10,000 PUTs), and a
+# timed run started meanwhile would share the cores with that backlog.
+settle_server() {
+    local t0 t1 i
+    for ((i = 0; i < 120; i++)); do
+        t0=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
+        sleep 1
+        t1=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
+        (( (t1 - t0) * 100 < 5 * $(getconf CLK_TCK) )) && return 0
+    done
+    echo "  the server stayed busy for ${i}s; measuring anyway" >&2
+}
