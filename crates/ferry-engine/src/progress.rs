@@ -73,7 +73,8 @@ impl Progress {
         }
     }
 
-    pub(crate) fn plan(&self, action: &'static str, path: &str, size: u64, reason: &'static str) {
+    /// `size` is `None` for a directory (removed with what it holds).
+    pub(crate) fn plan(&self, action: &'static str, path: &str, size: Option<u64>, reason: &'static str) {
         self.planned.fetch_add(1, Relaxed);
         let line = PlanLine { action, path: path.to_string(), size, reason };
         if let Some(j) = self.journal.get() {
@@ -117,7 +118,8 @@ fn csv_field(s: &str) -> String {
 pub struct PlanLine {
     pub action: &'static str,
     pub path: String,
-    pub size: u64,
+    /// Bytes of the file; `None` for a directory.
+    pub size: Option<u64>,
     pub reason: &'static str,
 }
 
@@ -134,6 +136,7 @@ pub struct Report {
     pub skipped: u64,
     pub failed: u64,
     pub excluded: u64,
+    /// Extraneous destination items removed (by a dry run: planned for removal).
     pub deleted: u64,
     pub elapsed_seconds: f64,
     /// Whether a checkpoint of an interrupted run was used.

@@ -560,7 +560,7 @@ impl Run {
                 None
             }
             None if self.opts.dry_run => {
-                p.plan("mkdir", &s.path, 0, "missing");
+                p.plan("mkdir", &s.path, None, "missing");
                 p.transferred.fetch_add(1, Relaxed);
                 Some(WalkDst::Missing)
             }
@@ -613,7 +613,7 @@ impl Run {
         {
             if attrs_change(&want, &have, true) {
                 if self.opts.dry_run {
-                    p.plan("update", &s.path, 0, ATTRS_DIFFER);
+                    p.plan("update", &s.path, None, ATTRS_DIFFER);
                 } else if let Err(e) = self.dst.create_dir(&s.path, &want).await {
                     // Applied to the existing directory (only what can
                     // change: owner and group need root).
@@ -626,7 +626,7 @@ impl Run {
             let rewrite = match self.dst.stat_dir(&s.path).await {
                 Ok(Some((have, _))) if !self.attrs_differ(&s, &have) => false,
                 Ok(_) if self.opts.dry_run => {
-                    p.plan("update", &s.path, 0, ATTRS_DIFFER);
+                    p.plan("update", &s.path, None, ATTRS_DIFFER);
                     true
                 }
                 Ok(_) => match self.dst.create_dir(&s.path, &want).await {
@@ -741,9 +741,9 @@ impl Run {
     /// they leave out inside an extraneous directory stay, and so do the
     /// directories above them. `None` when a listing or lookup failed (it
     /// is reported): then nothing is deleted.
-    async fn deletion_victims(&self, noted: Vec<Entry>) -> Option<Vec<(String, EntryKind)>> {
+    async fn deletion_victims(&self, noted: Vec<Entry>) -> Option<Vec<Entry>> {
         if !self.opts.filter.is_active() {
-            return Some(noted.into_iter().map(|e| (e.path, e.kind)).collect());
+            return Some(noted);
         }
         let mut victims = Vec::new();
         for mut e in noted {
@@ -752,7 +752,7 @@ impl Run {
                 _ => self.extraneous_file_included(&mut e).await?,
             };
             if whole {
-                victims.push((e.path, e.kind));
+                victims.push(e);
             }
         }
         Some(victims)
@@ -774,7 +774,7 @@ impl Run {
     fn prune_dir<'a>(
         &'a self,
         dir: &'a str,
-        out: &'a mut Vec<(String, EntryKind)>,
+        out: &'a mut Vec<Entry>,
     ) -> futures::future::BoxFuture<'a, Option<bool>> {
         Box::pin(async move {
             let p = &self.progress;
@@ -804,7 +804,7 @@ impl Run {
                     }
                 };
                 if whole {
-                    inside.push((e.path, e.kind));
+                    inside.push(e);
                 } else {
                     all = false;
                 }
@@ -898,7 +898,7 @@ impl Run {
         let in_place = reason == ATTRS_DIFFER && self.dst.is_posix();
         if self.opts.dry_run {
             let (action, size) = if in_place { ("update", 0) } else { ("copy", s.size) };
-            self.progress.plan(action, &s.path, size, reason);
+            self.progress.plan(action, &s.path, Some(size), reason);
             return Ok(Outcome::Transferred(size, None));
         }
         if in_place {
@@ -1332,20 +1332,23 @@ impl Run {
                 return Some(msg);
             }
         }
-        victims.sort_by(|a, b| a.0.cmp(&b.0));
+        victims.sort_by(|a, b| a.path.cmp(&b.path));
         if self.opts.dry_run {
-            for (path, _) in &victims {
-                p.plan("delete", path, 0, "not in source");
+            // Counted as deleted, as the plan's copies are counted as transferred.
+            for v in &victims {
+                let size = (v.kind != EntryKind::Dir).then_some(v.size);
+                p.plan("delete", &v.path, size, "not in source");
+                p.deleted.fetch_add(1, Relaxed);
             }
             return None;
         }
         futures::stream::iter(victims)
-            .for_each_concurrent(self.opts.threads.max(1), |(path, kind)| async move {
-                match self.dst.remove(&path, kind).await {
+            .for_each_concurrent(self.opts.threads.max(1), |v| async move {
+                match self.dst.remove(&v.path, v.kind).await {
                     Ok(()) => {
                         p.deleted.fetch_add(1, Relaxed);
                     }
-                    Err(e) => p.fail(&path, format!("delete failed: {e}")),
+                    Err(e) => p.fail(&v.path, format!("delete failed: {e}")),
                 }
             })
             .await;

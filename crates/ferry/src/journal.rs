@@ -76,8 +76,12 @@ impl Journal for RunJournal {
         if !self.print_plan {
             return;
         }
-        let text =
-            format!("would {} {} ({}, {})", line.action, line.path, human(line.size as f64), line.reason);
+        let text = match line.size {
+            Some(size) => {
+                format!("would {} {} ({}, {})", line.action, line.path, human(size as f64), line.reason)
+            }
+            None => format!("would {} {}/ (directory, {})", line.action, line.path, line.reason),
+        };
         match self.bar.get() {
             Some(bar) => bar.suspend(|| println!("{text}")),
             None => println!("{text}"),

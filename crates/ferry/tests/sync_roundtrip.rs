@@ -447,9 +447,14 @@ async fn change_detection_filters_delete_and_dry_run() {
     // Extraneous items: dry run lists them, --max-delete guards, --delete removes.
     std::fs::write(dst.join("old1"), "x").unwrap();
     std::fs::write(dst.join("old2"), "x").unwrap();
+    std::fs::create_dir_all(dst.join("olddir/inner")).unwrap();
     let r = ferry(&state, &[], &["sync", s, d, "--delete", "--dry-run"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.contains("would delete old1"), "{}", r.stdout);
+    assert!(r.stdout.contains("would delete old1 (1 B, not in source)"), "{}", r.stdout);
+    assert!(r.stdout.contains("would delete olddir/ (directory, not in source)"), "{}", r.stdout);
+    assert!(r.stdout.contains(", 3 deleted, 0 failed"), "the summary counts them: {}", r.stdout);
+    assert!(dst.join("olddir/inner").is_dir());
+    std::fs::remove_dir_all(dst.join("olddir")).unwrap();
     assert!(dst.join("old1").exists());
     let r = ferry(&state, &[], &["sync", s, d, "--delete", "--max-delete", "1"]);
     assert_eq!(r.code, 1);
@@ -863,6 +868,19 @@ async fn delete_keeps_what_the_filters_leave_out() {
         plan_lines(&dry.json()).into_iter().filter(|l| l.starts_with("delete")).collect();
     let expected: Vec<String> = want.iter().map(|p| format!("delete {p} (not in source)")).collect();
     assert_eq!(planned, expected);
+    // Counted as the real run counts them, files with their size,
+    // directories (removed with what they hold) without one.
+    let dry = dry.json();
+    assert_eq!(dry["deleted"], 5, "{dry}");
+    let sizes: Vec<(String, serde_json::Value)> = dry["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["action"] == "delete")
+        .map(|l| (l["path"].as_str().unwrap().to_owned(), l["size"].clone()))
+        .collect();
+    assert!(sizes.contains(&("top.txt".into(), 7.into())), "{sizes:?}");
+    assert!(sizes.contains(&("old/sub".into(), serde_json::Value::Null)), "{sizes:?}");
     let r = ferry(&state, &[], &args(&[]));
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.json()["deleted"], 5, "{}", r.stdout);
