@@ -76,6 +76,18 @@ const SCHEMES_HELP: &str =
     "use a local path, or s3://, obs://, oss://, cos://, azblob://, gcs://, file:///dir, memory://";
 
 impl LocationSpec {
+    /// The local directory holding this location's items: a local path, or
+    /// the directory behind a `file://` store and its prefix.
+    pub fn local_dir(&self) -> Option<PathBuf> {
+        match self {
+            LocationSpec::Posix(p) => Some(p.clone()),
+            LocationSpec::Object(o) if o.scheme == Scheme::File => {
+                Some(PathBuf::from(&o.bucket).join(o.prefix.trim_matches('/')))
+            }
+            LocationSpec::Object(_) => None,
+        }
+    }
+
     pub fn parse(input: &str) -> Result<Self> {
         if input.is_empty() {
             return Err(Error::InvalidLocation("empty location: give a path or a URL".into()));

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use ferry_engine::{CheckpointSpec, Compare, Filter, Report, Sync, SyncOptions, Verify};
-use ferry_storage::{Location, OpenOptions, PartPolicy, ProcessEnv};
+use ferry_engine::{check_overlap, CheckpointSpec, Compare, Filter, Report, Sync, SyncOptions, Verify};
+use ferry_storage::{Location, LocationSpec, OpenOptions, PartPolicy, ProcessEnv};
 use ferry_store::Store;
 
 use crate::cli::{SyncArgs, VerifyArg};
@@ -21,6 +21,11 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
         chunk: args.part_size.max(5 << 20) as usize,
         concurrent: args.part_concurrency as usize,
     };
+    // Before opening: opening the destination creates it. Malformed
+    // locations are reported by `Location::open` below.
+    if let (Ok(src), Ok(dst)) = (LocationSpec::parse(&args.src), LocationSpec::parse(&args.dst)) {
+        check_overlap(&src, &dst, &opts.filter)?;
+    }
     let open = |is_dst: bool| OpenOptions {
         follow_links: args.copy_links,
         create: is_dst && !args.dry_run,

@@ -1081,3 +1081,60 @@ async fn contents_in_flight_stay_within_the_buffer_memory() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("--buffer-memory"), "{}", r.stderr);
 }
+
+/// Overlapping local source and destination are refused before anything is
+/// written or deleted: a destination inside the source would be copied into
+/// itself, and `--delete` into a parent of the source would delete the
+/// source. Allowed when the filters leave the inner one out.
+#[test]
+fn overlapping_source_and_destination_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, state) = (tmp.path().join("photos"), tmp.path().join("state"));
+    std::fs::create_dir_all(base.join("sub")).unwrap();
+    std::fs::write(base.join("a.txt"), "a").unwrap();
+    std::fs::write(base.join("sub/b.txt"), "b").unwrap();
+    let p = |rel: &str| base.join(rel).to_str().unwrap().to_owned();
+    let file_url = format!("file://{}", p("sub"));
+    let refused: [(Vec<String>, &str); 5] = [
+        (vec![p(""), p("sub/new")], "the destination is inside the source (sub/new under "),
+        (vec![p("sub"), p(""), "--delete".into()], "the source is inside the destination (sub under "),
+        (vec![p("sub/../sub"), p("sub")], "same directory"),
+        (vec![p(""), file_url.clone()], "the destination is inside the source (sub under "),
+        (vec![p(""), p("sub"), "--exclude".into(), "other/**".into()], "--exclude 'sub/**'"),
+    ];
+    for (args, message) in refused {
+        let mut a = vec!["sync"];
+        a.extend(args.iter().map(String::as_str));
+        let r = ferry(&state, &[], &a);
+        assert_eq!(r.code, 2, "{a:?}: {}", r.stderr);
+        assert!(r.stderr.contains(message), "{a:?}: {}", r.stderr);
+    }
+    // Nothing was written or deleted.
+    let mut found: Vec<_> = walkdir(&base);
+    found.sort();
+    assert_eq!(found, ["a.txt", "sub", "sub/b.txt"]);
+
+    // Left out by the filters: allowed, and the inner tree is neither
+    // copied into itself nor deleted.
+    let r = ferry(&state, &[], &["sync", &p(""), &p("sub/backup"), "--exclude", "sub/**", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["transferred"], 1, "{}", r.stdout);
+    let r = ferry(&state, &[], &["sync", &p("sub"), &p(""), "--delete", "--exclude", "sub/**", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(base.join("sub/b.txt").is_file() && base.join("b.txt").is_file());
+}
+
+fn walkdir(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            out.push(path.strip_prefix(root).unwrap().to_str().unwrap().to_owned());
+            if path.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out
+}
