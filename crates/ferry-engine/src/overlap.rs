@@ -1,5 +1,5 @@
-//! Refusing runs whose source and destination overlap on the local file
-//! system. A destination inside the source is copied into itself again on
+//! Refusing runs whose source and destination overlap: on the local file
+//! system, or in one bucket. A destination inside the source is copied into itself again on
 //! every run (and walked while it is written); with `--delete`, a source
 //! inside the destination is "not in the source" and would be deleted.
 //! Allowed when the filters exclude the inner one, as in
@@ -7,7 +7,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use ferry_storage::LocationSpec;
+use ferry_storage::{LocationSpec, ObjectSpec, Scheme};
 
 use crate::error::{Error, Result};
 use crate::filter::Filter;
@@ -15,15 +15,14 @@ use crate::filter::Filter;
 /// Check before either location is opened (opening a destination creates
 /// it): nothing is written when the run is refused.
 pub fn check_overlap(src: &LocationSpec, dst: &LocationSpec, filter: &Filter) -> Result<()> {
-    let (Some(s), Some(d)) = (src.local_dir(), dst.local_dir()) else { return Ok(()) };
-    let (s, d) = (resolved(&s), resolved(&d));
+    let Some(((s, s_name), (d, d_name))) = places(src, dst) else { return Ok(()) };
     if s == d {
-        return Err(Error::Usage(format!("source and destination are the same directory ({})", s.display())));
+        return Err(Error::Usage(format!("source and destination are the same ({s_name})")));
     }
     let (inner, outer, what) = if let Ok(rel) = d.strip_prefix(&s) {
-        (rel, &s, "the destination is inside the source")
+        (rel, s_name, "the destination is inside the source")
     } else if let Ok(rel) = s.strip_prefix(&d) {
-        (rel, &d, "the source is inside the destination")
+        (rel, d_name, "the source is inside the destination")
     } else {
         return Ok(());
     };
@@ -32,10 +31,29 @@ pub fn check_overlap(src: &LocationSpec, dst: &LocationSpec, filter: &Filter) ->
         return Ok(());
     }
     Err(Error::Usage(format!(
-        "source and destination overlap: {what} ({rel} under {}); exclude it (--exclude '{rel}/**') or choose \
-         another destination",
-        outer.display()
+        "source and destination overlap: {what} ({rel} under {outer}); exclude it (--exclude '{rel}/**') or \
+         choose another destination"
     )))
+}
+
+/// Both locations as comparable paths, with names for messages, when they
+/// can overlap: both on the local file system (paths, `file://`), or both
+/// in the same bucket of the same store (same scheme and endpoint; no
+/// endpoint in either URL means the same one from the environment).
+fn places(src: &LocationSpec, dst: &LocationSpec) -> Option<((PathBuf, String), (PathBuf, String))> {
+    if let (Some(s), Some(d)) = (src.local_dir(), dst.local_dir()) {
+        let (s, d) = (resolved(&s), resolved(&d));
+        let (sn, dn) = (s.display().to_string(), d.display().to_string());
+        return Some(((s, sn), (d, dn)));
+    }
+    let (LocationSpec::Object(s), LocationSpec::Object(d)) = (src, dst) else { return None };
+    let same_store = s.scheme == d.scheme && s.bucket == d.bucket && s.endpoint == d.endpoint;
+    if !same_store || matches!(s.scheme, Scheme::Memory | Scheme::File) {
+        return None;
+    }
+    let key_path = |prefix: &str| Path::new("/").join(prefix.trim_matches('/'));
+    let name = |o: &ObjectSpec| o.display.trim_end_matches('/').to_string();
+    Some(((key_path(&s.prefix), name(s)), (key_path(&d.prefix), name(d))))
 }
 
 /// `path` made absolute with symlinks resolved, as far as it exists (a
@@ -71,6 +89,38 @@ fn resolved(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn verdict(src: &str, dst: &str, exclude: &[&str]) -> std::result::Result<(), String> {
+        let exclude: Vec<String> = exclude.iter().map(|s| s.to_string()).collect();
+        let filter = Filter::new(&[], &exclude, None, None).unwrap();
+        let spec = |s: &str| LocationSpec::parse(s).unwrap();
+        check_overlap(&spec(src), &spec(dst), &filter).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn prefixes_of_one_bucket_overlap_on_the_same_store() {
+        let err = verdict("s3://b/data", "s3://b/data/copy", &[]).unwrap_err();
+        assert!(err.contains("the destination is inside the source (copy under s3://b/data)"), "{err}");
+        let err = verdict("s3://b/data/x/", "s3://b/data", &[]).unwrap_err();
+        assert!(err.contains("the source is inside the destination (x under s3://b/data)"), "{err}");
+        let err = verdict("s3://b/", "s3://b", &[]).unwrap_err();
+        assert!(err.contains("are the same (s3://b)"), "{err}");
+        let same_endpoint = "s3://b/data/copy?endpoint=http://a:9000";
+        assert!(verdict("s3://b/data?endpoint=http://a:9000", same_endpoint, &[]).is_err());
+        // Not the same objects: another prefix, bucket, endpoint or scheme;
+        // separate in-memory stores; the inner prefix left out.
+        for (s, d) in [
+            ("s3://b/data", "s3://b/data2"),
+            ("s3://b/data", "s3://c/data/copy"),
+            ("s3://b/data?endpoint=http://a:9000", "s3://b/data/copy?endpoint=http://z:9000"),
+            ("s3://b/data", "s3://b/data/copy?endpoint=http://z:9000"),
+            ("s3://b/data", "gcs://b/data/copy"),
+            ("memory://", "memory://x"),
+        ] {
+            assert_eq!(verdict(s, d, &[]), Ok(()), "{s} -> {d}");
+        }
+        assert_eq!(verdict("s3://b/data", "s3://b/data/copy", &["copy/**"]), Ok(()));
+    }
 
     #[test]
     fn paths_resolve_through_what_exists() {

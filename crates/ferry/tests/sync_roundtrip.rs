@@ -1098,7 +1098,7 @@ fn overlapping_source_and_destination_are_refused() {
     let refused: [(Vec<String>, &str); 5] = [
         (vec![p(""), p("sub/new")], "the destination is inside the source (sub/new under "),
         (vec![p("sub"), p(""), "--delete".into()], "the source is inside the destination (sub under "),
-        (vec![p("sub/../sub"), p("sub")], "same directory"),
+        (vec![p("sub/../sub"), p("sub")], "source and destination are the same ("),
         (vec![p(""), file_url.clone()], "the destination is inside the source (sub under "),
         (vec![p(""), p("sub"), "--exclude".into(), "other/**".into()], "--exclude 'sub/**'"),
     ];
