@@ -15,15 +15,27 @@ use crate::journal::RunJournal;
 use crate::progress::Display;
 use crate::size::human;
 
-pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
-    let opts = options(&args)?;
+pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
+    let mut opts = options(&args)?;
+    // One local file as the source: its directory, with just that name
+    // listed, as `--files-from` would (DST is the directory it goes into).
+    if let Some((dir, name)) = single_file(&args.src) {
+        if args.files_from.is_some() || args.delete {
+            bail!("the source {} is a file: --files-from and --delete need a directory", args.src);
+        }
+        args.src = dir;
+        opts.files_from = Some(vec![name]);
+    }
     let parts = PartPolicy {
         chunk: args.part_size.max(5 << 20) as usize,
         concurrent: args.part_concurrency as usize,
     };
     // Before opening: opening the destination creates it. Malformed
     // locations are reported by `Location::open` below.
-    if let (Ok(src), Ok(dst)) = (LocationSpec::parse(&args.src), LocationSpec::parse(&args.dst)) {
+    // Only what is named is read from a list: no tree is walked into DST.
+    if let (Ok(src), Ok(dst), None) =
+        (LocationSpec::parse(&args.src), LocationSpec::parse(&args.dst), &opts.files_from)
+    {
         check_overlap(&src, &dst, &opts.filter)?;
     }
     let open = |is_dst: bool| OpenOptions {
@@ -159,6 +171,20 @@ fn default_state_db(create: bool) -> anyhow::Result<String> {
             .with_context(|| format!("creating state directory {}", dir.display()))?;
     }
     Ok(format!("sqlite://{}", dir.join("sync.db").display()))
+}
+
+/// A local path naming a file (or a symlink to one): its directory and name.
+fn single_file(src: &str) -> Option<(String, String)> {
+    let Ok(LocationSpec::Posix(path)) = LocationSpec::parse(src) else { return None };
+    if !std::fs::metadata(&path).ok()?.is_file() {
+        return None;
+    }
+    let name = path.file_name()?.to_str()?.to_string();
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_str()?.to_string(),
+        _ => ".".to_string(),
+    };
+    Some((dir, name))
 }
 
 /// The summary; a dry run's plan was printed as it was made.

@@ -1138,3 +1138,35 @@ fn walkdir(root: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// A local file as the source is copied into DST, as `rclone copy FILE DST`
+/// does: it lands as DST/NAME with its attributes, and a rerun skips it.
+#[test]
+fn a_single_file_source_is_copied_into_the_destination() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (tmp.path().join("src"), tmp.path().join("dst"), tmp.path().join("state"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("one.txt"), "just this").unwrap();
+    std::fs::write(src.join("other.txt"), "not this").unwrap();
+    std::fs::set_permissions(src.join("one.txt"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let file = src.join("one.txt");
+    let (f, d) = (file.to_str().unwrap(), dst.to_str().unwrap());
+    let r = ferry(&state, &[], &["sync", f, d, "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        (r.json()["transferred"].as_u64(), r.json()["listed"].as_u64()),
+        (Some(1), Some(1)),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(std::fs::read_to_string(dst.join("one.txt")).unwrap(), "just this");
+    assert!(!dst.join("other.txt").exists());
+    let (a, b) = (std::fs::metadata(&file).unwrap(), std::fs::metadata(dst.join("one.txt")).unwrap());
+    assert_eq!((b.mode() & 0o7777, b.mtime(), b.mtime_nsec()), (0o640, a.mtime(), a.mtime_nsec()));
+    let r = ferry(&state, &[], &["sync", f, d, "--json"]);
+    assert_eq!(r.json()["skipped"], 1, "{}", r.stdout);
+    let r = ferry(&state, &[], &["sync", f, d, "--delete"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("is a file: --files-from and --delete need a directory"), "{}", r.stderr);
+}
