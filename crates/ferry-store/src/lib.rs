@@ -145,6 +145,37 @@ fn migrations(kind: &str) -> [(i64, &'static str, &'static str); 5] {
     }
 }
 
+/// How long opening a PostgreSQL store waits for the server to answer.
+const PG_CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One connection made by hand before the pool is built: the pool reports
+/// every failure as "pool timed out", this says why (connection refused,
+/// password authentication failed, database does not exist). A server
+/// that answers with an error fails at once; one not reachable yet is
+/// tried again until [`PG_CONNECT_WAIT`] has passed.
+async fn probe_postgres(opts: &PgConnectOptions) -> std::result::Result<(), sqlx::Error> {
+    let deadline = tokio::time::Instant::now() + PG_CONNECT_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let err = match tokio::time::timeout(left, opts.connect()).await {
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+                return Ok(());
+            }
+            Ok(Err(e @ sqlx::Error::Database(_))) => return Err(e),
+            Ok(Err(e)) => e,
+            Err(_) => sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s", PG_CONNECT_WAIT.as_secs()),
+            )),
+        };
+        if tokio::time::Instant::now() + std::time::Duration::from_millis(500) >= deadline {
+            return Err(err);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 fn migrator(kind: &str) -> Migrator {
     let migrations = migrations(kind)
         .into_iter()
@@ -245,9 +276,10 @@ impl Store {
             let opts = PgConnectOptions::from_str(url)
                 .map_err(connect_err)?
                 .log_slow_statements(log::LevelFilter::Debug, std::time::Duration::from_secs(1));
+            probe_postgres(&opts).await.map_err(connect_err)?;
             let pool = PgPoolOptions::new()
                 .max_connections(8)
-                .acquire_timeout(std::time::Duration::from_secs(10))
+                .acquire_timeout(PG_CONNECT_WAIT)
                 .connect_with(opts)
                 .await
                 .map_err(connect_err)?;

@@ -193,3 +193,36 @@ async fn all_done(
         }
     }
 }
+
+/// A PostgreSQL store that cannot be opened says why: the server's own
+/// error at once, a refused connection after the wait for a server still
+/// starting (not the pool's "timed out").
+#[tokio::test]
+async fn postgres_connect_errors_name_their_cause() {
+    let started = std::time::Instant::now();
+    let Err(err) = Store::connect("postgres://postgres@127.0.0.1:1/x").await else {
+        panic!("nothing listens on port 1")
+    };
+    let text = format!("{err}: {:?}", std::error::Error::source(&err));
+    assert!(text.contains("refused"), "{text}");
+    assert!(!text.contains("pool timed out"), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "{:?}", started.elapsed());
+
+    let Ok(base) = std::env::var("FERRY_TEST_POSTGRES_URL") else {
+        eprintln!("FERRY_TEST_POSTGRES_URL not set: the server's own error not checked");
+        return;
+    };
+    let missing = match base.rsplit_once('/') {
+        Some((head, _)) => format!("{head}/ferry_no_such_database"),
+        None => panic!("FERRY_TEST_POSTGRES_URL needs a database name"),
+    };
+    let started = std::time::Instant::now();
+    let Err(err) = Store::connect(&missing).await else { panic!("the database does not exist") };
+    let text = format!("{err}: {:?}", std::error::Error::source(&err));
+    assert!(text.contains("does not exist"), "{text}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "answered at once: {:?}",
+        started.elapsed()
+    );
+}
