@@ -216,6 +216,15 @@ impl ObjectRoot {
         !native.create_dir && native.write_can_empty && native.write_with_user_metadata && native.stat
     }
 
+    /// Whether a listed path is (in) a staging directory of a `file://`
+    /// store: at the root on any store; on a `file://` store at any depth
+    /// too, as one opened on a subdirectory keeps its own there.
+    fn is_staging(&self, rel_path: &str) -> bool {
+        let staging = crate::FILE_STAGING_DIR;
+        let at_root = rel_path.split('/').next() == Some(staging);
+        at_root || (self.local_root.is_some() && rel_path.split('/').any(|c| c == staging))
+    }
+
     pub fn display(&self) -> &str {
         &self.display
     }
@@ -320,7 +329,7 @@ impl ObjectRoot {
                 rejected.push((rel_key.to_string(), "key ends with '/' but has data".into()));
                 continue;
             }
-            if rel.is_empty() && rel_path == crate::FILE_STAGING_DIR {
+            if self.is_staging(rel_path) {
                 continue;
             }
             f(entry_from_listing(rel_path, is_dir || md.is_dir(), &md))?;
@@ -373,9 +382,7 @@ impl ObjectRoot {
             let rel_key = &path[strip..];
             let is_dir = rel_key.ends_with('/');
             let rel_path = rel_key.strip_suffix('/').unwrap_or(rel_key);
-            if rel_path == crate::FILE_STAGING_DIR
-                || rel_path.starts_with(&format!("{}/", crate::FILE_STAGING_DIR))
-            {
+            if self.is_staging(rel_path) {
                 continue;
             }
             match validate_rel_path(rel_path) {

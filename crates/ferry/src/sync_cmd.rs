@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use ferry_engine::{check_overlap, CheckpointSpec, Compare, Filter, Report, Sync, SyncOptions, Verify};
-use ferry_storage::{Location, LocationSpec, OpenOptions, PartPolicy, ProcessEnv};
+use ferry_storage::{Location, LocationSpec, OpenOptions, PartPolicy, ProcessEnv, Scheme};
 use ferry_store::Store;
 
 use crate::cli::{SyncArgs, VerifyArg};
@@ -17,19 +17,32 @@ use crate::size::human;
 
 pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
     let mut opts = options(&args)?;
-    // One local file as the source: its directory, with just that name
-    // listed, as `--files-from` would (DST is the directory it goes into).
-    if let Some((dir, name)) = single_file(&args.src) {
+    let parts = PartPolicy {
+        chunk: args.part_size.max(5 << 20) as usize,
+        concurrent: args.part_concurrency as usize,
+    };
+    let (copy_links, dry_run, retries) = (args.copy_links, args.dry_run, args.retries);
+    let open = move |is_dst: bool| OpenOptions {
+        follow_links: copy_links,
+        create: is_dst && !dry_run,
+        may_be_missing: is_dst && dry_run,
+        parts,
+        retries,
+    };
+    // One file as the source (a local one, or one in a `file://` store): its
+    // directory, with just that name listed, as `--files-from` would (DST is
+    // the directory it goes into).
+    let single = match single_file(&args.src) {
+        Some(found) => Some(found),
+        None => single_stored_file(&args.src),
+    };
+    if let Some((dir, name)) = single {
         if args.files_from.is_some() || args.delete {
             bail!("the source {} is a file: --files-from and --delete need a directory", args.src);
         }
         args.src = dir;
         opts.files_from = Some(vec![name]);
     }
-    let parts = PartPolicy {
-        chunk: args.part_size.max(5 << 20) as usize,
-        concurrent: args.part_concurrency as usize,
-    };
     // Before opening: opening the destination creates it. Malformed
     // locations are reported by `Location::open` below.
     // Only what is named is read from a list: no tree is walked into DST.
@@ -38,13 +51,6 @@ pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
     {
         check_overlap(&src, &dst, &opts.filter)?;
     }
-    let open = |is_dst: bool| OpenOptions {
-        follow_links: args.copy_links,
-        create: is_dst && !args.dry_run,
-        may_be_missing: is_dst && args.dry_run,
-        parts,
-        retries: args.retries,
-    };
     let src = Location::open(&args.src, &ProcessEnv, open(false))
         .await
         .with_context(|| format!("source {}", args.src))?;
@@ -185,6 +191,25 @@ fn single_file(src: &str) -> Option<(String, String)> {
         _ => ".".to_string(),
     };
     Some((dir, name))
+}
+
+/// A `file://` store URL naming a file in it: the URL of its directory, and
+/// its name. (An object key in other stores is taken as a prefix: telling
+/// them apart would cost lookups on every run.)
+fn single_stored_file(src: &str) -> Option<(String, String)> {
+    let Ok(LocationSpec::Object(spec)) = LocationSpec::parse(src) else { return None };
+    if spec.scheme != Scheme::File || !std::fs::metadata(&spec.bucket).is_ok_and(|m| m.is_file()) {
+        return None;
+    }
+    let (path, query) = match src.split_once('?') {
+        Some((path, query)) => (path, format!("?{query}")),
+        None => (src, String::new()),
+    };
+    let (parent, name) = path.rsplit_once('/')?;
+    if name.is_empty() || parent.ends_with("://") {
+        return None;
+    }
+    Some((format!("{parent}{query}"), name.to_string()))
 }
 
 /// The summary; a dry run's plan was printed as it was made.

@@ -1169,4 +1169,23 @@ fn a_single_file_source_is_copied_into_the_destination() {
     let r = ferry(&state, &[], &["sync", f, d, "--delete"]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("is a file: --files-from and --delete need a directory"), "{}", r.stderr);
+
+    // A file named in a `file://` store URL: the same. A store opened on a
+    // subdirectory keeps its staging directory there, which listings of
+    // the whole store do not show.
+    let store = tmp.path().join("store");
+    let url = |rel: &str| format!("file://{}{rel}", store.display());
+    assert_eq!(ferry(&state, &[], &["sync", src.to_str().unwrap(), &url("/p")]).code, 0);
+    let (back, whole) = (tmp.path().join("back"), tmp.path().join("whole"));
+    let r = ferry(&state, &[], &["sync", &url("/p/one.txt"), back.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["transferred"], 1, "{}", r.stdout);
+    assert_eq!(std::fs::read_to_string(back.join("one.txt")).unwrap(), "just this");
+    assert!(!back.join("other.txt").exists());
+    let b = std::fs::metadata(back.join("one.txt")).unwrap();
+    assert_eq!((b.mode() & 0o7777, b.mtime(), b.mtime_nsec()), (0o640, a.mtime(), a.mtime_nsec()));
+    assert!(store.join("p/.ferry-staging").is_dir(), "the store opened on p keeps its staging there");
+    let r = ferry(&state, &[], &["sync", &url(""), whole.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(whole.join("p/one.txt").is_file() && !whole.join("p/.ferry-staging").exists());
 }
