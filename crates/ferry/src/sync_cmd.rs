@@ -32,11 +32,7 @@ pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
     // One file as the source (a local one, or one in a `file://` store): its
     // directory, with just that name listed, as `--files-from` would (DST is
     // the directory it goes into).
-    let single = match single_file(&args.src) {
-        Some(found) => Some(found),
-        None => single_stored_file(&args.src),
-    };
-    if let Some((dir, name)) = single {
+    if let Some((dir, name)) = single_file(&args.src) {
         if args.files_from.is_some() || args.delete {
             bail!("the source {} is a file: --files-from and --delete need a directory", args.src);
         }
@@ -179,37 +175,29 @@ fn default_state_db(create: bool) -> anyhow::Result<String> {
     Ok(format!("sqlite://{}", dir.join("sync.db").display()))
 }
 
-/// A local path naming a file (or a symlink to one): its directory and name.
+/// A source naming one file: a local path (or a symlink to a file), or a
+/// file in a `file://` store. Its directory (as a location) and its name.
+/// An object key in other stores is taken as a prefix: telling them apart
+/// would cost lookups on every run.
 fn single_file(src: &str) -> Option<(String, String)> {
-    let Ok(LocationSpec::Posix(path)) = LocationSpec::parse(src) else { return None };
-    if !std::fs::metadata(&path).ok()?.is_file() {
-        return None;
-    }
-    let name = path.file_name()?.to_str()?.to_string();
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_str()?.to_string(),
-        _ => ".".to_string(),
+    let (file, url) = match LocationSpec::parse(src).ok()? {
+        LocationSpec::Posix(path) => (path, false),
+        LocationSpec::Object(spec) if spec.scheme == Scheme::File => (PathBuf::from(spec.bucket), true),
+        LocationSpec::Object(_) => return None,
     };
-    Some((dir, name))
-}
-
-/// A `file://` store URL naming a file in it: the URL of its directory, and
-/// its name. (An object key in other stores is taken as a prefix: telling
-/// them apart would cost lookups on every run.)
-fn single_stored_file(src: &str) -> Option<(String, String)> {
-    let Ok(LocationSpec::Object(spec)) = LocationSpec::parse(src) else { return None };
-    if spec.scheme != Scheme::File || !std::fs::metadata(&spec.bucket).is_ok_and(|m| m.is_file()) {
+    if !std::fs::metadata(&file).ok()?.is_file() {
         return None;
     }
-    let (path, query) = match src.split_once('?') {
-        Some((path, query)) => (path, format!("?{query}")),
-        None => (src, String::new()),
+    // The location without its last path component; a URL keeps its query.
+    let (path, query) = if url { src.split_once('?').unwrap_or((src, "")) } else { (src, "") };
+    let (dir, name) = match path.rsplit_once('/') {
+        Some((dir, _)) if url && dir.ends_with("://") => return None,
+        Some(("", name)) => ("/", name),
+        Some((dir, name)) => (dir, name),
+        None => (".", path),
     };
-    let (parent, name) = path.rsplit_once('/')?;
-    if name.is_empty() || parent.ends_with("://") {
-        return None;
-    }
-    Some((format!("{parent}{query}"), name.to_string()))
+    let query = if query.is_empty() { String::new() } else { format!("?{query}") };
+    Some((format!("{dir}{query}"), name.to_string()))
 }
 
 /// The summary; a dry run's plan was printed as it was made.
