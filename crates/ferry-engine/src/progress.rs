@@ -145,6 +145,9 @@ pub struct Report {
     pub aborted_uploads: u64,
     /// Why deletions did not run, when `--delete` was asked for and skipped.
     pub delete_skipped: Option<String>,
+    /// The source is a prefix inside a bucket and nothing at all is stored
+    /// under it: a mistyped name, or the key of one object.
+    pub source_missing: bool,
     /// The first failures (up to 10,000).
     pub failures: Vec<Failure>,
     /// Failures beyond those listed in `failures`.

@@ -56,6 +56,9 @@ struct Run {
     recorder: Option<Recorder>,
     /// Some listing failed: no deletion may run.
     listing_failed: AtomicBool,
+    /// The source's root lists nothing and may not be there at all
+    /// ([`Location::empty_means_missing`]): no deletion may run.
+    source_missing: AtomicBool,
     /// Destination entries absent from the source (top-most only), as listed.
     extraneous: Mutex<Vec<Entry>>,
     /// Source files with more than one link, by (device, inode).
@@ -163,6 +166,7 @@ impl Sync {
             progress: self.progress.clone(),
             recorder,
             listing_failed: AtomicBool::new(false),
+            source_missing: AtomicBool::new(false),
             extraneous: Mutex::new(Vec::new()),
             hard_links: Mutex::new(HashMap::new()),
             check_only: false,
@@ -225,6 +229,7 @@ impl Sync {
             resumed,
             aborted_uploads,
             delete_skipped,
+            source_missing: run.source_missing.load(Relaxed),
             failures_omitted: failed.saturating_sub(failures.len() as u64),
             failures,
             warnings,
@@ -394,6 +399,14 @@ impl Run {
                 return Vec::new();
             }
         };
+        if dir.is_empty()
+            && self.src.empty_means_missing()
+            && !src_list.marker
+            && src_list.rejected.is_empty()
+            && src_list.peek().is_none()
+        {
+            self.source_missing.store(true, Relaxed);
+        }
         if let Some(s) = walk.src {
             if !self.settle_dir(s, walk.dst, walk.dst_meta, src_list.marker, walk.known).await {
                 return Vec::new();
@@ -413,6 +426,9 @@ impl Run {
         } else {
             SortedLevel::empty()
         };
+        if dir.is_empty() {
+            self.mark_empty_root(&mut src_list, &mut dst_list).await;
+        }
         let mut done = self.recorder.as_ref().map(|r| r.done_in_dir(&dir));
         let resumed = self.recorder.as_ref().is_some_and(|r| r.checkpoint.resumed);
         // A listing read back from temporary files can still fail midway:
@@ -531,6 +547,30 @@ impl Run {
             p.warn(format!("destination entry {path:?} left alone: {reason}"));
         }
         subdirs
+    }
+
+    /// An empty source tree copied to a prefix inside a bucket: the prefix
+    /// gets its `prefix/` marker (with the root's attributes), or nothing
+    /// would show that it exists and a copy back would find nothing there.
+    async fn mark_empty_root(&self, src_list: &mut SortedLevel, dst_list: &mut SortedLevel) {
+        if self.opts.dry_run
+            || self.check_only
+            || !self.dst.empty_means_missing()
+            || self.source_missing.load(Relaxed)
+            || src_list.peek().is_some()
+            || !src_list.rejected.is_empty()
+            || dst_list.marker
+            || dst_list.peek().is_some()
+        {
+            return;
+        }
+        let meta = match self.src.stat_dir("").await {
+            Ok(Some((root, _))) => self.write_meta(&root),
+            _ => PosixMeta::default(),
+        };
+        if let Err(e) = self.dst.create_dir("", &meta).await {
+            self.progress.warn(format!("the destination prefix's marker was not written: {e}"));
+        }
     }
 
     /// What to do with a source directory at the destination; `None` when
@@ -1315,6 +1355,13 @@ impl Run {
         if self.listing_failed.load(Relaxed) || p.failed.load(Relaxed) > 0 {
             return Some(skipped(noted.len()));
         }
+        if self.source_missing.load(Relaxed) {
+            return Some(format!(
+                "nothing is stored under the source prefix, so none of the {} extraneous destination \
+                 item(s) were deleted (an empty prefix cannot be told from a mistyped one)",
+                noted.len()
+            ));
+        }
         let count = noted.len();
         let Some(mut victims) = self.deletion_victims(noted).await else {
             return Some(skipped(count));
@@ -1366,6 +1413,7 @@ impl Run {
             buffers: buffer_room(&self.opts),
             recorder: None,
             listing_failed: AtomicBool::new(false),
+            source_missing: AtomicBool::new(false),
             extraneous: Mutex::new(Vec::new()),
             hard_links: Mutex::new(HashMap::new()),
             check_only: true,

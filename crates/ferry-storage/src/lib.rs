@@ -111,6 +111,12 @@ impl Location {
         matches!(self, Location::Posix(_))
     }
 
+    /// Whether an empty listing of the root cannot tell "empty" from "not
+    /// there": a prefix inside a bucket (see [`ObjectRoot::prefix_may_be_missing`]).
+    pub fn empty_means_missing(&self) -> bool {
+        matches!(self, Location::Object(o) if o.prefix_may_be_missing())
+    }
+
     /// Bytes that reading (`writing` false) or writing an item of `size`
     /// holds in memory at most; local files are read in `local_chunk`
     /// pieces and written straight through.

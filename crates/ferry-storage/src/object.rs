@@ -229,6 +229,14 @@ impl ObjectRoot {
         &self.display
     }
 
+    /// Whether the root is a prefix inside a bucket whose listing can come
+    /// back empty because nothing was ever stored under it (a mistyped
+    /// name, or an object's key taken for a prefix). `file://` directories
+    /// exist or not, as local ones do.
+    pub fn prefix_may_be_missing(&self) -> bool {
+        !self.prefix.is_empty() && self.local_root.is_none()
+    }
+
     pub fn operator(&self) -> &Operator {
         &self.op
     }
@@ -311,7 +319,9 @@ impl ObjectRoot {
             let (path, md) = item.into_parts();
             let path = path.trim_start_matches('/');
             if path == dir_key.trim_start_matches('/') {
-                marker = !rel.is_empty();
+                // The bucket's root is listed as `/` whether or not anything
+                // is stored; any other directory only through its marker.
+                marker = !path.is_empty();
                 continue;
             }
             order.check(path).map_err(|e| Error::Listing(format!("{}: {e}", ctx())))?;

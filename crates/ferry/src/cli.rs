@@ -162,6 +162,10 @@ Locations:
   file:///dir               a bucket emulated by a local directory
   memory://                 an in-memory bucket (tests)
 
+SRC may name one file (a local file, or an object's key when nothing is stored
+under it as a prefix): it is copied into DST. A bucket prefix with nothing
+under it, and no object by that name, stops the run (exit 2).
+
 Resumable: finished items are recorded in a checkpoint (--state-db); a rerun
 after an interruption skips them and, on s3://, first aborts the multipart
 uploads the interrupted run left open (`ferry cleanup` clears those of runs
@@ -182,7 +186,7 @@ pub enum VerifyArg {
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
-    /// Source location.
+    /// Source location (a directory, a prefix, or one file).
     pub src: String,
     /// Destination location (created if it is a missing local directory).
     pub dst: String,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use ferry_engine::{check_overlap, CheckpointSpec, Compare, Filter, Report, Sync, SyncOptions, Verify};
+use ferry_model::EntryKind;
 use ferry_storage::{Location, LocationSpec, OpenOptions, PartPolicy, ProcessEnv, Scheme};
 use ferry_store::Store;
 
@@ -17,27 +18,11 @@ use crate::size::human;
 
 pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
     let mut opts = options(&args)?;
-    let parts = PartPolicy {
-        chunk: args.part_size.max(5 << 20) as usize,
-        concurrent: args.part_concurrency as usize,
-    };
-    let (copy_links, dry_run, retries) = (args.copy_links, args.dry_run, args.retries);
-    let open = move |is_dst: bool| OpenOptions {
-        follow_links: copy_links,
-        create: is_dst && !dry_run,
-        may_be_missing: is_dst && dry_run,
-        parts,
-        retries,
-    };
     // One file as the source (a local one, or one in a `file://` store): its
     // directory, with just that name listed, as `--files-from` would (DST is
     // the directory it goes into).
     if let Some((dir, name)) = single_file(&args.src) {
-        if args.files_from.is_some() || args.delete {
-            bail!("the source {} is a file: --files-from and --delete need a directory", args.src);
-        }
-        args.src = dir;
-        opts.files_from = Some(vec![name]);
+        source_is_file(&mut args, &mut opts, dir, name)?;
     }
     // Before opening: opening the destination creates it. Malformed
     // locations are reported by `Location::open` below.
@@ -47,10 +32,76 @@ pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
     {
         check_overlap(&src, &dst, &opts.filter)?;
     }
-    let src = Location::open(&args.src, &ProcessEnv, open(false))
+    let dst_new = LocationSpec::parse(&args.dst).ok().and_then(|d| d.local_dir()).filter(|d| !d.exists());
+    let (mut report, mut journal) = transfer(&args, opts.clone()).await?;
+    // Nothing under an object prefix: the key of one object (found only
+    // now, so that no run pays a lookup for it), or nothing at all.
+    if report.source_missing {
+        match object_file(&args.src, open_options(&args, false)).await? {
+            Some((dir, name)) => {
+                source_is_file(&mut args, &mut opts, dir, name)?;
+                (report, journal) = transfer(&args, opts).await?;
+            }
+            None => {
+                if let Some(dir) = dst_new {
+                    // Created by this run and still empty; anything else stays.
+                    let _ = std::fs::remove_dir(dir);
+                }
+                let name = args.src.split('?').next().unwrap_or_default().trim_end_matches('/');
+                let last = name.rsplit('/').next().unwrap_or_default();
+                bail!(
+                    "source {}: nothing is stored there, neither an object {last} nor objects under {last}/ \
+                     (check the name; in a bucket an empty directory exists only as a {last}/ marker object)",
+                    args.src
+                );
+            }
+        }
+    }
+    let failures_csv = args.failures_csv.as_deref();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !args.quiet || !report.success() {
+        print_text(&report, args.quiet, failures_csv);
+    }
+    journal.finish()?;
+    Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn open_options(args: &SyncArgs, is_dst: bool) -> OpenOptions {
+    OpenOptions {
+        follow_links: args.copy_links,
+        create: is_dst && !args.dry_run,
+        may_be_missing: is_dst && args.dry_run,
+        parts: PartPolicy {
+            chunk: args.part_size.max(5 << 20) as usize,
+            concurrent: args.part_concurrency as usize,
+        },
+        retries: args.retries,
+    }
+}
+
+/// SRC names one file: copy it from `dir`, as `--files-from` would.
+fn source_is_file(
+    args: &mut SyncArgs,
+    opts: &mut SyncOptions,
+    dir: String,
+    name: String,
+) -> anyhow::Result<()> {
+    if args.files_from.is_some() || args.delete {
+        bail!("the source {} is a file: --files-from and --delete need a directory", args.src);
+    }
+    args.src = dir;
+    opts.files_from = Some(vec![name]);
+    Ok(())
+}
+
+/// Open both locations and run, with the progress display on a terminal.
+/// The journal is finished by the caller, once the summary is printed.
+async fn transfer(args: &SyncArgs, opts: SyncOptions) -> anyhow::Result<(Report, Arc<RunJournal>)> {
+    let src = Location::open(&args.src, &ProcessEnv, open_options(args, false))
         .await
         .with_context(|| format!("source {}", args.src))?;
-    let dst = Location::open(&args.dst, &ProcessEnv, open(true))
+    let dst = Location::open(&args.dst, &ProcessEnv, open_options(args, true))
         .await
         .with_context(|| format!("destination {}", args.dst))?;
 
@@ -73,8 +124,8 @@ pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
         }
     }
     // Created once both locations opened: a bad one leaves no file behind.
-    let failures_csv = args.failures_csv.as_deref();
-    let journal = Arc::new(RunJournal::new(args.dry_run && !args.json && !args.quiet, failures_csv)?);
+    let journal =
+        Arc::new(RunJournal::new(args.dry_run && !args.json && !args.quiet, args.failures_csv.as_deref())?);
     sync.progress().set_journal(journal.clone());
     let display = (!args.quiet && !args.json && std::io::stderr().is_terminal())
         .then(|| Display::start(sync.progress()));
@@ -85,14 +136,7 @@ pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
     if let Some(d) = display {
         d.finish();
     }
-    let report = report?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if !args.quiet || !report.success() {
-        print_text(&report, args.quiet, failures_csv);
-    }
-    journal.finish()?;
-    Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok((report?, journal))
 }
 
 fn options(args: &SyncArgs) -> anyhow::Result<SyncOptions> {
@@ -177,8 +221,8 @@ fn default_state_db(create: bool) -> anyhow::Result<String> {
 
 /// A source naming one file: a local path (or a symlink to a file), or a
 /// file in a `file://` store. Its directory (as a location) and its name.
-/// An object key in other stores is taken as a prefix: telling them apart
-/// would cost lookups on every run.
+/// An object key in other stores is listed as a prefix first (see
+/// [`object_file`]).
 fn single_file(src: &str) -> Option<(String, String)> {
     let (file, url) = match LocationSpec::parse(src).ok()? {
         LocationSpec::Posix(path) => (path, false),
@@ -188,10 +232,27 @@ fn single_file(src: &str) -> Option<(String, String)> {
     if !std::fs::metadata(&file).ok()?.is_file() {
         return None;
     }
-    // The location without its last path component; a URL keeps its query.
+    split_last(src, url)
+}
+
+/// An object source whose prefix lists nothing, when its last component is
+/// the key of one object: the location above it and that name.
+async fn object_file(src: &str, open: OpenOptions) -> anyhow::Result<Option<(String, String)>> {
+    if src.split('?').next().is_some_and(|p| p.ends_with('/')) {
+        return Ok(None);
+    }
+    let Some((dir, name)) = split_last(src, true) else { return Ok(None) };
+    let parent = Location::open(&dir, &ProcessEnv, open).await.with_context(|| format!("source {src}"))?;
+    let found = parent.stat(&name).await.with_context(|| format!("source {src}"))?;
+    Ok(found.filter(|(e, _)| e.kind != EntryKind::Dir).map(|_| (dir, name)))
+}
+
+/// A location without its last path component, and that component; a URL
+/// keeps its query. `None` when nothing is left above it (a bucket).
+fn split_last(src: &str, url: bool) -> Option<(String, String)> {
     let (path, query) = if url { src.split_once('?').unwrap_or((src, "")) } else { (src, "") };
     let (dir, name) = match path.rsplit_once('/') {
-        Some((dir, _)) if url && dir.ends_with("://") => return None,
+        Some((dir, _)) if url && (dir.ends_with("://") || !dir.contains("://")) => return None,
         Some(("", name)) => ("/", name),
         Some((dir, name)) => (dir, name),
         None => (".", path),

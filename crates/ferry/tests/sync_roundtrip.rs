@@ -134,6 +134,34 @@ async fn local_copies_keep_directory_and_symlink_mtimes() {
     assert_eq!(link_mtime(&back), 1_400_000_000_987_654_321);
 }
 
+/// An empty tree copied to a bucket prefix leaves the prefix's marker, with
+/// the root's attributes, so that copying it back finds an empty directory
+/// rather than nothing (which is refused: see
+/// `an_object_key_as_the_source_is_one_file_and_a_missing_prefix_is_refused`).
+/// On moto: s3s-fs does not list markers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_tree_round_trips_through_a_bucket_prefix() {
+    let Some(moto) = common::emulators::Moto::start(&["bkt"]).await else { return };
+    let env = moto.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, back, state) = (tmp.path().join("src"), tmp.path().join("back"), tmp.path().join("state"));
+    std::fs::create_dir_all(&src).unwrap();
+    let r = ferry(&state, &env, &["sync", src.to_str().unwrap(), "s3://bkt/empty"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = ferry(&state, &env, &["sync", "s3://bkt/empty", back.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["listed"], 0, "{}", r.stdout);
+    assert_eq!(std::fs::read_dir(&back).unwrap().count(), 0);
+    // The marker is written once.
+    let r = ferry(&state, &env, &["sync", src.to_str().unwrap(), "s3://bkt/empty", "--json", "-v"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = ferry(&state, &env, &["ls", "-R", "s3://bkt"]);
+    assert_eq!(r.stdout.lines().filter(|l| l.contains("empty")).count(), 1, "{}", r.stdout);
+    // Nothing under a prefix is still refused.
+    let r = ferry(&state, &env, &["sync", "s3://bkt/nope", back.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
 /// Directory attributes ride on `dir/` marker objects (as FSx for Lustre and
 /// s3fs keep them). s3s-fs drops metadata on markers and does not list them,
 /// so this runs on moto, which behaves as S3 does.
@@ -1172,4 +1200,80 @@ fn a_single_file_source_is_copied_into_the_destination() {
     let r = ferry(&state, &[], &["sync", &url(""), whole.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(whole.join("p/one.txt").is_file() && !whole.join("p/.ferry-staging").exists());
+}
+
+/// An object's key as the source: its prefix lists nothing, so the key is
+/// looked up (only then: a prefix that lists something costs no HEAD) and
+/// the object is copied into DST. A prefix with nothing under it is refused
+/// with exit 2, and `--delete` never runs from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_key_as_the_source_is_one_file_and_a_missing_prefix_is_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s3 = S3Server::start(&["bkt-key"]).await;
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("one.txt"), "just this").unwrap();
+    std::fs::write(src.join("other.txt"), "not this").unwrap();
+    std::fs::write(src.join("sub/deep.txt"), "deep").unwrap();
+    std::fs::set_permissions(src.join("one.txt"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(ferry(&state, &env, &["sync", src.to_str().unwrap(), "s3://bkt-key/p"]).code, 0);
+
+    let back = tmp.path().join("back");
+    let b = back.to_str().unwrap();
+    let r = ferry(&state, &env, &["sync", "s3://bkt-key/p/one.txt", b, "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["transferred"], 1, "{}", r.stdout);
+    assert_eq!(std::fs::read_to_string(back.join("one.txt")).unwrap(), "just this");
+    assert_eq!(std::fs::read_dir(&back).unwrap().count(), 1, "only the named object");
+    let (a, c) =
+        (std::fs::metadata(src.join("one.txt")).unwrap(), std::fs::metadata(back.join("one.txt")).unwrap());
+    assert_eq!((c.mode() & 0o7777, c.mtime(), c.mtime_nsec()), (0o640, a.mtime(), a.mtime_nsec()));
+    // Deeper keys, and into another bucket prefix, work the same.
+    let r = ferry(&state, &env, &["sync", "s3://bkt-key/p/sub/deep.txt", "s3://bkt-key/q", "--json"]);
+    assert_eq!((r.code, r.json()["transferred"].as_u64()), (0, Some(1)), "{}\n{}", r.stdout, r.stderr);
+    let r = ferry(&state, &env, &["sync", "s3://bkt-key/q", tmp.path().join("q").to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(tmp.path().join("q/deep.txt")).unwrap(), "deep");
+
+    // A prefix that lists something is not looked up as a key.
+    let before = s3.counts();
+    let r = ferry(&state, &env, &["sync", "s3://bkt-key/p/sub", tmp.path().join("sub").to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(s3.counts().head - before.head, 0, "no HEAD for a prefix with objects");
+
+    // The key with --delete: refused, and nothing in DST is deleted.
+    let keep = tmp.path().join("keep");
+    std::fs::create_dir_all(&keep).unwrap();
+    std::fs::write(keep.join("mine.txt"), "mine").unwrap();
+    let k = keep.to_str().unwrap();
+    let r = ferry(&state, &env, &["sync", "s3://bkt-key/p/one.txt", k, "--delete"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("is a file: --files-from and --delete need a directory"), "{}", r.stderr);
+    assert!(keep.join("mine.txt").is_file());
+
+    // Nothing there: exit 2 with one line, DST left as it was (not even
+    // created), and no deletion from the empty listing.
+    for (from, extra) in [
+        ("s3://bkt-key/p/nope", None),
+        ("s3://bkt-key/p/one.txt/", None),
+        ("s3://bkt-key/nope", Some("--delete")),
+    ] {
+        let fresh = tmp.path().join("fresh");
+        let mut args = vec!["sync", from, fresh.to_str().unwrap()];
+        args.extend(extra);
+        let r = ferry(&state, &env, &args);
+        assert_eq!(r.code, 2, "{from}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("nothing is stored there") && r.stderr.contains("check the name"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        assert!(!fresh.exists(), "{from}: DST was created");
+        let r = ferry(&state, &env, &["sync", from, k, "--delete", "--json"]);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(keep.join("mine.txt").is_file(), "{from}: --delete ran from an empty listing");
+    }
 }
