@@ -395,11 +395,18 @@ pub fn build_object_root(
                     what: format!("directory {} of {d} (create it first)", root.display()),
                 });
             }
+            // Writes go through the staging directory and are renamed into
+            // place. OpenDAL creates it to open the store, and again before
+            // each write: one that only reads (a source) leaves none behind.
             let staging = root.join(crate::FILE_STAGING_DIR);
-            std::fs::create_dir_all(&staging)
-                .map_err(|e| Error::io(format!("create {}", staging.display()), e))?;
+            let existed = staging.exists();
             let b = services::Fs::default().root(&spec.bucket).atomic_write_dir(&staging.to_string_lossy());
-            Operator::new(b).map_err(cfg_err)?
+            let op = Operator::new(b).map_err(cfg_err)?;
+            if !existed {
+                // Only when empty: another run may be writing through it.
+                let _ = std::fs::remove_dir(&staging);
+            }
+            op
         }
         Scheme::Memory => Operator::new(services::Memory::default()).map_err(cfg_err)?,
     };

@@ -1200,6 +1200,8 @@ fn a_single_file_source_is_copied_into_the_destination() {
     let r = ferry(&state, &[], &["sync", &url(""), whole.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(whole.join("p/one.txt").is_file() && !whole.join("p/.ferry-staging").exists());
+    // Only writes leave a staging directory: the store read from whole has none.
+    assert!(!store.join(".ferry-staging").exists(), "a store only read from got a staging directory");
 }
 
 /// An object's key as the source: its prefix lists nothing, so the key is
