@@ -15,6 +15,9 @@ pub enum Error {
     Config(String),
     #[error("{what} not found")]
     NotFound { what: String },
+    /// A location that is not there, with what to do about it.
+    #[error("{what} not found: {fix}")]
+    Missing { what: String, fix: &'static str },
     #[error("permission denied: {what}")]
     PermissionDenied { what: String },
     /// A name that cannot be used on the destination, with the reason.
@@ -105,7 +108,7 @@ impl Error {
     }
 
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::NotFound { .. })
+        matches!(self, Error::NotFound { .. } | Error::Missing { .. })
     }
 }
 

@@ -391,8 +391,9 @@ pub fn build_object_root(
                     .map_err(|e| Error::io(format!("create directory {} of {d}", root.display()), e))?;
             }
             if !root.is_dir() {
-                return Err(Error::NotFound {
-                    what: format!("directory {} of {d} (create it first)", root.display()),
+                return Err(Error::Missing {
+                    what: format!("directory {} of {d}", root.display()),
+                    fix: "create it first, or check the path",
                 });
             }
             // Writes go through the staging directory and are renamed into

@@ -271,8 +271,9 @@ impl ObjectRoot {
     fn reach_error(&self, e: opendal::Error) -> Error {
         let msg = e.to_string();
         if msg.contains("NoSuchBucket") {
-            Error::NotFound {
-                what: format!("bucket of {} (create it first, or check the name)", self.display),
+            Error::Missing {
+                what: format!("bucket of {}", self.display),
+                fix: "create it first, or check the name",
             }
         } else if e.kind() == opendal::ErrorKind::PermissionDenied
             || msg.contains("SignatureDoesNotMatch")

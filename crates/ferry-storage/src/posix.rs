@@ -59,8 +59,9 @@ impl PosixRoot {
                 return Ok(Self { root, follow_links, chown: is_root() });
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound {
-                    what: format!("directory {} (check the path)", root.display()),
+                return Err(Error::Missing {
+                    what: format!("directory {}", root.display()),
+                    fix: "check the path",
                 })
             }
             Err(e) => return Err(Error::io(format!("open {}", root.display()), e)),

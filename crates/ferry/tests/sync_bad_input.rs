@@ -28,9 +28,18 @@ async fn bad_locations_and_flags() {
     fatal(&ferry(&state, &[], &["sync", "ftp://host/x", d]), "unknown scheme \"ftp\"");
     fatal(&ferry(&state, &[], &["sync", "s3:bucket", d]), "s3://bucket/prefix");
     fatal(&ferry(&state, &[], &["sync", "s3://bkt/p?endpoint=http://127.0.0.1:1", d]), "AWS_ACCESS_KEY_ID");
-    fatal(&ferry(&state, &s3.env(), &["sync", "s3://no-such-bucket/p", d]), "create it first");
-    fatal(&ferry(&state, &[], &["sync", "/definitely/not/here", d]), "not found");
-    fatal(&ferry(&state, &[], &["sync", "/definitely/not/here", d, "--dry-run"]), "not found");
+    fatal(
+        &ferry(&state, &s3.env(), &["sync", "s3://no-such-bucket/p", d]),
+        "bucket of s3://no-such-bucket/p not found: create it first, or check the name",
+    );
+    fatal(
+        &ferry(&state, &[], &["sync", "/definitely/not/here", d]),
+        "directory /definitely/not/here not found: check the path",
+    );
+    fatal(
+        &ferry(&state, &[], &["sync", "/definitely/not/here", d, "--dry-run"]),
+        "directory /definitely/not/here not found: check the path",
+    );
     let mut wrong = s3.env();
     wrong.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
     wrong.push(("AWS_SECRET_ACCESS_KEY".into(), "wrong-secret".into()));
