@@ -1131,7 +1131,7 @@ impl Run {
             version = sink.commit(&meta).await?;
         } else {
             let stored = self.stored_crc(s).await?;
-            let mut parts = PartCrcs::for_parts(stored.and_then(|c| c.part_size()));
+            let mut parts = PartCrcs::for_stored(stored.as_ref());
             let mut stream = self.src.open_read(s, self.opts.chunk).await?;
             let mut sink = self.dst.create_file(&s.path, &meta, None, s.size).await?;
             let res: Result<(), StorageError> = async {
@@ -1186,17 +1186,17 @@ impl Run {
         sink: &Sink,
         stored: Option<&StoredCrc>,
     ) -> Result<u32, StorageError> {
-        let part_size = stored.and_then(StoredCrc::part_size);
         let file = Arc::new(sink.positional().expect("a local destination")?);
+        let first = PartCrcs::for_stored(stored);
         let part = s.size.div_ceil(DOWNLOAD_STREAMS);
         let ranges =
             (0..DOWNLOAD_STREAMS).map(|i| i * part..((i + 1) * part).min(s.size)).filter(|r| !r.is_empty());
         let parts = futures::future::try_join_all(ranges.map(|r| {
             let file = file.clone();
+            let mut parts = first.next_range();
             async move {
                 let mut stream = o.open_range(s, r.clone()).await?;
                 let mut off = r.start;
-                let mut parts = PartCrcs::for_parts(part_size);
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk?;
                     let len = chunk.len() as u64;
@@ -1219,7 +1219,7 @@ impl Run {
             }
         }))
         .await?;
-        let mut all = PartCrcs::for_parts(part_size);
+        let mut all = first;
         for p in parts {
             all.append(p);
         }
@@ -1295,8 +1295,7 @@ impl Run {
         trust_stored: bool,
         stored: &StoredCrc,
     ) -> Result<Option<bool>, StorageError> {
-        let part_size = stored.part_size();
-        let (whole, parts) = self.checksum(other, e, trust_stored && part_size.is_none(), part_size).await?;
+        let (whole, parts) = self.checksum(other, e, trust_stored, Some(stored)).await?;
         if stored.check(whole, Some(&parts)).is_ok() {
             return Ok(Some(true));
         }
@@ -1313,16 +1312,18 @@ impl Run {
     }
 
     /// CRC32C of an entry's content; a stored one is used when `trust_stored`.
-    /// With `part_size`, also the CRC32Cs of its parts of that size (read).
+    /// With `against`, also what checking it needs (the CRC32Cs of parts of
+    /// its size, or the CRC64NVME), which is read.
     async fn checksum(
         &self,
         loc: &Location,
         e: &Entry,
         trust_stored: bool,
-        part_size: Option<u64>,
+        against: Option<&StoredCrc>,
     ) -> Result<(u32, PartCrcs), StorageError> {
-        let mut parts = PartCrcs::for_parts(part_size);
-        if let (true, Some(c), None) = (trust_stored, e.crc32c, part_size) {
+        let mut parts = PartCrcs::for_stored(against);
+        let read = against.is_some_and(|c| !matches!(c, StoredCrc::Whole(_)));
+        if let (true, Some(c), false) = (trust_stored, e.crc32c, read) {
             return Ok((c, parts));
         }
         let mut stream = loc.open_read(e, self.opts.chunk).await?;

@@ -6,6 +6,10 @@
 //! `<base64>-<parts>`. Reading the content back, ferry computes the CRC32C
 //! of every part-sized span as the bytes stream by (in any number of ranged
 //! reads) and compares.
+//!
+//! A store may keep a CRC64NVME instead (what current AWS SDKs and the AWS
+//! CLI send by default); it is always of the whole content, and readers of
+//! ranges combine theirs the same way.
 
 use base64::Engine as _;
 
@@ -16,6 +20,21 @@ pub enum StoredCrc {
     Whole(u32),
     /// Of the parts' CRC32Cs; the parts are `part_size` bytes but the last.
     Composite { crc: u32, parts: u64, part_size: u64 },
+    /// The CRC64NVME of the whole content.
+    Crc64Nvme(u64),
+}
+
+/// The CRC64NVME of `data`.
+pub fn crc64nvme(data: &[u8]) -> u64 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, data)
+}
+
+/// The CRC64NVME of `a` followed by `len_b` bytes whose CRC64NVME is `b`.
+fn crc64nvme_combine((a, len_a): (u64, u64), (b, len_b): (u64, u64)) -> (u64, u64) {
+    if len_a == 0 {
+        return (b, len_b);
+    }
+    (crc_fast::checksum_combine(crc_fast::CrcAlgorithm::Crc64Nvme, a, b, len_b), len_a + len_b)
 }
 
 impl StoredCrc {
@@ -46,6 +65,12 @@ impl StoredCrc {
         }
     }
 
+    /// `x-amz-checksum-crc64nvme` (always of the whole content).
+    pub(crate) fn from_crc64nvme_header(value: &str) -> Option<Self> {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(value.trim()).ok()?;
+        Some(StoredCrc::Crc64Nvme(u64::from_be_bytes(bytes.try_into().ok()?)))
+    }
+
     /// `x-amz-checksum-crc32c`: the CRC and, for a composite one, the
     /// number of parts.
     fn parse_header(value: &str) -> Option<(u32, Option<u64>)> {
@@ -72,16 +97,24 @@ impl StoredCrc {
     /// The span over which a reader must compute CRCs: the part size.
     pub fn part_size(&self) -> Option<u64> {
         match self {
-            StoredCrc::Whole(_) => None,
+            StoredCrc::Whole(_) | StoredCrc::Crc64Nvme(_) => None,
             StoredCrc::Composite { part_size, .. } => Some(*part_size),
         }
     }
 
     /// Compare with what was read: the CRC32C of the whole content, and
-    /// the part CRCs when this is composite. `Err((stored, read))` on a
-    /// mismatch, both as they are shown to users.
+    /// the part CRCs when this is composite (or their CRC64NVME, fed to
+    /// readers made with [`PartCrcs::for_stored`]). `Err((stored, read))`
+    /// on a mismatch, both as they are shown to users.
     pub fn check(&self, whole: u32, parts: Option<&PartCrcs>) -> Result<(), (String, String)> {
         match *self {
+            StoredCrc::Crc64Nvme(want) => match parts.and_then(PartCrcs::crc64nvme) {
+                Some(got) if got == want => Ok(()),
+                Some(got) => Err((format!("crc64nvme {want:016x}"), format!("crc64nvme {got:016x}"))),
+                None => {
+                    Err((format!("crc64nvme {want:016x}"), "content that does not cover the object".into()))
+                }
+            },
             StoredCrc::Whole(want) if want == whole => Ok(()),
             StoredCrc::Whole(want) => Err((format!("{want:08x}"), format!("{whole:08x}"))),
             StoredCrc::Composite { crc, parts: n, part_size } => {
@@ -111,6 +144,9 @@ pub struct PartCrcs {
     spans: Vec<(u64, u32, u64)>,
     /// Where the next byte fed is expected.
     next: Option<u64>,
+    /// (CRC64NVME, bytes) of all the content fed, when asked for; `None`
+    /// inside once a gap made it meaningless.
+    crc64: Option<Option<(u64, u64)>>,
 }
 
 impl PartCrcs {
@@ -118,7 +154,30 @@ impl PartCrcs {
     /// If `part_size` is 0.
     pub fn new(part_size: u64) -> Self {
         assert!(part_size > 0, "part size 0");
-        PartCrcs { part_size, spans: Vec::new(), next: None }
+        PartCrcs { part_size, spans: Vec::new(), next: None, crc64: None }
+    }
+
+    /// What a reader needs to check content against `stored`: its parts,
+    /// and the CRC64NVME too when that is what the store kept.
+    pub fn for_stored(stored: Option<&StoredCrc>) -> Self {
+        let mut p = Self::for_parts(stored.and_then(StoredCrc::part_size));
+        if matches!(stored, Some(StoredCrc::Crc64Nvme(_))) {
+            p.crc64 = Some(Some((0, 0)));
+        }
+        p
+    }
+
+    /// A reader for the range that follows this one, computing the same.
+    pub fn next_range(&self) -> Self {
+        let mut p = Self::new(self.part_size);
+        p.crc64 = self.crc64.map(|_| Some((0, 0)));
+        p
+    }
+
+    /// The CRC64NVME of everything fed, when it was asked for and no gap
+    /// broke it.
+    fn crc64nvme(&self) -> Option<u64> {
+        self.crc64.flatten().map(|(crc, _)| crc)
     }
 
     /// Parts of `part_size` when there is one to check against, else the
@@ -133,6 +192,12 @@ impl PartCrcs {
         if self.next.is_some_and(|n| n != offset) {
             // A gap or overlap: nothing composite can be claimed any more.
             self.spans.push((u64::MAX, 0, 0));
+            if let Some(c) = &mut self.crc64 {
+                *c = None;
+            }
+        }
+        if let Some(Some(sum)) = &mut self.crc64 {
+            *sum = crc64nvme_combine(*sum, (crc64nvme(data), data.len() as u64));
         }
         while !data.is_empty() {
             let part = offset / self.part_size;
@@ -154,6 +219,12 @@ impl PartCrcs {
 
     /// Join the spans of the range that follows this one.
     pub fn append(&mut self, next: PartCrcs) {
+        if let Some(mine) = &mut self.crc64 {
+            *mine = match (*mine, next.crc64.flatten()) {
+                (Some(a), Some(b)) => Some(crc64nvme_combine(a, b)),
+                _ => None,
+            };
+        }
         for (part, crc, len) in next.spans {
             match self.spans.last_mut() {
                 Some((p, c, l)) if *p == part => {
@@ -274,6 +345,48 @@ mod tests {
             p.update(0, &bad);
             assert!(stored.check(crc32c::crc32c(&bad), Some(&p)).is_err());
         }
+    }
+
+    #[test]
+    fn crc64nvme_of_ranges_cut_anywhere_is_that_of_the_whole() {
+        assert_eq!(crc64nvme(b"123456789"), 0xae8b_1486_0a79_9888, "the CRC-64/NVME check value");
+        let header = base64::engine::general_purpose::STANDARD.encode(0xae8b_1486_0a79_9888u64.to_be_bytes());
+        assert_eq!(
+            StoredCrc::from_crc64nvme_header(&header),
+            Some(StoredCrc::Crc64Nvme(0xae8b_1486_0a79_9888))
+        );
+        assert_eq!(StoredCrc::from_crc64nvme_header(&b64(7)), None, "four bytes are not a CRC64NVME");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 13 % 253) as u8).collect();
+        let stored = StoredCrc::Crc64Nvme(crc64nvme(&data));
+        assert_eq!(stored.part_size(), None);
+        let first = PartCrcs::for_stored(Some(&stored));
+        let mut joined = first.next_range();
+        for r in [0..2_500usize, 2_500..5_000, 5_000..7_501, 7_501..10_000] {
+            let mut p = first.next_range();
+            let mut off = r.start;
+            for chunk in data[r].chunks(777) {
+                p.update(off as u64, chunk);
+                off += chunk.len();
+            }
+            joined.append(p);
+        }
+        let whole = crc32c::crc32c(&data);
+        assert_eq!(joined.whole(), whole);
+        assert_eq!(stored.check(whole, Some(&joined)), Ok(()));
+        // A reader not asked for the CRC64NVME cannot vouch for it.
+        let mut plain = PartCrcs::for_parts(None);
+        plain.update(0, &data);
+        assert!(stored.check(whole, Some(&plain)).unwrap_err().1.contains("does not cover"));
+        // One byte changed, or a gap, fails.
+        let mut bad = data.clone();
+        bad[9_999] ^= 0x10;
+        let mut p = PartCrcs::for_stored(Some(&stored));
+        p.update(0, &bad);
+        assert!(stored.check(crc32c::crc32c(&bad), Some(&p)).unwrap_err().0.starts_with("crc64nvme "));
+        let mut gap = PartCrcs::for_stored(Some(&stored));
+        gap.update(0, &data[..100]);
+        gap.update(200, &data[200..]);
+        assert!(stored.check(whole, Some(&gap)).is_err());
     }
 
     #[test]

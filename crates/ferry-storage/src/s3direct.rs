@@ -205,7 +205,7 @@ impl S3Direct {
         let Some(h) = self.head_if_understood(&url, &headers, &context).await? else { return Ok(None) };
         let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
         let Some(value) = text("x-amz-checksum-crc32c") else {
-            return Ok(None);
+            return Ok(text("x-amz-checksum-crc64nvme").and_then(StoredCrc::from_crc64nvme_header));
         };
         let Some((crc, parts)) = StoredCrc::from_head(value, text("x-amz-checksum-type"), text("etag"))
         else {

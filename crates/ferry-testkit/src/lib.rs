@@ -41,6 +41,8 @@ struct Shared {
     counters: Counters,
     in_flight: InFlight,
     uploads: uploads::Uploads,
+    /// CRC64NVMEs the store answers for objects, by (bucket, key).
+    crc64: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
 }
 
 /// An s3s-fs S3 server over a temporary directory, serving on `127.0.0.1:<random port>`.
@@ -99,6 +101,16 @@ impl S3Server {
     /// Always `us-east-1` (the server accepts any region in signatures).
     pub fn region(&self) -> &str {
         REGION
+    }
+
+    /// From now on, answer for this object as AWS does for one uploaded
+    /// with the CRC64NVME current AWS SDKs send by default: a HEAD or a GET
+    /// of the whole with `x-amz-checksum-mode: ENABLED` gets its
+    /// `x-amz-checksum-crc64nvme` (of the content it has now).
+    pub fn keep_crc64nvme(&self, bucket: &str, key: &str) {
+        let data = std::fs::read(self.root.join(bucket).join(key)).expect("the object is stored");
+        let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, &data);
+        self.shared.crc64.lock().expect("lock").insert((bucket.to_string(), key.to_string()), crc);
     }
 
     /// The s3s-fs root directory (canonicalized); buckets are its subdirectories.
@@ -274,6 +286,14 @@ async fn handle(
             uploads::Call::Read { bucket, key, part } => {
                 if let Some(c) = shared.uploads.composite(&bucket, &key) {
                     resp = with_composite(resp, &c, part, whole_checksum && method == hyper::Method::HEAD);
+                }
+                let crc64 = shared.crc64.lock().expect("lock").get(&(bucket, key)).copied();
+                if let (Some(crc), true, None) = (crc64, whole_checksum, part) {
+                    use base64::Engine as _;
+                    let value = base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes());
+                    let h = resp.headers_mut();
+                    h.insert("x-amz-checksum-crc64nvme", value.parse().expect("header value"));
+                    h.insert("x-amz-checksum-type", hyper::header::HeaderValue::from_static("FULL_OBJECT"));
                 }
             }
             _ => {}

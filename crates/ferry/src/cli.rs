@@ -152,7 +152,8 @@ Locations:
                             AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, overridable with
                             ?endpoint=URL&region=R&path_style=true; uploads carry
                             a CRC32C the store verifies, and large downloads are
-                            checked against the CRC32C the store kept
+                            checked against the checksum the store kept
+                            (CRC32C or CRC64NVME)
                             (?checksum=none, or
                             AWS_REQUEST_CHECKSUM_CALCULATION=when_required, turns
                             both off for stores that refuse it)
@@ -192,8 +193,8 @@ pub struct SyncArgs {
     pub dst: String,
 
     /// Compare content checksums (CRC32C) instead of size and modification time;
-    /// large s3:// objects are compared through the CRC32C their store kept,
-    /// without being read.
+    /// large s3:// objects are compared through the checksum their store kept
+    /// (CRC32C or CRC64NVME), without being read.
     #[arg(short = 'c', long, conflicts_with_all = ["force", "ignore_existing"])]
     pub checksum: bool,
     /// Skip items that are newer at the destination.

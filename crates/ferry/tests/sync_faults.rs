@@ -434,6 +434,63 @@ async fn a_corrupted_large_body_fails_the_stored_part_checksums() {
     assert!(std::fs::read(unchecked.join("big.bin")).unwrap() != body, "the corrupt copy landed");
 }
 
+/// An object uploaded by another tool with the CRC64NVME current AWS SDKs
+/// send by default, and no CRC32C: its store keeps that checksum, and large
+/// downloads are checked against it (ranged reads combine their CRC64NVMEs),
+/// to a local file and to another bucket; `--checksum` compares a local
+/// copy with it without reading the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_crc64nvme_checks_large_downloads() {
+    let s3 = S3Server::start(&["bkt-c64"]).await;
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    std::fs::create_dir_all(&src).unwrap();
+    let body: Vec<u8> =
+        (0..(13u32 << 20) + 4_321).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+    std::fs::write(src.join("big.bin"), &body).unwrap();
+    // Without ferry's checksums: the store keeps only what is set below.
+    let up = ["sync", src.to_str().unwrap(), "s3://bkt-c64/p?checksum=none", "--part-size", "5M"];
+    assert_eq!(ferry(&state, &env, &up).code, 0);
+    s3.keep_crc64nvme("bkt-c64", "p/big.bin");
+
+    let back = tmp.path().join("back");
+    let b = back.to_str().unwrap();
+    s3.faults().corrupt_bodies(2);
+    let r = ferry(&state, &env, &["sync", "s3://bkt-c64/p", b, "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(std::fs::read(back.join("big.bin")).unwrap() == body, "the corrupted read was caught and redone");
+
+    let bad = tmp.path().join("bad");
+    s3.faults().corrupt_bodies(u32::MAX);
+    let r =
+        ferry(&state, &env, &["sync", "s3://bkt-c64/p", bad.to_str().unwrap(), "--json", "--retries", "1"]);
+    s3.faults().corrupt_bodies(0);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let reason = r.json()["failures"][0]["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("checksum mismatch") && reason.contains("crc64nvme"), "{reason}");
+    assert!(!bad.join("big.bin").exists());
+
+    // Bucket to bucket: one stream, checked the same way.
+    s3.faults().corrupt_bodies(1);
+    let r = ferry(&state, &env, &["sync", "s3://bkt-c64/p", "s3://bkt-c64/copy", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(std::fs::read(s3.root().join("bkt-c64/copy/big.bin")).unwrap() == body);
+
+    // --checksum: the local copy is read, the object is not.
+    let gets = s3.counts().get;
+    let args = ["sync", "s3://bkt-c64/p", b, "--checksum", "--no-checkpoint", "--json"];
+    let r = ferry(&state, &env, &args);
+    assert_eq!((r.code, r.json()["skipped"].as_u64()), (0, Some(1)), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(s3.counts().get, gets, "compared through the stored CRC64NVME");
+    let mut changed = body.clone();
+    changed[7 << 20] ^= 1;
+    std::fs::write(back.join("big.bin"), &changed).unwrap();
+    let r = ferry(&state, &env, &args);
+    assert_eq!((r.code, r.json()["transferred"].as_u64()), (0, Some(1)), "{}\n{}", r.stdout, r.stderr);
+    assert!(std::fs::read(back.join("big.bin")).unwrap() == body);
+}
+
 /// A composite checksum over parts of unequal sizes (a writer that sends
 /// whatever it has buffered) cannot be checked part by part: the first
 /// part's size does not cut the content as the writer did. The download
