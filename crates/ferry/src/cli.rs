@@ -98,7 +98,7 @@ Huawei Cloud SDKs with `ferry credential create --project P` (same --data-dir,
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// Location to list (same forms as `ferry sync`).
+    /// Location to list (same forms as `ferry sync`); a file, or an object's key, lists as itself.
     pub location: String,
     /// Descend into directories.
     #[arg(short = 'R', long)]

@@ -4,16 +4,25 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use ferry_model::EntryKind;
+use ferry_model::{Entry, EntryKind};
 use ferry_storage::{Location, OpenOptions, ProcessEnv};
 
 use crate::cli::LsArgs;
+use crate::source;
 
 pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
     let opts = OpenOptions { retries: 5, ..OpenOptions::default() };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    // One file: shown as a listing of just it.
+    if let Some((dir, name)) = source::local_file(&args.location) {
+        let loc = Location::open(&dir, &ProcessEnv, opts).await.with_context(|| args.location.clone())?;
+        if let Some((e, _)) = loc.stat(&name).await.with_context(|| args.location.clone())? {
+            print_one(&mut out, &args, &e)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let loc =
         Location::open(&args.location, &ProcessEnv, opts).await.with_context(|| args.location.clone())?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let (mut files, mut dirs, mut bytes, mut bad) = (0u64, 0u64, 0u64, 0u64);
     let mut write_err = None;
     ferry_engine::walk(
@@ -45,9 +54,27 @@ pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
             return Err(e.into());
         }
     }
+    // A prefix in a bucket with nothing under it: an object's key, or nothing.
+    if files + dirs + bad == 0 && loc.empty_means_missing() {
+        let found = source::object_file(&args.location, opts).await.with_context(|| args.location.clone())?;
+        let Some((_, _, e)) = found else { return Err(source::nothing_stored(&args.location)) };
+        print_one(&mut out, &args, &e)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.summary {
         writeln!(out, "{files} file(s), {dirs} dir(s), {bytes} byte(s)")?;
     }
     out.flush().ok();
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// A location that names one file: the line (or summary) of a listing of it.
+fn print_one(out: &mut impl Write, args: &LsArgs, e: &Entry) -> anyhow::Result<()> {
+    if args.summary {
+        writeln!(out, "1 file(s), 0 dir(s), {} byte(s)", e.size)?;
+    } else {
+        writeln!(out, "{:>12} {}", e.size, e.path)?;
+    }
+    out.flush()?;
+    Ok(())
 }

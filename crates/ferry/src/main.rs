@@ -9,6 +9,7 @@ mod ls_cmd;
 mod progress;
 mod serve_cmd;
 mod size;
+mod source;
 mod sync_cmd;
 
 use std::process::ExitCode;

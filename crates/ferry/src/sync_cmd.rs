@@ -7,21 +7,21 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use ferry_engine::{check_overlap, CheckpointSpec, Compare, Filter, Report, Sync, SyncOptions, Verify};
-use ferry_model::EntryKind;
-use ferry_storage::{Location, LocationSpec, OpenOptions, PartPolicy, ProcessEnv, Scheme};
+use ferry_storage::{Location, LocationSpec, OpenOptions, PartPolicy, ProcessEnv};
 use ferry_store::Store;
 
 use crate::cli::{SyncArgs, VerifyArg};
 use crate::journal::RunJournal;
 use crate::progress::Display;
 use crate::size::human;
+use crate::source;
 
 pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
     let mut opts = options(&args)?;
     // One file as the source (a local one, or one in a `file://` store): its
     // directory, with just that name listed, as `--files-from` would (DST is
     // the directory it goes into).
-    if let Some((dir, name)) = single_file(&args.src) {
+    if let Some((dir, name)) = source::local_file(&args.src) {
         source_is_file(&mut args, &mut opts, dir, name)?;
     }
     // Before opening: opening the destination creates it. Malformed
@@ -37,8 +37,9 @@ pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
     // Nothing under an object prefix: the key of one object (found only
     // now, so that no run pays a lookup for it), or nothing at all.
     if report.source_missing {
-        match object_file(&args.src, open_options(&args, false)).await? {
-            Some((dir, name)) => {
+        let found = source::object_file(&args.src, open_options(&args, false)).await;
+        match found.with_context(|| format!("source {}", args.src))? {
+            Some((dir, name, _)) => {
                 source_is_file(&mut args, &mut opts, dir, name)?;
                 (report, journal) = transfer(&args, opts).await?;
             }
@@ -47,13 +48,7 @@ pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
                     // Created by this run and still empty; anything else stays.
                     let _ = std::fs::remove_dir(dir);
                 }
-                let name = args.src.split('?').next().unwrap_or_default().trim_end_matches('/');
-                let last = name.rsplit('/').next().unwrap_or_default();
-                bail!(
-                    "source {}: nothing is stored there, neither an object {last} nor objects under {last}/ \
-                     (check the name; in a bucket an empty directory exists only as a {last}/ marker object)",
-                    args.src
-                );
+                bail!("source {}", source::nothing_stored(&args.src));
             }
         }
     }
@@ -217,48 +212,6 @@ fn default_state_db(create: bool) -> anyhow::Result<String> {
             .with_context(|| format!("creating state directory {}", dir.display()))?;
     }
     Ok(format!("sqlite://{}", dir.join("sync.db").display()))
-}
-
-/// A source naming one file: a local path (or a symlink to a file), or a
-/// file in a `file://` store. Its directory (as a location) and its name.
-/// An object key in other stores is listed as a prefix first (see
-/// [`object_file`]).
-fn single_file(src: &str) -> Option<(String, String)> {
-    let (file, url) = match LocationSpec::parse(src).ok()? {
-        LocationSpec::Posix(path) => (path, false),
-        LocationSpec::Object(spec) if spec.scheme == Scheme::File => (PathBuf::from(spec.bucket), true),
-        LocationSpec::Object(_) => return None,
-    };
-    if !std::fs::metadata(&file).ok()?.is_file() {
-        return None;
-    }
-    split_last(src, url)
-}
-
-/// An object source whose prefix lists nothing, when its last component is
-/// the key of one object: the location above it and that name.
-async fn object_file(src: &str, open: OpenOptions) -> anyhow::Result<Option<(String, String)>> {
-    if src.split('?').next().is_some_and(|p| p.ends_with('/')) {
-        return Ok(None);
-    }
-    let Some((dir, name)) = split_last(src, true) else { return Ok(None) };
-    let parent = Location::open(&dir, &ProcessEnv, open).await.with_context(|| format!("source {src}"))?;
-    let found = parent.stat(&name).await.with_context(|| format!("source {src}"))?;
-    Ok(found.filter(|(e, _)| e.kind != EntryKind::Dir).map(|_| (dir, name)))
-}
-
-/// A location without its last path component, and that component; a URL
-/// keeps its query. `None` when nothing is left above it (a bucket).
-fn split_last(src: &str, url: bool) -> Option<(String, String)> {
-    let (path, query) = if url { src.split_once('?').unwrap_or((src, "")) } else { (src, "") };
-    let (dir, name) = match path.rsplit_once('/') {
-        Some((dir, _)) if url && (dir.ends_with("://") || !dir.contains("://")) => return None,
-        Some(("", name)) => ("/", name),
-        Some((dir, name)) => (dir, name),
-        None => (".", path),
-    };
-    let query = if query.is_empty() { String::new() } else { format!("?{query}") };
-    Some((format!("{dir}{query}"), name.to_string()))
 }
 
 /// The summary; a dry run's plan was printed as it was made.

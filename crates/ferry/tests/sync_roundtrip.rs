@@ -1239,6 +1239,14 @@ async fn an_object_key_as_the_source_is_one_file_and_a_missing_prefix_is_refused
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(std::fs::read_to_string(tmp.path().join("q/deep.txt")).unwrap(), "deep");
 
+    // `ls` shows the one object (and a local file) the same way.
+    let r = ferry(&state, &env, &["ls", "s3://bkt-key/p/one.txt"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "           9 one.txt\n"), "{}", r.stderr);
+    let r = ferry(&state, &env, &["ls", back.join("one.txt").to_str().unwrap()]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "           9 one.txt\n"), "{}", r.stderr);
+    let r = ferry(&state, &env, &["ls", "s3://bkt-key/p/nope"]);
+    assert!(r.code == 2 && r.stderr.contains("nothing is stored there"), "{}", r.stderr);
+
     // A prefix that lists something is not looked up as a key.
     let before = s3.counts();
     let r = ferry(&state, &env, &["sync", "s3://bkt-key/p/sub", tmp.path().join("sub").to_str().unwrap()]);
