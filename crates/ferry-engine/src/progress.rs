@@ -146,7 +146,9 @@ pub struct Report {
     /// Why deletions did not run, when `--delete` was asked for and skipped.
     pub delete_skipped: Option<String>,
     /// The source is a prefix inside a bucket and nothing at all is stored
-    /// under it: a mistyped name, or the key of one object.
+    /// under it: a mistyped name, or the key of one object. Shown only when
+    /// set (the CLI stops or looks the key up before printing a report).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub source_missing: bool,
     /// The first failures (up to 10,000).
     pub failures: Vec<Failure>,
