@@ -152,9 +152,8 @@ Locations:
                             AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, overridable with
                             ?endpoint=URL&region=R&path_style=true; uploads carry
                             a CRC32C the store verifies, and large downloads are
-                            checked against the checksum the store kept
-                            (CRC32C or CRC64NVME)
-                            (?checksum=none, or
+                            checked against the CRC32C or CRC64NVME the
+                            store kept (?checksum=none, or
                             AWS_REQUEST_CHECKSUM_CALCULATION=when_required, turns
                             both off for stores that refuse it)
   obs:// oss:// cos://      Huawei OBS, Alibaba OSS, Tencent COS (OBS_*, OSS_*, COS_* variables)
