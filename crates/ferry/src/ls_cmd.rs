@@ -54,12 +54,17 @@ pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
             return Err(e.into());
         }
     }
-    // A prefix in a bucket with nothing under it: an object's key, or nothing.
+    // A prefix in a bucket with nothing under it: an object's key, an empty
+    // directory (its marker is there), or nothing.
     if files + dirs + bad == 0 && loc.empty_means_missing() {
         let found = source::object_file(&args.location, opts).await.with_context(|| args.location.clone())?;
-        let Some((_, _, e)) = found else { return Err(source::nothing_stored(&args.location)) };
-        print_one(&mut out, &args, &e)?;
-        return Ok(ExitCode::SUCCESS);
+        if let Some((_, _, e)) = found {
+            print_one(&mut out, &args, &e)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if loc.stat_dir("").await.with_context(|| args.location.clone())?.is_none() {
+            return Err(source::nothing_stored(&args.location));
+        }
     }
     if args.summary {
         writeln!(out, "{files} file(s), {dirs} dir(s), {bytes} byte(s)")?;

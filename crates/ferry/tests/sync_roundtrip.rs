@@ -157,8 +157,13 @@ async fn an_empty_tree_round_trips_through_a_bucket_prefix() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let r = ferry(&state, &env, &["ls", "-R", "s3://bkt"]);
     assert_eq!(r.stdout.lines().filter(|l| l.contains("empty")).count(), 1, "{}", r.stdout);
+    // `ls` shows it as an empty directory.
+    let r = ferry(&state, &env, &["ls", "s3://bkt/empty"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{}", r.stderr);
     // Nothing under a prefix is still refused.
     let r = ferry(&state, &env, &["sync", "s3://bkt/nope", back.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let r = ferry(&state, &env, &["ls", "s3://bkt/nope"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
 }
 
