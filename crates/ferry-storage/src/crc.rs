@@ -24,17 +24,9 @@ pub enum StoredCrc {
     Crc64Nvme(u64),
 }
 
-/// The CRC64NVME of `data`.
-pub fn crc64nvme(data: &[u8]) -> u64 {
-    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, data)
-}
-
-/// The CRC64NVME of `a` followed by `len_b` bytes whose CRC64NVME is `b`.
-fn crc64nvme_combine((a, len_a): (u64, u64), (b, len_b): (u64, u64)) -> (u64, u64) {
-    if len_a == 0 {
-        return (b, len_b);
-    }
-    (crc_fast::checksum_combine(crc_fast::CrcAlgorithm::Crc64Nvme, a, b, len_b), len_a + len_b)
+/// A running CRC64NVME.
+fn crc64nvme_digest() -> crc_fast::Digest {
+    crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme)
 }
 
 impl StoredCrc {
@@ -137,16 +129,16 @@ impl StoredCrc {
 /// CRC32Cs of the part-sized spans of content fed in order, possibly
 /// starting anywhere (one ranged read); readers of adjacent ranges are
 /// joined with [`PartCrcs::append`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PartCrcs {
     part_size: u64,
     /// (part index, CRC32C, bytes) of consecutive spans, each within one part.
     spans: Vec<(u64, u32, u64)>,
     /// Where the next byte fed is expected.
     next: Option<u64>,
-    /// (CRC64NVME, bytes) of all the content fed, when asked for; `None`
-    /// inside once a gap made it meaningless.
-    crc64: Option<Option<(u64, u64)>>,
+    /// The CRC64NVME of all the content fed, when asked for; `None` inside
+    /// once a gap made it meaningless.
+    crc64: Option<Option<crc_fast::Digest>>,
 }
 
 impl PartCrcs {
@@ -162,7 +154,7 @@ impl PartCrcs {
     pub fn for_stored(stored: Option<&StoredCrc>) -> Self {
         let mut p = Self::for_parts(stored.and_then(StoredCrc::part_size));
         if matches!(stored, Some(StoredCrc::Crc64Nvme(_))) {
-            p.crc64 = Some(Some((0, 0)));
+            p.crc64 = Some(Some(crc64nvme_digest()));
         }
         p
     }
@@ -170,14 +162,14 @@ impl PartCrcs {
     /// A reader for the range that follows this one, computing the same.
     pub fn next_range(&self) -> Self {
         let mut p = Self::new(self.part_size);
-        p.crc64 = self.crc64.map(|_| Some((0, 0)));
+        p.crc64 = self.crc64.map(|_| Some(crc64nvme_digest()));
         p
     }
 
     /// The CRC64NVME of everything fed, when it was asked for and no gap
     /// broke it.
     fn crc64nvme(&self) -> Option<u64> {
-        self.crc64.flatten().map(|(crc, _)| crc)
+        self.crc64.flatten().map(|d| d.finalize())
     }
 
     /// Parts of `part_size` when there is one to check against, else the
@@ -196,8 +188,8 @@ impl PartCrcs {
                 *c = None;
             }
         }
-        if let Some(Some(sum)) = &mut self.crc64 {
-            *sum = crc64nvme_combine(*sum, (crc64nvme(data), data.len() as u64));
+        if let Some(Some(digest)) = &mut self.crc64 {
+            digest.update(data);
         }
         while !data.is_empty() {
             let part = offset / self.part_size;
@@ -221,7 +213,10 @@ impl PartCrcs {
     pub fn append(&mut self, next: PartCrcs) {
         if let Some(mine) = &mut self.crc64 {
             *mine = match (*mine, next.crc64.flatten()) {
-                (Some(a), Some(b)) => Some(crc64nvme_combine(a, b)),
+                (Some(mut a), Some(b)) => {
+                    a.combine(&b);
+                    Some(a)
+                }
                 _ => None,
             };
         }
@@ -345,6 +340,10 @@ mod tests {
             p.update(0, &bad);
             assert!(stored.check(crc32c::crc32c(&bad), Some(&p)).is_err());
         }
+    }
+
+    fn crc64nvme(data: &[u8]) -> u64 {
+        crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, data)
     }
 
     #[test]

@@ -37,8 +37,7 @@ pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
                 bytes += e.size;
             }
             if !args.summary && write_err.is_none() {
-                let slash = if e.kind == EntryKind::Dir { "/" } else { "" };
-                if let Err(err) = writeln!(out, "{:>12} {}{slash}", e.size, e.path) {
+                if let Err(err) = write_line(&mut out, &e) {
                     write_err = Some(err);
                 }
             }
@@ -78,8 +77,14 @@ fn print_one(out: &mut impl Write, args: &LsArgs, e: &Entry) -> anyhow::Result<(
     if args.summary {
         writeln!(out, "1 file(s), 0 dir(s), {} byte(s)", e.size)?;
     } else {
-        writeln!(out, "{:>12} {}", e.size, e.path)?;
+        write_line(out, e)?;
     }
     out.flush()?;
     Ok(())
+}
+
+/// One entry of a listing: `SIZE PATH`, directories ending with `/`.
+fn write_line(out: &mut impl Write, e: &Entry) -> std::io::Result<()> {
+    let slash = if e.kind == EntryKind::Dir { "/" } else { "" };
+    writeln!(out, "{:>12} {}{slash}", e.size, e.path)
 }

@@ -27,12 +27,11 @@ pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
     // Before opening: opening the destination creates it. Malformed
     // locations are reported by `Location::open` below.
     // Only what is named is read from a list: no tree is walked into DST.
-    if let (Ok(src), Ok(dst), None) =
-        (LocationSpec::parse(&args.src), LocationSpec::parse(&args.dst), &opts.files_from)
-    {
-        check_overlap(&src, &dst, &opts.filter)?;
+    let dst_spec = LocationSpec::parse(&args.dst).ok();
+    if let (Ok(src), Some(dst), None) = (LocationSpec::parse(&args.src), &dst_spec, &opts.files_from) {
+        check_overlap(&src, dst, &opts.filter)?;
     }
-    let dst_new = LocationSpec::parse(&args.dst).ok().and_then(|d| d.local_dir()).filter(|d| !d.exists());
+    let dst_new = dst_spec.and_then(|d| d.local_dir()).filter(|d| !d.exists());
     let (mut report, mut journal) = transfer(&args, opts.clone()).await?;
     // Nothing under an object prefix: the key of one object (found only
     // now, so that no run pays a lookup for it), or nothing at all.
