@@ -1112,6 +1112,9 @@ impl Run {
             }
             crc = crc32c::crc32c(&data);
             check_stored_crc(s, crc)?;
+            if let (Location::Object(o), None) = (&self.src, s.crc32c) {
+                o.check_etag_md5(s, &data).await?;
+            }
             self.throttle(data.len()).await;
             let mut sink = self.dst.create_file(&s.path, &meta, Some(crc), s.size).await?;
             if let Err(e) = sink.write(data).await {
@@ -1455,8 +1458,8 @@ fn check_stored_crc(s: &Entry, got: u32) -> Result<(), StorageError> {
     match s.crc32c {
         Some(want) if want != got => Err(StorageError::ChecksumMismatch {
             path: s.path.clone(),
-            expected: format!("{want:08x}"),
-            got: format!("{got:08x}"),
+            expected: format!("crc32c {want:08x}"),
+            got: format!("crc32c {got:08x}"),
         }),
         _ => Ok(()),
     }

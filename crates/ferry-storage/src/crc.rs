@@ -10,6 +10,13 @@
 //! A store may keep a CRC64NVME instead (what current AWS SDKs and the AWS
 //! CLI send by default); it is always of the whole content, and readers of
 //! ranges combine theirs the same way.
+//!
+//! Objects stored by other tools often carry neither (rclone, s3cmd and
+//! older SDKs send no checksum), but an S3 store names an object stored by
+//! one PUT with the MD5 of its content as ETag, which every listing shows:
+//! small objects, read whole, are checked against it. Multipart ETags
+//! (`<hex>-<parts>`) and the ETags of objects encrypted with SSE-KMS are
+//! not MD5s of the content.
 
 use base64::Engine as _;
 
@@ -22,6 +29,17 @@ pub enum StoredCrc {
     Composite { crc: u32, parts: u64, part_size: u64 },
     /// The CRC64NVME of the whole content.
     Crc64Nvme(u64),
+}
+
+/// The MD5 an S3 ETag stands for: a quoted (or bare) string of 32 hex
+/// digits, as a store names an object stored by one PUT. `None` for
+/// anything else: a multipart object's `<hex>-<parts>`, a weak ETag, the
+/// opaque ETags of other kinds of store.
+pub(crate) fn md5_of_etag(etag: &str) -> Option<[u8; 16]> {
+    let hex_digits = etag.strip_prefix('"').and_then(|e| e.strip_suffix('"')).unwrap_or(etag);
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(hex_digits, &mut out).ok()?;
+    Some(out)
 }
 
 /// A running CRC64NVME.
@@ -108,17 +126,17 @@ impl StoredCrc {
                 }
             },
             StoredCrc::Whole(want) if want == whole => Ok(()),
-            StoredCrc::Whole(want) => Err((format!("{want:08x}"), format!("{whole:08x}"))),
+            StoredCrc::Whole(want) => Err((format!("crc32c {want:08x}"), format!("crc32c {whole:08x}"))),
             StoredCrc::Composite { crc, parts: n, part_size } => {
                 let got = parts.filter(|p| p.part_size == part_size).and_then(PartCrcs::composite);
                 match got {
                     Some((c, m)) if (c, m) == (crc, n) => Ok(()),
                     other => {
                         let read = match other {
-                            Some((c, m)) => format!("{c:08x}-{m}"),
+                            Some((c, m)) => format!("crc32c {c:08x}-{m}"),
                             None => "parts that do not cover the object".to_string(),
                         };
-                        Err((format!("{crc:08x}-{n} (parts of {part_size} bytes)"), read))
+                        Err((format!("crc32c {crc:08x}-{n} (parts of {part_size} bytes)"), read))
                     }
                 }
             }
@@ -279,6 +297,23 @@ mod tests {
     }
 
     #[test]
+    fn only_single_part_etags_stand_for_an_md5() {
+        let md5 = [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0, 0, 0, 0, 0, 0, 0xff, 0x0f];
+        assert_eq!(md5_of_etag("\"0123456789abcdef000000000000ff0f\""), Some(md5));
+        assert_eq!(md5_of_etag("0123456789ABCDEF000000000000FF0F"), Some(md5));
+        for not_md5 in [
+            "\"0123456789abcdef000000000000ff0f-3\"",
+            "W/\"0123456789abcdef000000000000ff0f\"",
+            "\"0123456789abcdef000000000000ff0\"",
+            "\"0x8DC2F3A1B2C3D4E\"",
+            "\"0123456789abcdef000000000000ff0g\"",
+            "",
+        ] {
+            assert_eq!(md5_of_etag(not_md5), None, "{not_md5}");
+        }
+    }
+
+    #[test]
     fn head_answers_are_taken_only_when_they_agree_with_the_etag() {
         let whole = b64(9);
         let composite = format!("{}-3", b64(9));
@@ -404,6 +439,6 @@ mod tests {
         assert!(stored.check(0, None).is_err());
         let whole = StoredCrc::Whole(crc32c::crc32c(&data));
         assert_eq!(whole.check(crc32c::crc32c(&data), None), Ok(()));
-        assert_eq!(whole.check(1, None).unwrap_err().1, "00000001");
+        assert_eq!(whole.check(1, None).unwrap_err().1, "crc32c 00000001");
     }
 }

@@ -29,8 +29,9 @@ pub enum Error {
     /// Fewer or more bytes arrived than the size declared when the copy started.
     #[error("size mismatch: expected {expected} bytes, got {got}")]
     SizeMismatch { expected: u64, got: u64 },
-    /// The content read does not match the checksum stored with it.
-    #[error("checksum mismatch reading {path}: stored crc32c {expected}, read {got}")]
+    /// The content read does not match the checksum stored with it;
+    /// `expected` and `got` name the kind of checksum with the value.
+    #[error("checksum mismatch reading {path}: stored {expected}, read {got}")]
     ChecksumMismatch { path: String, expected: String, got: String },
     /// A path inside a local root is, or goes through, a symlink.
     #[error("refusing to write through symlink {0}")]

@@ -195,6 +195,34 @@ impl ObjectRoot {
         }
     }
 
+    /// Check a small object's content, read whole, against the MD5 its
+    /// ETag stands for (an object stored by one PUT, on an `s3://` location
+    /// that uses checksums). Objects ferry wrote carry a CRC32C of their
+    /// own and need not be asked. A mismatch is a `ChecksumMismatch` unless
+    /// the object turns out to be encrypted with SSE-KMS (one HEAD), whose
+    /// ETags are not MD5s.
+    pub async fn check_etag_md5(&self, entry: &Entry, content: &[u8]) -> Result<()> {
+        use md5::Digest as _;
+        let Some(d) = &self.direct else { return Ok(()) };
+        let Some(want) = d.etag_md5(entry.etag.as_deref()) else { return Ok(()) };
+        let got: [u8; 16] = md5::Md5::digest(content).into();
+        if got == want {
+            return Ok(());
+        }
+        let what = format!("{}/{}", self.display, entry.path);
+        if d.etag_may_not_be_md5(&self.key(&entry.path), entry.etag.as_deref(), &what).await? {
+            return Ok(());
+        }
+        Err(Error::ChecksumMismatch {
+            path: entry.path.clone(),
+            expected: format!(
+                "md5 {} (its ETag; for a store whose ETags are not MD5s, add ?checksum=none to the source)",
+                hex::encode(want)
+            ),
+            got: format!("md5 {}", hex::encode(got)),
+        })
+    }
+
     /// Whether a multipart object's parts are laid out as `stored` (a
     /// composite CRC) assumes: all of its part size but the last. Asked
     /// after a mismatch, to tell corruption from parts of unequal sizes.

@@ -11,7 +11,10 @@
 //!   `x-amz-checksum-mode: ENABLED`, and with `partNumber=1` to learn the part
 //!   size of a composite one), so that downloads of objects ferry did not
 //!   write whole can still be checked end to end.
+//! - Whether an object is encrypted by a key the store manages (SSE-KMS),
+//!   asked only when a small object's content does not match its ETag.
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -52,6 +55,9 @@ pub(crate) struct S3Direct {
     /// Whether the S3 additional checksums are in use on this location
     /// (`checksum=crc32c`): only then are stored checksums asked for.
     checksums: bool,
+    /// Whether single-part ETags are still taken for MD5s of the content:
+    /// until an object here turns out to be encrypted with SSE-KMS.
+    md5_etags: AtomicBool,
 }
 
 /// Answers to a HEAD that mean the store does not understand the question.
@@ -120,7 +126,39 @@ impl S3Direct {
                 RequestSigner::new("s3", region),
             )
         });
-        Self { base, signer, transport: HttpTransporter::default(), retries, checksums }
+        let md5_etags = AtomicBool::new(checksums);
+        Self { base, signer, transport: HttpTransporter::default(), retries, checksums, md5_etags }
+    }
+
+    /// The MD5 of the content an object's ETag stands for (see
+    /// [`crate::crc::md5_of_etag`]), while this location checks content.
+    pub(crate) fn etag_md5(&self, etag: Option<&str>) -> Option<[u8; 16]> {
+        self.md5_etags.load(Relaxed).then(|| crate::crc::md5_of_etag(etag?)).flatten()
+    }
+
+    /// Whether an object's ETag may not be the MD5 of its content although
+    /// it looks like one: the object is encrypted with a key the store
+    /// manages (SSE-KMS, whose ETags are not MD5s), or the store cannot
+    /// say. One HEAD, asked only after a mismatch; once an object is found
+    /// encrypted, no ETag of this location is taken for an MD5 again
+    /// (buckets encrypt all their objects alike).
+    pub(crate) async fn etag_may_not_be_md5(
+        &self,
+        key: &str,
+        etag: Option<&str>,
+        what: &str,
+    ) -> Result<bool> {
+        let url = format!("{}/{}", self.base, utf8_percent_encode(key, PATH));
+        let headers: Vec<(&str, String)> = etag.map(|e| ("if-match", e.to_string())).into_iter().collect();
+        let context = format!("read the encryption of {what}");
+        let Some(h) = self.head_if_understood(&url, &headers, &context).await? else { return Ok(true) };
+        let sse = h.get("x-amz-server-side-encryption").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let kms =
+            sse.starts_with("aws:kms") || h.contains_key("x-amz-server-side-encryption-customer-algorithm");
+        if kms {
+            self.md5_etags.store(false, Relaxed);
+        }
+        Ok(kms)
     }
 
     /// Every incomplete upload whose key starts with `prefix` (full keys).

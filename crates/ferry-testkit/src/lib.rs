@@ -43,6 +43,8 @@ struct Shared {
     uploads: uploads::Uploads,
     /// CRC64NVMEs the store answers for objects, by (bucket, key).
     crc64: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
+    /// Objects the store answers for as encrypted with SSE-KMS.
+    kms: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// An s3s-fs S3 server over a temporary directory, serving on `127.0.0.1:<random port>`.
@@ -111,6 +113,23 @@ impl S3Server {
         let data = std::fs::read(self.root.join(bucket).join(key)).expect("the object is stored");
         let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, &data);
         self.shared.crc64.lock().expect("lock").insert((bucket.to_string(), key.to_string()), crc);
+    }
+
+    /// From now on, answer for this object as AWS does for one encrypted
+    /// with SSE-KMS: its HEADs and GETs carry
+    /// `x-amz-server-side-encryption: aws:kms`, and its ETag (in listings
+    /// too) is 32 hex digits that are not the MD5 of its content.
+    pub fn encrypt_with_kms(&self, bucket: &str, key: &str) {
+        use base64::Engine as _;
+        let data = std::fs::read(self.root.join(bucket).join(key)).expect("the object is stored");
+        let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, &data);
+        // s3s-fs keeps an object's ETag in this file, and answers it
+        // everywhere (its own naming).
+        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let info = self.root.join(format!(".bucket-{}.object-{}.internal.json", enc(bucket), enc(key)));
+        let etag = format!("{crc:016x}{:016x}", !crc);
+        std::fs::write(info, format!(r#"{{"e_tag":"{etag}"}}"#)).expect("write the object's ETag");
+        self.shared.kms.lock().expect("lock").insert((bucket.to_string(), key.to_string()));
     }
 
     /// The s3s-fs root directory (canonicalized); buckets are its subdirectories.
@@ -287,7 +306,12 @@ async fn handle(
                 if let Some(c) = shared.uploads.composite(&bucket, &key) {
                     resp = with_composite(resp, &c, part, whole_checksum && method == hyper::Method::HEAD);
                 }
-                let crc64 = shared.crc64.lock().expect("lock").get(&(bucket, key)).copied();
+                let object = (bucket, key);
+                if shared.kms.lock().expect("lock").contains(&object) {
+                    let kms = hyper::header::HeaderValue::from_static("aws:kms");
+                    resp.headers_mut().insert("x-amz-server-side-encryption", kms);
+                }
+                let crc64 = shared.crc64.lock().expect("lock").get(&object).copied();
                 if let (Some(crc), true, None) = (crc64, whole_checksum, part) {
                     use base64::Engine as _;
                     let value = base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes());

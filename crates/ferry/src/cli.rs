@@ -151,9 +151,10 @@ Locations:
                             from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
                             AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, overridable with
                             ?endpoint=URL&region=R&path_style=true; uploads carry
-                            a CRC32C the store verifies, and large downloads are
+                            a CRC32C the store verifies, and downloads are
                             checked against the CRC32C or CRC64NVME the
-                            store kept (?checksum=none, or
+                            store kept, or a small object's MD5 ETag
+                            (?checksum=none, or
                             AWS_REQUEST_CHECKSUM_CALCULATION=when_required, turns
                             both off for stores that refuse it)
   obs:// oss:// cos://      Huawei OBS, Alibaba OSS, Tencent COS (OBS_*, OSS_*, COS_* variables)

@@ -350,6 +350,84 @@ async fn a_corrupted_body_is_fetched_again_and_never_stored() {
     assert!(files.is_empty(), "nothing written: {files:?}");
 }
 
+/// Small objects another tool stored carry no CRC32C of ferry's, but the
+/// store names an object stored by one PUT with the MD5 of its content: a
+/// byte changed in transit fails that check, the object is fetched again,
+/// and a corrupt body is never kept, whether it goes to a local file or to
+/// another bucket. Objects encrypted with SSE-KMS, whose ETags are not
+/// MD5s, are not failed for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_small_object_is_checked_against_its_etag() {
+    let s3 = S3Server::start(&["bkt-md5"]).await;
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    // Stored by another tool: no metadata of ferry's.
+    let stored = s3.root().join("bkt-md5/p");
+    std::fs::create_dir_all(&stored).unwrap();
+    for i in 0..20u32 {
+        let body: Vec<u8> =
+            (0..3000 + i * 7).map(|j| (j.wrapping_mul(2_654_435_761) >> (i % 9)) as u8).collect();
+        std::fs::write(stored.join(format!("f{i}")), body).unwrap();
+    }
+    let files = |dir: &std::path::Path| all_names(dir).into_iter().filter(|p| p.is_file()).count();
+    // Their attributes are the store's (no mtime of their own): contents only.
+    let contents = |dir: &std::path::Path| -> Vec<(String, Vec<u8>)> {
+        snapshot(dir, false).into_iter().map(|(name, v)| (name, v.1)).collect()
+    };
+
+    // A quarter of the bodies corrupted: every object arrives intact.
+    s3.faults().corrupt_bodies(5);
+    let back = tmp.path().join("back");
+    let (gets, heads) = (s3.counts().get, s3.counts().head);
+    let r = ferry(&state, &env, &["sync", "s3://bkt-md5/p", back.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(s3.counts().get - gets >= 25, "the corrupted bodies were fetched again");
+    assert!(s3.counts().head - heads >= 5, "a mismatch asks whether the object is encrypted");
+    assert!(contents(&stored) == contents(&back), "every object arrived intact");
+
+    // Every body corrupted: every item fails naming the ETag, and nothing
+    // is written, to a local directory or to another bucket.
+    for dst in [tmp.path().join("bad").to_str().unwrap(), "s3://bkt-md5/copy"] {
+        s3.faults().corrupt_bodies(u32::MAX);
+        let r = ferry(&state, &env, &["sync", "s3://bkt-md5/p", dst, "--json", "--retries", "1"]);
+        s3.faults().corrupt_bodies(0);
+        assert_eq!(r.code, 1, "{dst}: {}\n{}", r.stdout, r.stderr);
+        let j = r.json();
+        assert_eq!(j["failed"], 20, "{j}");
+        let reason = j["failures"][0]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("checksum mismatch")
+                && reason.contains("(its ETag;")
+                && reason.contains("?checksum=none"),
+            "{reason}"
+        );
+    }
+    assert_eq!(files(&tmp.path().join("bad")), 0, "nothing written locally");
+    assert!(!s3.root().join("bkt-md5/copy").exists(), "nothing written to the bucket");
+
+    // With checksums off on the source, nothing checks the content.
+    s3.faults().corrupt_bodies(1);
+    let unchecked = tmp.path().join("unchecked");
+    let r = ferry(&state, &env, &["sync", "s3://bkt-md5/p?checksum=none", unchecked.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(contents(&stored) != contents(&unchecked), "the corrupt copy landed");
+
+    // An object encrypted with SSE-KMS has an ETag of 32 hex digits that
+    // is not its MD5: it is taken after one HEAD says so, and so are the
+    // others of the location without asking again.
+    for i in 0..4 {
+        s3.encrypt_with_kms("bkt-md5", &format!("p/f{i}"));
+    }
+    let kms = tmp.path().join("kms");
+    let heads = s3.counts().head;
+    let r =
+        ferry(&state, &env, &["sync", "s3://bkt-md5/p", kms.to_str().unwrap(), "--json", "--threads", "1"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(s3.counts().head - heads, 1, "one HEAD for the location");
+    assert!(contents(&stored) == contents(&kms));
+}
+
 /// Large objects carry no CRC32C in their metadata (it is known only once
 /// the last part is sent), but the store keeps the composite CRC32C of
 /// their parts: a byte changed in a ranged GET fails that check, the item
