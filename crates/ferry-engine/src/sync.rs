@@ -1140,12 +1140,21 @@ impl Run {
         } else {
             let stored = self.stored_crc(s).await?;
             let mut parts = PartCrcs::for_stored(stored.as_ref());
+            // Without a stored checksum, an object stored by one PUT is
+            // checked against its ETag's MD5.
+            let mut etag = match (&self.src, &stored, s.crc32c) {
+                (Location::Object(o), None, None) => o.etag_md5(s).map(|c| (o, c)),
+                _ => None,
+            };
             let mut stream = self.src.open_read(s, self.opts.chunk).await?;
             let mut sink = self.dst.create_file(&s.path, &meta, None, s.size).await?;
             let res: Result<(), StorageError> = async {
                 while let Some(chunk) = stream.next().await {
                     let chunk: Bytes = chunk?;
                     parts.update(n, &chunk);
+                    if let Some((_, check)) = &mut etag {
+                        check.update(&chunk);
+                    }
                     n += chunk.len() as u64;
                     if n > s.size {
                         return Err(StorageError::SizeMismatch { expected: s.size, got: n });
@@ -1159,7 +1168,11 @@ impl Run {
                 }
                 crc = parts.whole();
                 check_stored_crc(s, crc)?;
-                self.store_crc_verdict(s, stored.as_ref(), crc, &parts).await
+                self.store_crc_verdict(s, stored.as_ref(), crc, &parts).await?;
+                match etag.take() {
+                    Some((o, check)) => o.check_etag(s, check).await,
+                    None => Ok(()),
+                }
             }
             .await;
             if let Err(e) = res {
@@ -1235,6 +1248,13 @@ impl Run {
         }
         let crc = all.whole();
         self.store_crc_verdict(s, stored, crc, &all).await?;
+        // Without a stored checksum, an object stored by one PUT is checked
+        // against its ETag's MD5. The ranges arrive out of order, so the
+        // MD5 is taken of the file as written, read back (from page cache).
+        if let (None, None, Some(mut check)) = (stored, s.crc32c, o.etag_md5(s)) {
+            tokio::task::block_in_place(|| file.read_back(s.size, |b| check.update(b)))?;
+            o.check_etag(s, check).await?;
+        }
         Ok(crc)
     }
 

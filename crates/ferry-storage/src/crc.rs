@@ -42,6 +42,27 @@ pub(crate) fn md5_of_etag(etag: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
+/// Content on its way, checked against the MD5 its object's ETag stands for.
+pub struct EtagMd5 {
+    pub(crate) want: [u8; 16],
+    hasher: md5::Md5,
+}
+
+impl EtagMd5 {
+    pub(crate) fn new(want: [u8; 16]) -> Self {
+        Self { want, hasher: md5::Digest::new() }
+    }
+
+    /// Feed the content in order.
+    pub fn update(&mut self, data: &[u8]) {
+        md5::Digest::update(&mut self.hasher, data);
+    }
+
+    pub(crate) fn finish(self) -> [u8; 16] {
+        md5::Digest::finalize(self.hasher).into()
+    }
+}
+
 /// A running CRC64NVME.
 fn crc64nvme_digest() -> crc_fast::Digest {
     crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme)

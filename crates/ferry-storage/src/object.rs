@@ -195,20 +195,21 @@ impl ObjectRoot {
         }
     }
 
-    /// Check a small object's content, read whole, against the MD5 its
-    /// ETag stands for (an object stored by one PUT, on an `s3://` location
-    /// that uses checksums). Objects ferry wrote carry a CRC32C of their
-    /// own and need not be asked. A mismatch is a `ChecksumMismatch` unless
-    /// the object turns out to be encrypted with SSE-KMS (one HEAD), whose
-    /// ETags are not MD5s.
-    pub async fn check_etag_md5(&self, entry: &Entry, content: &[u8]) -> Result<()> {
-        use md5::Digest as _;
-        let Some(d) = &self.direct else { return Ok(()) };
-        let Some(want) = d.etag_md5(entry.etag.as_deref()) else { return Ok(()) };
-        let got: [u8; 16] = md5::Md5::digest(content).into();
-        if got == want {
-            return Ok(());
-        }
+    /// What checking an object's content against the MD5 its ETag stands
+    /// for needs: for an object stored by one PUT, on an `s3://` location
+    /// that uses checksums. Asked for objects that carry no other checksum
+    /// (ferry's own carry a CRC32C; see [`Self::stored_crc`]).
+    pub fn etag_md5(&self, entry: &Entry) -> Option<crate::EtagMd5> {
+        self.direct.as_ref()?.etag_md5(entry.etag.as_deref()).map(crate::EtagMd5::new)
+    }
+
+    /// The verdict on content fed to `check`: a `ChecksumMismatch` unless
+    /// it matched, or the object turns out to be encrypted with SSE-KMS
+    /// (one HEAD), whose ETags are not MD5s.
+    pub async fn check_etag(&self, entry: &Entry, check: crate::EtagMd5) -> Result<()> {
+        let want = check.want;
+        let got = check.finish();
+        let Some(d) = self.direct.as_ref().filter(|_| got != want) else { return Ok(()) };
         let what = format!("{}/{}", self.display, entry.path);
         if d.etag_may_not_be_md5(&self.key(&entry.path), entry.etag.as_deref(), &what).await? {
             return Ok(());
@@ -221,6 +222,14 @@ impl ObjectRoot {
             ),
             got: format!("md5 {}", hex::encode(got)),
         })
+    }
+
+    /// Check a small object's content, read whole, against its ETag (see
+    /// [`Self::etag_md5`]).
+    pub async fn check_etag_md5(&self, entry: &Entry, content: &[u8]) -> Result<()> {
+        let Some(mut check) = self.etag_md5(entry) else { return Ok(()) };
+        check.update(content);
+        self.check_etag(entry, check).await
     }
 
     /// Whether a multipart object's parts are laid out as `stored` (a

@@ -153,7 +153,7 @@ Locations:
                             ?endpoint=URL&region=R&path_style=true; uploads carry
                             a CRC32C the store verifies, and downloads are
                             checked against the CRC32C or CRC64NVME the
-                            store kept, or a small object's MD5 ETag
+                            store kept, or a single-part object's MD5 ETag
                             (?checksum=none, or
                             AWS_REQUEST_CHECKSUM_CALCULATION=when_required, turns
                             both off for stores that refuse it)

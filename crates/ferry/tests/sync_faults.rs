@@ -428,6 +428,58 @@ async fn a_foreign_small_object_is_checked_against_its_etag() {
     assert!(contents(&stored) == contents(&kms));
 }
 
+/// A large object another tool stored by one PUT, with no checksum the
+/// store kept, is checked against its ETag's MD5 too: a ranged download by
+/// reading the file back before it is renamed into place, a copy to another
+/// bucket while it streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_large_object_is_checked_against_its_etag() {
+    let s3 = S3Server::start(&["bkt-md5l"]).await;
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let body: Vec<u8> =
+        (0..(13u32 << 20) + 77).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    std::fs::create_dir_all(s3.root().join("bkt-md5l/p")).unwrap();
+    std::fs::write(s3.root().join("bkt-md5l/p/big.bin"), &body).unwrap();
+    let stored_copy = |prefix: &str| std::fs::read(s3.root().join("bkt-md5l").join(prefix).join("big.bin"));
+
+    for (i, dst) in ["local", "s3://bkt-md5l/copy"].into_iter().enumerate() {
+        let (dst, bad) = match dst {
+            "local" => {
+                let d = tmp.path().join("back");
+                (d.to_str().unwrap().to_string(), tmp.path().join("bad").to_str().unwrap().to_string())
+            }
+            other => (other.to_string(), "s3://bkt-md5l/bad".to_string()),
+        };
+        // One body changed: caught, fetched again, stored whole.
+        s3.faults().corrupt_bodies(1);
+        let gets = s3.counts().get;
+        let r = ferry(&state, &env, &["sync", "s3://bkt-md5l/p", &dst, "--json"]);
+        assert_eq!(r.code, 0, "{dst}: {}\n{}", r.stdout, r.stderr);
+        assert!(s3.counts().get - gets >= 3 - i as u64, "{dst}: the object was read again");
+        let copy = match i {
+            0 => std::fs::read(std::path::Path::new(&dst).join("big.bin")),
+            _ => stored_copy("copy"),
+        };
+        assert!(copy.unwrap() == body, "{dst}: the copy is the original");
+
+        // Every body changed: the item fails naming the ETag; nothing kept.
+        s3.faults().corrupt_bodies(u32::MAX);
+        let r = ferry(&state, &env, &["sync", "s3://bkt-md5l/p", &bad, "--json", "--retries", "1"]);
+        s3.faults().corrupt_bodies(0);
+        assert_eq!(r.code, 1, "{bad}: {}\n{}", r.stdout, r.stderr);
+        let reason = r.json()["failures"][0]["reason"].as_str().unwrap().to_string();
+        assert!(reason.contains("md5") && reason.contains("(its ETag;"), "{reason}");
+        let left = match i {
+            0 => all_names(std::path::Path::new(&bad)),
+            _ => all_names(&s3.root().join("bkt-md5l")).into_iter().filter(|p| p.ends_with("bad")).collect(),
+        };
+        assert!(left.is_empty(), "{bad}: nothing kept: {left:?}");
+    }
+    assert!(s3.open_uploads().is_empty());
+}
+
 /// Large objects carry no CRC32C in their metadata (it is known only once
 /// the last part is sent), but the store keeps the composite CRC32C of
 /// their parts: a byte changed in a ranged GET fails that check, the item
