@@ -1209,14 +1209,26 @@ impl Run {
     ) -> Result<u32, StorageError> {
         let file = Arc::new(sink.positional().expect("a local destination")?);
         let first = PartCrcs::for_stored(stored);
+        // Without a stored checksum, an object stored by one PUT is checked
+        // against its ETag's MD5, which only content fed in order gives: one
+        // stream, hashed as it arrives (reading ranges back afterwards costs
+        // more time than the ranges save).
+        let mut etag = match (stored, s.crc32c) {
+            (None, None) => o.etag_md5(s),
+            _ => None,
+        };
         // One range per RANGE_MIN begun: a medium object is not worth four
         // requests when other items are in flight beside it.
-        let streams = s.size.div_ceil(RANGE_MIN).clamp(1, DOWNLOAD_STREAMS);
+        let streams = match etag {
+            Some(_) => 1,
+            None => s.size.div_ceil(RANGE_MIN).clamp(1, DOWNLOAD_STREAMS),
+        };
         let part = s.size.div_ceil(streams);
         let ranges = (0..streams).map(|i| i * part..((i + 1) * part).min(s.size)).filter(|r| !r.is_empty());
         let parts = futures::future::try_join_all(ranges.map(|r| {
             let file = file.clone();
             let mut parts = first.next_range();
+            let mut etag = etag.take();
             async move {
                 let mut stream = o.open_range(s, r.clone()).await?;
                 let mut off = r.start;
@@ -1230,6 +1242,9 @@ impl Run {
                         });
                     }
                     parts.update(off, &chunk);
+                    if let Some(check) = &mut etag {
+                        check.update(&chunk);
+                    }
                     self.throttle(chunk.len()).await;
                     self.progress.bytes_moving.fetch_add(len, Relaxed);
                     tokio::task::block_in_place(|| file.write_at(&chunk, off))?;
@@ -1238,21 +1253,18 @@ impl Run {
                 if off != r.end {
                     return Err(StorageError::SizeMismatch { expected: r.end - r.start, got: off - r.start });
                 }
-                Ok(parts)
+                Ok((parts, etag))
             }
         }))
         .await?;
         let mut all = first;
-        for p in parts {
+        for (p, check) in parts {
             all.append(p);
+            etag = etag.or(check);
         }
         let crc = all.whole();
         self.store_crc_verdict(s, stored, crc, &all).await?;
-        // Without a stored checksum, an object stored by one PUT is checked
-        // against its ETag's MD5. The ranges arrive out of order, so the
-        // MD5 is taken of the file as written, read back (from page cache).
-        if let (None, None, Some(mut check)) = (stored, s.crc32c, o.etag_md5(s)) {
-            tokio::task::block_in_place(|| file.read_back(s.size, |b| check.update(b)))?;
+        if let Some(check) = etag {
             o.check_etag(s, check).await?;
         }
         Ok(crc)

@@ -248,9 +248,7 @@ impl PosixRoot {
         let dir = self.checked_parent(rel)?;
         let final_path = self.abs(rel);
         let tmp = dir.join(temp_name());
-        // Readable too: a ranged download reads back what it wrote to check it.
         let file = OpenOptions::new()
-            .read(true)
             .write(true)
             .create_new(true)
             .mode(0o600)
@@ -490,26 +488,6 @@ impl PositionalFile {
     pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
         use std::os::unix::fs::FileExt;
         self.file.write_all_at(data, offset).map_err(|e| Error::io(format!("write {}", self.name), e))
-    }
-
-    /// Feed the file's first `len` bytes, as written so far, to `f` in order.
-    pub fn read_back(&self, len: u64, mut f: impl FnMut(&[u8])) -> Result<()> {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut off = 0u64;
-        while off < len {
-            let want = buf.len().min((len - off) as usize);
-            let n = self
-                .file
-                .read_at(&mut buf[..want], off)
-                .map_err(|e| Error::io(format!("read back {}", self.name), e))?;
-            if n == 0 {
-                return Err(Error::SizeMismatch { expected: len, got: off });
-            }
-            f(&buf[..n]);
-            off += n as u64;
-        }
-        Ok(())
     }
 }
 

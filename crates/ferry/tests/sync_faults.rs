@@ -429,9 +429,9 @@ async fn a_foreign_small_object_is_checked_against_its_etag() {
 }
 
 /// A large object another tool stored by one PUT, with no checksum the
-/// store kept, is checked against its ETag's MD5 too: a ranged download by
-/// reading the file back before it is renamed into place, a copy to another
-/// bucket while it streams.
+/// store kept, is checked against its ETag's MD5 too, as it streams (in one
+/// GET, not in ranges: an MD5 needs the content in order), to a local file
+/// or to another bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_large_object_is_checked_against_its_etag() {
     let s3 = S3Server::start(&["bkt-md5l"]).await;
@@ -457,7 +457,7 @@ async fn a_foreign_large_object_is_checked_against_its_etag() {
         let gets = s3.counts().get;
         let r = ferry(&state, &env, &["sync", "s3://bkt-md5l/p", &dst, "--json"]);
         assert_eq!(r.code, 0, "{dst}: {}\n{}", r.stdout, r.stderr);
-        assert!(s3.counts().get - gets >= 3 - i as u64, "{dst}: the object was read again");
+        assert!(s3.counts().get - gets >= 2, "{dst}: the object was read again");
         let copy = match i {
             0 => std::fs::read(std::path::Path::new(&dst).join("big.bin")),
             _ => stored_copy("copy"),
