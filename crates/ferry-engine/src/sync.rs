@@ -1320,12 +1320,43 @@ impl Run {
             }
             (None, None) => None,
         };
+        let verdict = match verdict {
+            Some(same) => Some(same),
+            None => self.same_by_etag(s, d).await?,
+        };
         if let Some(same) = verdict {
             return Ok(same);
         }
         let a = self.checksum(&self.src, s, true, None).await?.0;
         let b = self.checksum(&self.dst, d, !self.check_only, None).await?.0;
         Ok(a == b)
+    }
+
+    /// Whether a local file holds the content of an object that carries no
+    /// CRC32C of ferry's, through the MD5 its ETag stands for (an object
+    /// stored by one PUT): the file is read, the object is not. `None` when
+    /// this cannot tell. Verification reads the destination whatever it
+    /// carries, so there only a source object is taken at its ETag.
+    async fn same_by_etag(&self, s: &Entry, d: &Entry) -> Result<Option<bool>, StorageError> {
+        let (holder, h, other, e) = match (&self.src, &self.dst) {
+            (Location::Object(o), local) if s.crc32c.is_none() && local.is_posix() => (o, s, local, d),
+            (local, Location::Object(o)) if d.crc32c.is_none() && local.is_posix() && !self.check_only => {
+                (o, d, local, s)
+            }
+            _ => return Ok(None),
+        };
+        let Some(mut check) = holder.etag_md5(h) else { return Ok(None) };
+        let mut stream = other.open_read(e, self.opts.chunk).await?;
+        let mut n = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            n += chunk.len() as u64;
+            check.update(&chunk);
+        }
+        if n != e.size {
+            return Err(StorageError::SizeMismatch { expected: e.size, got: n });
+        }
+        holder.etag_matches(h, check).await
     }
 
     /// Whether `other`'s content matches the checksum `holder`'s store kept;

@@ -203,15 +203,26 @@ impl ObjectRoot {
         self.direct.as_ref()?.etag_md5(entry.etag.as_deref()).map(crate::EtagMd5::new)
     }
 
-    /// The verdict on content fed to `check`: a `ChecksumMismatch` unless
-    /// it matched, or the object turns out to be encrypted with SSE-KMS
-    /// (one HEAD), whose ETags are not MD5s.
-    pub async fn check_etag(&self, entry: &Entry, check: crate::EtagMd5) -> Result<()> {
-        let want = check.want;
-        let got = check.finish();
-        let Some(d) = self.direct.as_ref().filter(|_| got != want) else { return Ok(()) };
+    /// Whether content fed to `check` is the object's: `None` when it
+    /// differs but the object turns out to be encrypted with SSE-KMS (one
+    /// HEAD), whose ETags are not MD5s, so that nothing can be told.
+    pub async fn etag_matches(&self, entry: &Entry, check: crate::EtagMd5) -> Result<Option<bool>> {
+        let (want, got) = (check.want, check.finish());
+        self.md5_verdict(entry, want, got).await
+    }
+
+    async fn md5_verdict(&self, entry: &Entry, want: [u8; 16], got: [u8; 16]) -> Result<Option<bool>> {
+        let Some(d) = self.direct.as_ref().filter(|_| got != want) else { return Ok(Some(true)) };
         let what = format!("{}/{}", self.display, entry.path);
-        if d.etag_may_not_be_md5(&self.key(&entry.path), entry.etag.as_deref(), &what).await? {
+        let encrypted = d.etag_may_not_be_md5(&self.key(&entry.path), entry.etag.as_deref(), &what).await?;
+        Ok((!encrypted).then_some(false))
+    }
+
+    /// The verdict on content fed to `check`: a `ChecksumMismatch` unless
+    /// it matched, or the object turns out to be encrypted with SSE-KMS.
+    pub async fn check_etag(&self, entry: &Entry, check: crate::EtagMd5) -> Result<()> {
+        let (want, got) = (check.want, check.finish());
+        if self.md5_verdict(entry, want, got).await? != Some(false) {
             return Ok(());
         }
         Err(Error::ChecksumMismatch {

@@ -194,7 +194,8 @@ pub struct SyncArgs {
 
     /// Compare content checksums (CRC32C) instead of size and modification time;
     /// large s3:// objects are compared through the checksum their store kept
-    /// (CRC32C or CRC64NVME), without being read.
+    /// (CRC32C or CRC64NVME), and single-part objects of other tools through
+    /// their MD5 ETag against a local file, without being read.
     #[arg(short = 'c', long, conflicts_with_all = ["force", "ignore_existing"])]
     pub checksum: bool,
     /// Skip items that are newer at the destination.

@@ -386,6 +386,30 @@ async fn a_foreign_small_object_is_checked_against_its_etag() {
     assert!(s3.counts().head - heads >= 5, "a mismatch asks whether the object is encrypted");
     assert!(contents(&stored) == contents(&back), "every object arrived intact");
 
+    // --checksum compares local files with the objects' ETags: the files
+    // are read, the objects are not, either way.
+    let b = back.to_str().unwrap();
+    let args = ["sync", "s3://bkt-md5/p", b, "--checksum", "--no-checkpoint", "--json"];
+    let gets = s3.counts().get;
+    let r = ferry(&state, &env, &args);
+    assert_eq!((r.code, r.json()["skipped"].as_u64()), (0, Some(20)), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(s3.counts().get, gets, "compared through the ETags");
+    let mut changed = std::fs::read(back.join("f3")).unwrap();
+    changed[100] ^= 1;
+    std::fs::write(back.join("f3"), &changed).unwrap();
+    let r = ferry(&state, &env, &args);
+    assert_eq!((r.code, r.json()["transferred"].as_u64()), (0, Some(1)), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(s3.counts().get, gets + 1, "the changed copy was fetched again");
+    assert!(contents(&stored) == contents(&back));
+    let up = s3.root().join("bkt-md5/up");
+    std::fs::create_dir_all(&up).unwrap();
+    for (name, body) in contents(&stored) {
+        std::fs::write(up.join(name), body).unwrap();
+    }
+    let r = ferry(&state, &env, &["sync", b, "s3://bkt-md5/up", "--checksum", "--no-checkpoint", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(s3.counts().get, gets + 1, "uploads compared through the ETags");
+
     // Every body corrupted: every item fails naming the ETag, and nothing
     // is written, to a local directory or to another bucket.
     for dst in [tmp.path().join("bad").to_str().unwrap(), "s3://bkt-md5/copy"] {
