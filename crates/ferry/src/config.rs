@@ -104,6 +104,44 @@ fn override_store(i: usize, s: &mut ObjectStoreConfig) -> Result<()> {
     Ok(())
 }
 
+/// A `file` store's buckets must lie outside the shares directory, and
+/// not hold it: tasks copy between a share and a bucket, and a bucket
+/// inside the share (or the share inside a bucket) would be copied into
+/// itself again on every run, or deleted as "not in the source".
+fn check_file_stores_apart(stores: &ObjectStores, shares_root: &std::path::Path) -> Result<()> {
+    for s in stores.all() {
+        let (Provider::File, Some(root)) = (s.provider, &s.root) else { continue };
+        let root = std::path::absolute(root).with_context(|| format!("cannot resolve {}", root.display()))?;
+        let (root_n, shares_n) = (lexical(&root), lexical(shares_root));
+        if root_n.starts_with(&shares_n) || shares_n.starts_with(&root_n) {
+            bail!(
+                "object store {:?}: its root {} overlaps the shares directory {}: tasks would copy \
+                 shares into themselves; choose a root outside both",
+                s.endpoint,
+                root.display(),
+                shares_root.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A path with `.` and `..` components resolved by name (not through the
+/// file system, which may not have them yet).
+fn lexical(path: &std::path::Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 fn parse_file(text: &str) -> Result<FileConfig> {
     Ok(toml::from_str(text)?)
 }
@@ -130,6 +168,8 @@ impl Config {
         }
         let object_stores =
             ObjectStores::new(stores).context("invalid [[object_stores]] in the configuration")?;
+        let shares_root = data_dir.join("shares");
+        check_file_stores_apart(&object_stores, &shares_root)?;
         let database = opts.database.clone().or(file.database);
         let embedded_db = database.is_none();
         let database =
@@ -148,7 +188,7 @@ impl Config {
             secret_key_file,
             listen: listen.map(str::to_owned).or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into()),
             database,
-            shares_root: data_dir.join("shares"),
+            shares_root,
             data_dir,
             object_stores,
             worker_tasks,
@@ -222,6 +262,27 @@ mod tests {
         let stores = ObjectStores::new(file.object_stores).unwrap();
         assert!(stores.find("http://127.0.0.1:3900").is_some());
         assert!(stores.find(LOCAL_ENDPOINT).is_some());
+    }
+
+    #[test]
+    fn a_file_store_overlapping_the_shares_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let load = |root: &str| {
+            let cfg = tmp.path().join("ferry.toml");
+            let text =
+                format!("[[object_stores]]\nendpoint = \"local\"\nprovider = \"file\"\nroot = \"{root}\"\n");
+            std::fs::write(&cfg, text).unwrap();
+            let opts = ServerOpts { data_dir: data.clone(), config: Some(cfg), database: None };
+            Config::load(&opts, None).map(|_| ()).map_err(|e| format!("{e:#}"))
+        };
+        let d = data.display();
+        for bad in [format!("{d}/shares/b"), format!("{d}"), format!("{d}/x/../shares"), "/".to_string()] {
+            let err = load(&bad).unwrap_err();
+            assert!(err.contains("overlaps the shares directory"), "{bad}: {err}");
+        }
+        load(&format!("{d}/buckets")).unwrap();
+        load(&format!("{d}/shares-buckets")).unwrap();
     }
 
     #[test]
