@@ -1113,7 +1113,7 @@ impl Run {
             crc = crc32c::crc32c(&data);
             check_stored_crc(s, crc)?;
             if let (Location::Object(o), None) = (&self.src, s.crc32c) {
-                o.check_etag_md5(s, &data).await?;
+                o.check_md5_of(s, &data).await?;
             }
             self.throttle(data.len()).await;
             let mut sink = self.dst.create_file(&s.path, &meta, Some(crc), s.size).await?;
@@ -1143,7 +1143,7 @@ impl Run {
             // Without a stored checksum, an object stored by one PUT is
             // checked against its ETag's MD5.
             let mut etag = match (&self.src, &stored, s.crc32c) {
-                (Location::Object(o), None, None) => o.etag_md5(s).map(|c| (o, c)),
+                (Location::Object(o), None, None) => o.md5_check(s).map(|c| (o, c)),
                 _ => None,
             };
             let mut stream = self.src.open_read(s, self.opts.chunk).await?;
@@ -1170,7 +1170,7 @@ impl Run {
                 check_stored_crc(s, crc)?;
                 self.store_crc_verdict(s, stored.as_ref(), crc, &parts).await?;
                 match etag.take() {
-                    Some((o, check)) => o.check_etag(s, check).await,
+                    Some((o, check)) => o.check_md5(s, check).await,
                     None => Ok(()),
                 }
             }
@@ -1182,7 +1182,8 @@ impl Run {
             version = sink.commit(&meta).await?;
         }
         if self.opts.verify == Verify::Transferred {
-            let written = Entry { etag: None, crc32c: None, meta_loaded: true, local: None, ..s.clone() };
+            let written =
+                Entry { etag: None, crc32c: None, md5: None, meta_loaded: true, local: None, ..s.clone() };
             let (got, _) = self.checksum(&self.dst, &written, false, None).await?;
             if got != crc {
                 return Err(StorageError::InvalidName {
@@ -1214,7 +1215,7 @@ impl Run {
         // stream, hashed as it arrives (reading ranges back afterwards costs
         // more time than the ranges save).
         let mut etag = match (stored, s.crc32c) {
-            (None, None) => o.etag_md5(s),
+            (None, None) => o.md5_check(s),
             _ => None,
         };
         // One range per RANGE_MIN begun: a medium object is not worth four
@@ -1265,7 +1266,7 @@ impl Run {
         let crc = all.whole();
         self.store_crc_verdict(s, stored, crc, &all).await?;
         if let Some(check) = etag {
-            o.check_etag(s, check).await?;
+            o.check_md5(s, check).await?;
         }
         Ok(crc)
     }
@@ -1345,7 +1346,7 @@ impl Run {
             }
             _ => return Ok(None),
         };
-        let Some(mut check) = holder.etag_md5(h) else { return Ok(None) };
+        let Some(mut check) = holder.md5_check(h) else { return Ok(None) };
         let mut stream = other.open_read(e, self.opts.chunk).await?;
         let mut n = 0u64;
         while let Some(chunk) = stream.next().await {
@@ -1356,7 +1357,7 @@ impl Run {
         if n != e.size {
             return Err(StorageError::SizeMismatch { expected: e.size, got: n });
         }
-        holder.etag_matches(h, check).await
+        holder.md5_matches(h, check).await
     }
 
     /// Whether `other`'s content matches the checksum `holder`'s store kept;
@@ -1591,6 +1592,7 @@ mod tests {
             etag: None,
             local: None,
             crc32c: None,
+            md5: None,
         }
     }
 

@@ -55,6 +55,10 @@ pub struct Entry {
     pub local: Option<LocalStat>,
     /// CRC32C of the content when the store recorded one.
     pub crc32c: Option<u32>,
+    /// MD5 of the content when another tool recorded one in the object's
+    /// metadata (rclone's `md5chksum`, kept for its multipart uploads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<[u8; 16]>,
 }
 
 /// The parts of a local `stat` that identify a file version.
@@ -80,6 +84,7 @@ impl Entry {
             etag: None,
             local: None,
             crc32c: None,
+            md5: None,
         }
     }
 

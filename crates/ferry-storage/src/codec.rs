@@ -18,6 +18,8 @@ pub const KEY_PERMISSIONS: &str = "file-permissions";
 pub const KEY_OWNER: &str = "file-owner";
 pub const KEY_GROUP: &str = "file-group";
 pub const KEY_MTIME: &str = "file-mtime";
+/// rclone's MD5 of the content (read only).
+const KEY_RCLONE_MD5: &str = "md5chksum";
 pub const KEY_USER_AGENT: &str = "user-agent";
 /// ferry's own addition: the CRC32C of the content, `crc32c:<8 hex digits>`.
 pub const KEY_CHECKSUM: &str = "file-checksum";
@@ -67,6 +69,9 @@ pub struct Decoded {
     pub kind: Option<EntryKind>,
     pub meta: PosixMeta,
     pub crc32c: Option<u32>,
+    /// rclone's `md5chksum`: the base64 MD5 of the content, which it writes
+    /// on its multipart uploads (whose ETags are no MD5).
+    pub md5: Option<[u8; 16]>,
     /// Values that were present but dropped, one sentence each.
     pub warnings: Vec<String>,
 }
@@ -149,6 +154,14 @@ pub fn decode<'a>(get: impl Fn(&str) -> Option<&'a str>, now_ns: i64) -> Decoded
             None => warn(&mut out, KEY_CHECKSUM, v, "not crc32c:<hex>"),
         }
     }
+    if let Some(v) = get(KEY_RCLONE_MD5) {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(v.trim()).ok();
+        match bytes.and_then(|b| <[u8; 16]>::try_from(b).ok()) {
+            Some(md5) => out.md5 = Some(md5),
+            None => warn(&mut out, KEY_RCLONE_MD5, v, "not the base64 of an MD5"),
+        }
+    }
     out
 }
 
@@ -220,12 +233,20 @@ mod tests {
             ("mode", "100600"),
             ("uid", "501"),
             ("gid", "20"),
+            ("md5chksum", "1B2M2Y8AsgTpgAmY7PhCfg=="),
         ]);
+        assert_eq!(d.md5.map(hex::encode).as_deref(), Some("d41d8cd98f00b204e9800998ecf8427e"));
         assert_eq!(d.meta.mode, Some(0o600));
         assert_eq!(d.meta.uid, Some(501));
         assert_eq!(d.meta.gid, Some(20));
         assert_eq!(d.meta.mtime_ns, Some(1_700_000_000_500_000_000));
         assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        for bad in ["not base64!", "AAAA"] {
+            let d = dec(&[("md5chksum", bad)]);
+            assert_eq!(d.md5, None);
+            let w = &d.warnings[0];
+            assert!(w.contains("md5chksum") && w.contains("base64 of an MD5"), "{w}");
+        }
     }
 
     #[test]

@@ -42,15 +42,18 @@ pub(crate) fn md5_of_etag(etag: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
-/// Content on its way, checked against the MD5 its object's ETag stands for.
-pub struct EtagMd5 {
+/// Content on its way, checked against an MD5 recorded for its object.
+pub struct Md5Check {
     pub(crate) want: [u8; 16],
+    /// Where `want` comes from: the object's ETag (which SSE-KMS makes
+    /// something else than an MD5), or its metadata.
+    pub(crate) from_etag: bool,
     hasher: md5::Md5,
 }
 
-impl EtagMd5 {
-    pub(crate) fn new(want: [u8; 16]) -> Self {
-        Self { want, hasher: md5::Digest::new() }
+impl Md5Check {
+    pub(crate) fn new(want: [u8; 16], from_etag: bool) -> Self {
+        Self { want, from_etag, hasher: md5::Digest::new() }
     }
 
     /// Feed the content in order.

@@ -205,6 +205,7 @@ mod tests {
             etag: Some(format!("\"{path}\"")),
             local: None,
             crc32c: None,
+            md5: None,
         }
     }
 

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use ferry_model::{Entry, EntryKind, PosixMeta};
 use futures::Stream;
 
-pub use crc::{EtagMd5, PartCrcs, StoredCrc};
+pub use crc::{Md5Check, PartCrcs, StoredCrc};
 pub use endpoints::{check_bucket_name, ObjectStoreConfig, ObjectStores, Provider};
 pub use error::{Error, Result};
 pub use level::{LevelSorter, SortedLevel};

@@ -195,52 +195,67 @@ impl ObjectRoot {
         }
     }
 
-    /// What checking an object's content against the MD5 its ETag stands
-    /// for needs: for an object stored by one PUT, on an `s3://` location
-    /// that uses checksums. Asked for objects that carry no other checksum
-    /// (ferry's own carry a CRC32C; see [`Self::stored_crc`]).
-    pub fn etag_md5(&self, entry: &Entry) -> Option<crate::EtagMd5> {
-        self.direct.as_ref()?.etag_md5(entry.etag.as_deref()).map(crate::EtagMd5::new)
+    /// What checking an object's content against an MD5 recorded for it
+    /// needs, on an `s3://` location that uses checksums: rclone's
+    /// `md5chksum` metadata (loaded with the attributes), else the MD5 its
+    /// ETag stands for (an object stored by one PUT). Asked for objects that
+    /// carry no other checksum (ferry's own carry a CRC32C; see
+    /// [`Self::stored_crc`]).
+    pub fn md5_check(&self, entry: &Entry) -> Option<crate::Md5Check> {
+        let d = self.direct.as_ref().filter(|d| d.checks_content())?;
+        match entry.md5 {
+            Some(md5) => Some(crate::Md5Check::new(md5, false)),
+            None => d.etag_md5(entry.etag.as_deref()).map(|md5| crate::Md5Check::new(md5, true)),
+        }
     }
 
     /// Whether content fed to `check` is the object's: `None` when it
-    /// differs but the object turns out to be encrypted with SSE-KMS (one
-    /// HEAD), whose ETags are not MD5s, so that nothing can be told.
-    pub async fn etag_matches(&self, entry: &Entry, check: crate::EtagMd5) -> Result<Option<bool>> {
-        let (want, got) = (check.want, check.finish());
-        self.md5_verdict(entry, want, got).await
+    /// differs from an ETag but the object turns out to be encrypted with
+    /// SSE-KMS (one HEAD), whose ETags are not MD5s, so that nothing can be
+    /// told.
+    pub async fn md5_matches(&self, entry: &Entry, check: crate::Md5Check) -> Result<Option<bool>> {
+        Ok(self.md5_verdict(entry, check).await?.0)
     }
 
-    async fn md5_verdict(&self, entry: &Entry, want: [u8; 16], got: [u8; 16]) -> Result<Option<bool>> {
-        let Some(d) = self.direct.as_ref().filter(|_| got != want) else { return Ok(Some(true)) };
-        let what = format!("{}/{}", self.display, entry.path);
-        let encrypted = d.etag_may_not_be_md5(&self.key(&entry.path), entry.etag.as_deref(), &what).await?;
-        Ok((!encrypted).then_some(false))
+    async fn md5_verdict(
+        &self,
+        entry: &Entry,
+        check: crate::Md5Check,
+    ) -> Result<(Option<bool>, String, String)> {
+        let (want, from_etag) = (check.want, check.from_etag);
+        let got = check.finish();
+        let what = if from_etag {
+            "its ETag; for a store whose ETags are not MD5s, add ?checksum=none to the source"
+        } else {
+            "its md5chksum metadata"
+        };
+        let (expected, read) =
+            (format!("md5 {} ({what})", hex::encode(want)), format!("md5 {}", hex::encode(got)));
+        let d = match &self.direct {
+            Some(d) if got != want && from_etag => d,
+            _ => return Ok((Some(got == want), expected, read)),
+        };
+        let name = format!("{}/{}", self.display, entry.path);
+        let encrypted = d.etag_may_not_be_md5(&self.key(&entry.path), entry.etag.as_deref(), &name).await?;
+        Ok(((!encrypted).then_some(false), expected, read))
     }
 
     /// The verdict on content fed to `check`: a `ChecksumMismatch` unless
     /// it matched, or the object turns out to be encrypted with SSE-KMS.
-    pub async fn check_etag(&self, entry: &Entry, check: crate::EtagMd5) -> Result<()> {
-        let (want, got) = (check.want, check.finish());
-        if self.md5_verdict(entry, want, got).await? != Some(false) {
-            return Ok(());
+    pub async fn check_md5(&self, entry: &Entry, check: crate::Md5Check) -> Result<()> {
+        match self.md5_verdict(entry, check).await? {
+            (Some(false), expected, got) => {
+                Err(Error::ChecksumMismatch { path: entry.path.clone(), expected, got })
+            }
+            _ => Ok(()),
         }
-        Err(Error::ChecksumMismatch {
-            path: entry.path.clone(),
-            expected: format!(
-                "md5 {} (its ETag; for a store whose ETags are not MD5s, add ?checksum=none to the source)",
-                hex::encode(want)
-            ),
-            got: format!("md5 {}", hex::encode(got)),
-        })
     }
 
-    /// Check a small object's content, read whole, against its ETag (see
-    /// [`Self::etag_md5`]).
-    pub async fn check_etag_md5(&self, entry: &Entry, content: &[u8]) -> Result<()> {
-        let Some(mut check) = self.etag_md5(entry) else { return Ok(()) };
+    /// Check a small object's content, read whole (see [`Self::md5_check`]).
+    pub async fn check_md5_of(&self, entry: &Entry, content: &[u8]) -> Result<()> {
+        let Some(mut check) = self.md5_check(entry) else { return Ok(()) };
         check.update(content);
-        self.check_etag(entry, check).await
+        self.check_md5(entry, check).await
     }
 
     /// Whether a multipart object's parts are laid out as `stored` (a
@@ -727,6 +742,7 @@ fn entry_from_listing(rel: &str, is_dir: bool, md: &Metadata) -> Entry {
         etag: md.etag().map(str::to_string),
         local: None,
         crc32c: None,
+        md5: None,
     }
 }
 
@@ -755,6 +771,7 @@ fn apply_user_metadata(e: &mut Entry, md: &Metadata) -> Vec<String> {
     }
     e.meta = decoded.meta;
     e.crc32c = decoded.crc32c;
+    e.md5 = decoded.md5;
     if let Some(ns) = decoded.meta.mtime_ns {
         e.mtime_ns = Some(ns);
         e.mtime_exact = true;

@@ -194,6 +194,7 @@ impl PosixRoot {
                 ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
             }),
             crc32c: None,
+            md5: None,
         }))
     }
 

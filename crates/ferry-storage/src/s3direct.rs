@@ -130,6 +130,11 @@ impl S3Direct {
         Self { base, signer, transport: HttpTransporter::default(), retries, checksums, md5_etags }
     }
 
+    /// Whether this location checks content (`checksum=crc32c`).
+    pub(crate) fn checks_content(&self) -> bool {
+        self.checksums
+    }
+
     /// The MD5 of the content an object's ETag stands for (see
     /// [`crate::crc::md5_of_etag`]), while this location checks content.
     pub(crate) fn etag_md5(&self, etag: Option<&str>) -> Option<[u8; 16]> {

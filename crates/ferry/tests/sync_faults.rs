@@ -504,6 +504,68 @@ async fn a_foreign_large_object_is_checked_against_its_etag() {
     assert!(s3.open_uploads().is_empty());
 }
 
+/// rclone's multipart uploads carry no checksum the store keeps and an
+/// ETag that is no MD5, but the MD5 of their content in metadata
+/// (`md5chksum`): downloads are checked against it, a wrong one fails the
+/// item (no SSE-KMS excuse: it is the content's own), and `--checksum`
+/// compares a local copy with it without reading the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rclones_md5chksum_checks_multipart_downloads() {
+    use base64::Engine as _;
+    use md5::Digest as _;
+    let s3 = S3Server::start(&["bkt-rc"]).await;
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let op = s3_operator(&s3, "bkt-rc", false);
+    let body: Vec<u8> = (0..(11u32 << 20) + 5).map(|i| (i.wrapping_mul(2_654_435_761) >> 5) as u8).collect();
+    let put = |key: &'static str, md5: Vec<u8>| {
+        let (op, body) = (op.clone(), body.clone());
+        async move {
+            let meta = [("md5chksum".to_string(), base64::engine::general_purpose::STANDARD.encode(md5))];
+            let opts = opendal::options::WriteOptions {
+                user_metadata: Some(meta.into_iter().collect()),
+                chunk: Some(5 << 20),
+                ..Default::default()
+            };
+            let mut w = op.writer_options(key, opts).await.unwrap();
+            w.write(body).await.unwrap();
+            w.close().await.unwrap();
+        }
+    };
+    put("p/big.bin", md5::Md5::digest(&body).to_vec()).await;
+    put("wrong/big.bin", md5::Md5::digest(b"something else").to_vec()).await;
+
+    let back = tmp.path().join("back");
+    let b = back.to_str().unwrap();
+    s3.faults().corrupt_bodies(1);
+    let gets = s3.counts().get;
+    let r = ferry(&state, &env, &["sync", "s3://bkt-rc/p", b, "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(s3.counts().get - gets, 2, "one stream, read again once");
+    assert!(std::fs::read(back.join("big.bin")).unwrap() == body);
+
+    let bad = tmp.path().join("bad");
+    // Even for an object encrypted with SSE-KMS: the metadata's MD5 is of
+    // the content, whatever the ETag.
+    s3.encrypt_with_kms("bkt-rc", "wrong/big.bin");
+    let r = ferry(
+        &state,
+        &env,
+        &["sync", "s3://bkt-rc/wrong", bad.to_str().unwrap(), "--json", "--retries", "1"],
+    );
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let reason = r.json()["failures"][0]["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("(its md5chksum metadata)"), "{reason}");
+    assert!(!bad.join("big.bin").exists());
+
+    let args = ["sync", "s3://bkt-rc/p", b, "--checksum", "--no-checkpoint", "--json"];
+    let gets = s3.counts().get;
+    let r = ferry(&state, &env, &args);
+    assert_eq!((r.code, r.json()["skipped"].as_u64()), (0, Some(1)), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(s3.counts().get, gets, "compared through md5chksum");
+}
+
 /// Large objects carry no CRC32C in their metadata (it is known only once
 /// the last part is sent), but the store keeps the composite CRC32C of
 /// their parts: a byte changed in a ranged GET fails that check, the item
