@@ -2,7 +2,8 @@
 //!
 //! ferry writes the scheme used by FSx for Lustre, DataSync and File Gateway
 //! (`x-amz-meta-file-permissions`, `-file-owner`, `-file-group`, `-file-mtime`)
-//! and reads it plus rclone's (`mtime` RFC 3339, `mode` octal, `uid`, `gid`)
+//! and reads it plus rclone's (`mtime` decimal seconds from its S3 backend or
+//! RFC 3339, `mode` octal, `uid`, `gid`, and `md5chksum`)
 //! and s3fs-fuse's (`mtime` seconds, `mode` decimal, `uid`, `gid`). Keys here
 //! carry no `x-amz-meta-` prefix: OpenDAL adds and strips it.
 //!
@@ -84,12 +85,23 @@ pub fn decode<'a>(get: impl Fn(&str) -> Option<&'a str>, now_ns: i64) -> Decoded
         out.warnings.push(format!("metadata {key}={value:?} ignored: {why}"));
     };
 
-    // Mode: FSx octal with type bits; rclone octal; s3fs decimal.
-    let rclone_style = get("mtime").is_some_and(|v| v.contains('T'));
+    // Mode: FSx octal with type bits; rclone octal with type bits
+    // (`100644`); s3fs decimal (`33188`). rclone's S3 backend writes `mtime`
+    // as decimal seconds as s3fs does, but with `-M` also `btime` (RFC
+    // 3339); a value that makes no file type in one radix is read in the
+    // other (`100644` is no mode in decimal, `33188` no number in octal).
+    let rclone_style = get("mtime").is_some_and(|v| v.contains('T')) || get("btime").is_some();
     let mode_source = if let Some(v) = get(KEY_PERMISSIONS) {
         Some((KEY_PERMISSIONS, v, 8))
     } else {
-        get("mode").map(|v| ("mode", v, if rclone_style { 8 } else { 10 }))
+        get("mode").map(|v| {
+            let typed = |radix: u32| {
+                u32::from_str_radix(v.trim(), radix)
+                    .is_ok_and(|raw| raw <= 0o177777 && matches!(raw & S_IFMT, S_IFDIR | S_IFLNK | S_IFREG))
+            };
+            let (hinted, other) = if rclone_style { (8, 10) } else { (10, 8) };
+            ("mode", v, if !typed(hinted) && typed(other) { other } else { hinted })
+        })
     };
     if let Some((key, value, radix)) = mode_source {
         match u32::from_str_radix(value.trim(), radix) {
@@ -170,7 +182,8 @@ fn parse_ns_suffix(v: &str) -> Option<i64> {
     v.trim().trim_end_matches("ns").parse::<i64>().ok()
 }
 
-/// rclone: RFC 3339 with fractional seconds; s3fs: decimal seconds.
+/// RFC 3339 with fractional seconds (rclone's metadata), or decimal seconds
+/// with an optional fraction (rclone's S3 backend, s3fs).
 fn parse_rclone_or_s3fs_mtime(v: &str) -> Option<i64> {
     let v = v.trim();
     if v.contains('T') {
@@ -256,6 +269,35 @@ mod tests {
         assert_eq!(d.kind, Some(EntryKind::File));
         assert_eq!(d.meta.uid, Some(0));
         assert_eq!(d.meta.mtime_ns, Some(1_700_000_000_000_000_000));
+    }
+
+    /// What rclone's S3 backend writes with `-M` (read off an object it
+    /// stored): `mtime` in decimal seconds, `mode` in octal.
+    #[test]
+    fn reads_what_rclones_s3_backend_writes() {
+        let d = dec(&[
+            ("atime", "2023-11-14T22:13:19.466200939Z"),
+            ("btime", "2023-11-14T22:13:19.466200939Z"),
+            ("gid", "0"),
+            ("mode", "100644"),
+            ("mtime", "1699999999.590200942"),
+            ("uid", "0"),
+        ]);
+        assert_eq!((d.kind, d.meta.mode), (Some(EntryKind::File), Some(0o644)));
+        assert_eq!(d.meta.mtime_ns, Some(1_699_999_999_590_200_942));
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        // Without btime (rclone without -M writes only mtime; a mode from
+        // elsewhere): the value decides.
+        for (mode, kind, perm) in [
+            ("100644", EntryKind::File, 0o644),
+            ("40755", EntryKind::Dir, 0o755),
+            ("120777", EntryKind::Symlink, 0o777),
+            ("33204", EntryKind::File, 0o664),
+            ("16877", EntryKind::Dir, 0o755),
+        ] {
+            let d = dec(&[("mtime", "1699999999.5"), ("mode", mode)]);
+            assert_eq!((d.kind, d.meta.mode), (Some(kind), Some(perm)), "{mode}");
+        }
     }
 
     #[test]
