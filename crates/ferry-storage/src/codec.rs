@@ -269,6 +269,26 @@ mod tests {
         assert_eq!(d.kind, Some(EntryKind::File));
         assert_eq!(d.meta.uid, Some(0));
         assert_eq!(d.meta.mtime_ns, Some(1_700_000_000_000_000_000));
+        // As s3fs 1.90 wrote them on garage (read back with head-object):
+        // decimal seconds with nanoseconds, atime and ctime beside.
+        let times = "1614834367.123456789";
+        for (mode, kind, perm) in [
+            ("33184", EntryKind::File, 0o640),
+            ("16872", EntryKind::Dir, 0o750),
+            ("41471", EntryKind::Symlink, 0o777),
+        ] {
+            let d = dec(&[
+                ("atime", times),
+                ("ctime", times),
+                ("gid", "0"),
+                ("mode", mode),
+                ("mtime", times),
+                ("uid", "0"),
+            ]);
+            assert_eq!((d.kind, d.meta.mode), (Some(kind), Some(perm)), "{mode}");
+            assert_eq!(d.meta.mtime_ns, Some(1_614_834_367_123_456_789));
+            assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        }
     }
 
     /// What rclone's S3 backend writes with `-M` (read off an object it
