@@ -516,6 +516,7 @@ async fn import(env: &TaskEnv, task: &TaskRow, progress: &Arc<Progress>) -> Resu
             uid: Some(defaults.uid),
             gid: Some(defaults.gid),
             mtime_ns: None,
+            atime_ns: None,
         },
         bucket: &bucket,
         local,

@@ -257,6 +257,7 @@ impl Run {
                 uid: Some(f.uid),
                 gid: Some(f.gid),
                 mtime_ns: meta.mtime_ns,
+                atime_ns: meta.atime_ns,
             },
         }
     }

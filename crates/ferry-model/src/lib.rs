@@ -30,6 +30,10 @@ pub struct PosixMeta {
     pub gid: Option<u32>,
     /// Modification time in nanoseconds since the Unix epoch.
     pub mtime_ns: Option<i64>,
+    /// Access time in nanoseconds since the Unix epoch, as it was when the
+    /// entry was listed. Kept, never compared: reading a file changes it.
+    #[serde(default)]
+    pub atime_ns: Option<i64>,
 }
 
 /// One entry of a listing, relative to the root of a location.

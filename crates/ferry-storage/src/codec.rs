@@ -19,6 +19,7 @@ pub const KEY_PERMISSIONS: &str = "file-permissions";
 pub const KEY_OWNER: &str = "file-owner";
 pub const KEY_GROUP: &str = "file-group";
 pub const KEY_MTIME: &str = "file-mtime";
+pub const KEY_ATIME: &str = "file-atime";
 /// rclone's MD5 of the content (read only).
 const KEY_RCLONE_MD5: &str = "md5chksum";
 pub const KEY_USER_AGENT: &str = "user-agent";
@@ -55,6 +56,9 @@ pub fn encode(kind: EntryKind, meta: &PosixMeta, crc32c: Option<u32>) -> HashMap
     }
     if let Some(ns) = meta.mtime_ns {
         map.insert(KEY_MTIME.into(), format!("{ns}ns"));
+    }
+    if let Some(ns) = meta.atime_ns {
+        map.insert(KEY_ATIME.into(), format!("{ns}ns"));
     }
     if let Some(crc) = crc32c {
         map.insert(KEY_CHECKSUM.into(), format!("crc32c:{crc:08x}"));
@@ -144,17 +148,19 @@ pub fn decode<'a>(get: impl Fn(&str) -> Option<&'a str>, now_ns: i64) -> Decoded
         }
     }
 
-    let mtime = if let Some(v) = get(KEY_MTIME) {
-        Some((KEY_MTIME, v, parse_ns_suffix(v)))
-    } else {
-        get("mtime").map(|v| ("mtime", v, parse_rclone_or_s3fs_mtime(v)))
-    };
-    if let Some((key, value, parsed)) = mtime {
+    // Times: ferry/FSx `<ns>ns`, else rclone's or s3fs's.
+    for (own, other, atime) in [(KEY_MTIME, "mtime", false), (KEY_ATIME, "atime", true)] {
+        let time = match get(own) {
+            Some(v) => Some((own, v, parse_ns_suffix(v))),
+            None => get(other).map(|v| (other, v, parse_rclone_or_s3fs_mtime(v))),
+        };
+        let Some((key, value, parsed)) = time else { continue };
         match parsed {
             Some(ns) if ns < 0 => warn(&mut out, key, value, "before 1970"),
             Some(ns) if ns > now_ns.saturating_add(FUTURE_SLACK_NS) => {
                 warn(&mut out, key, value, "in the future")
             }
+            Some(ns) if atime => out.meta.atime_ns = Some(ns),
             Some(ns) => out.meta.mtime_ns = Some(ns),
             None => warn(&mut out, key, value, "not a valid time"),
         }
@@ -222,10 +228,12 @@ mod tests {
             uid: Some(1000),
             gid: Some(100),
             mtime_ns: Some(1_652_204_345_123_456_789),
+            atime_ns: Some(1_652_204_346_000_000_007),
         };
         let map = encode(EntryKind::File, &meta, Some(0xdeadbeef));
         assert_eq!(map[KEY_PERMISSIONS], "0100640");
         assert_eq!(map[KEY_MTIME], "1652204345123456789ns");
+        assert_eq!(map[KEY_ATIME], "1652204346000000007ns");
         let back = decode(|k| map.get(k).map(String::as_str), NOW);
         assert_eq!(back.meta, meta);
         assert_eq!(back.kind, Some(EntryKind::File));
@@ -287,6 +295,7 @@ mod tests {
             ]);
             assert_eq!((d.kind, d.meta.mode), (Some(kind), Some(perm)), "{mode}");
             assert_eq!(d.meta.mtime_ns, Some(1_614_834_367_123_456_789));
+            assert_eq!(d.meta.atime_ns, d.meta.mtime_ns);
             assert!(d.warnings.is_empty(), "{:?}", d.warnings);
         }
     }
@@ -305,6 +314,7 @@ mod tests {
         ]);
         assert_eq!((d.kind, d.meta.mode), (Some(EntryKind::File), Some(0o644)));
         assert_eq!(d.meta.mtime_ns, Some(1_699_999_999_590_200_942));
+        assert_eq!(d.meta.atime_ns, Some(1_699_999_999_466_200_939));
         assert!(d.warnings.is_empty(), "{:?}", d.warnings);
         // Without btime (rclone without -M writes only mtime; a mode from
         // elsewhere): the value decides.

@@ -835,6 +835,7 @@ mod tests {
             uid: Some(7),
             gid: Some(8),
             mtime_ns: Some(1_600_000_000_000_000_001),
+            atime_ns: Some(1_600_000_000_500_000_002),
         };
         root.put("l", EntryKind::Symlink, &meta, Bytes::from_static(b"target")).await.unwrap();
         let (e, warnings) = root.stat("l").await.unwrap().unwrap();

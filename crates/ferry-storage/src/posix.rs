@@ -184,6 +184,7 @@ impl PosixRoot {
                 uid: Some(md.uid()),
                 gid: Some(md.gid()),
                 mtime_ns: Some(mtime_ns),
+                atime_ns: Some(md.atime() * 1_000_000_000 + md.atime_nsec()),
             },
             meta_loaded: true,
             etag: None,
@@ -344,15 +345,16 @@ impl PosixRoot {
                 return Err(Error::io(format!("chown {}", tmp.display()), e));
             }
         }
-        // The link's own time (std can only set a link target's).
+        // The link's own times (std can only set a link target's).
         if let Some(ns) = meta.mtime_ns {
             use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD, UTIME_OMIT};
+            let spec = |ns: i64| Timespec {
+                tv_sec: ns.div_euclid(1_000_000_000),
+                tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+            };
             let times = Timestamps {
-                last_access: Timespec { tv_sec: 0, tv_nsec: UTIME_OMIT },
-                last_modification: Timespec {
-                    tv_sec: ns.div_euclid(1_000_000_000),
-                    tv_nsec: ns.rem_euclid(1_000_000_000) as _,
-                },
+                last_access: meta.atime_ns.map_or(Timespec { tv_sec: 0, tv_nsec: UTIME_OMIT }, spec),
+                last_modification: spec(ns),
             };
             if let Err(e) = utimensat(CWD, &tmp, &times, AtFlags::SYMLINK_NOFOLLOW) {
                 let _ = fs::remove_file(&tmp);
@@ -409,7 +411,11 @@ fn apply_meta(f: &File, meta: &PosixMeta, chown: bool, set_mtime: bool) -> std::
     }
     if set_mtime {
         if let Some(ns) = meta.mtime_ns {
-            f.set_times(FileTimes::new().set_modified(system_time(ns)))?;
+            let times = FileTimes::new().set_modified(system_time(ns));
+            f.set_times(match meta.atime_ns {
+                Some(a) => times.set_accessed(system_time(a)),
+                None => times,
+            })?;
         }
     }
     Ok(())
@@ -551,7 +557,7 @@ mod tests {
     use super::*;
 
     fn meta(mode: u32, mtime_ns: i64) -> PosixMeta {
-        PosixMeta { mode: Some(mode), uid: None, gid: None, mtime_ns: Some(mtime_ns) }
+        PosixMeta { mode: Some(mode), mtime_ns: Some(mtime_ns), ..Default::default() }
     }
 
     #[test]

@@ -13,6 +13,18 @@ async fn fs_to_s3_to_fs_keeps_bytes_and_metadata() {
     // metadata file name embeds the key), so this tree keeps names shorter.
     make_tree(&src, false);
     let env = s3.env();
+    // Access times as listed travel too (file-atime), set apart from mtimes.
+    let mut atimes = Vec::new();
+    for (i, p) in all_names(&src).into_iter().filter(|p| p.is_file() && !p.is_symlink()).enumerate() {
+        let ns = 1_650_000_000_000_000_000 + i as i64 * 1_000_000_007;
+        let f = std::fs::File::open(&p).unwrap();
+        f.set_times(
+            std::fs::FileTimes::new()
+                .set_accessed(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns as u64)),
+        )
+        .unwrap();
+        atimes.push((p.strip_prefix(&src).unwrap().to_path_buf(), ns));
+    }
 
     let up = ferry(&state, &env, &["sync", src.to_str().unwrap(), "s3://bkt-one/data/", "--json"]);
     assert_eq!(up.code, 0, "{}\n{}", up.stdout, up.stderr);
@@ -33,6 +45,13 @@ async fn fs_to_s3_to_fs_keeps_bytes_and_metadata() {
 
     let down = ferry(&state, &env, &["sync", "s3://bkt-one/data", back.to_str().unwrap(), "--json"]);
     assert_eq!(down.code, 0, "{}\n{}", down.stdout, down.stderr);
+    // Before anything reads the copies (which may move their atimes).
+    for (rel, ns) in &atimes {
+        let md = std::fs::metadata(back.join(rel)).unwrap();
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(md.atime() * 1_000_000_000 + md.atime_nsec(), *ns, "{}: atime", rel.display());
+    }
+    assert!(atimes.len() >= 3);
     let (a, b) = (snapshot(&src, false), snapshot(&back, false));
     assert_same(&a, &b);
 
