@@ -53,7 +53,10 @@ async fn fs_to_s3_to_fs_keeps_bytes_and_metadata() {
     let meta_files: Vec<_> = std::fs::read_dir(s3.root()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(!meta_files.is_empty());
 
-    let down = ferry(&state, &env, &["sync", "s3://bkt-one/data", back.to_str().unwrap(), "--json"]);
+    // Verification reads every copy back, without moving its atime either.
+    let down_args =
+        ["sync", "s3://bkt-one/data", back.to_str().unwrap(), "--json", "--verify", "transferred"];
+    let down = ferry(&state, &env, &down_args);
     assert_eq!(down.code, 0, "{}\n{}", down.stdout, down.stderr);
     // Before anything reads the copies (which may move their atimes).
     for (rel, ns) in &atimes {
