@@ -211,23 +211,37 @@ impl Location {
     pub async fn open_read(&self, entry: &Entry, chunk: usize) -> Result<ReadStream> {
         match self {
             Location::Posix(p) => {
+                // One read step: a chunk, and at the end of the file the
+                // check that it did not change meanwhile.
+                let step = move |reader: &mut PosixReader| -> Result<Option<Bytes>> {
+                    let c = reader.read_chunk(chunk)?;
+                    if c.is_none() || reader.at_eof() {
+                        reader.check_unchanged()?;
+                    }
+                    Ok(c)
+                };
+                // Opened and first read in one blocking call: a small file
+                // costs one trip to the blocking pool, not two.
                 let (p, e) = (p.clone(), entry.clone());
-                let reader = blocking(move || p.open_read(&e)).await?;
-                let stream = futures::stream::try_unfold(Some(reader), move |state| async move {
-                    let Some(mut reader) = state else { return Ok(None) };
-                    let (reader, chunk) = blocking(move || {
-                        let c = reader.read_chunk(chunk)?;
-                        if c.is_none() || reader.at_eof() {
-                            reader.check_unchanged()?;
-                        }
-                        Ok((reader, c))
-                    })
-                    .await?;
-                    // At the end of the file the stream ends without another read.
-                    let next = (!reader.at_eof()).then_some(reader);
-                    Ok(chunk.map(|c| (c, next)))
-                });
-                Ok(Box::pin(stream))
+                let (reader, first) = blocking(move || {
+                    let mut reader = p.open_read(&e)?;
+                    let first = step(&mut reader)?;
+                    Ok((reader, first))
+                })
+                .await?;
+                let rest = futures::stream::try_unfold(
+                    (!reader.at_eof()).then_some(reader),
+                    move |state| async move {
+                        let Some(mut reader) = state else { return Ok(None) };
+                        let (reader, chunk) =
+                            blocking(move || Ok((step(&mut reader)?, reader)).map(|(c, r)| (r, c))).await?;
+                        // At the end of the file the stream ends without another read.
+                        let next = (!reader.at_eof()).then_some(reader);
+                        Ok(chunk.map(|c| (c, next)))
+                    },
+                );
+                let first = futures::stream::iter(first.map(Ok::<Bytes, Error>));
+                Ok(Box::pin(futures::StreamExt::chain(first, rest)))
             }
             Location::Object(o) => o.open_read(entry).await,
         }
