@@ -1335,12 +1335,20 @@ impl Run {
     }
 
     /// Whether a local file holds the content of an object that carries no
-    /// CRC32C of ferry's, through the MD5 its ETag stands for (an object
-    /// stored by one PUT): the file is read, the object is not. `None` when
+    /// CRC32C of ferry's, through the MD5 recorded for it (its ETag, or
+    /// rclone's `md5chksum`): the file is read, the object is not; two
+    /// such objects are compared by their MD5s alone. `None` when
     /// this cannot tell. Verification reads the destination whatever it
     /// carries, so there only a source object is taken at its ETag.
     async fn same_by_etag(&self, s: &Entry, d: &Entry) -> Result<Option<bool>, StorageError> {
         let (holder, h, other, e) = match (&self.src, &self.dst) {
+            // Two objects of other tools with recorded MD5s: equal ones are the
+            // same content, nothing is read; unequal ones may be ETags that are
+            // no MD5s (SSE-KMS), so the content decides.
+            (Location::Object(a), Location::Object(b)) if !self.check_only => {
+                let (x, y) = (a.recorded_md5(s), b.recorded_md5(d));
+                return Ok(x.zip(y).filter(|(x, y)| x == y).map(|_| true));
+            }
             (Location::Object(o), local) if s.crc32c.is_none() && local.is_posix() => (o, s, local, d),
             (local, Location::Object(o)) if d.crc32c.is_none() && local.is_posix() && !self.check_only => {
                 (o, d, local, s)

@@ -209,6 +209,12 @@ impl ObjectRoot {
         }
     }
 
+    /// The MD5 recorded for an object that [`Self::md5_check`] checks
+    /// against, for objects without a CRC32C of ferry's.
+    pub fn recorded_md5(&self, entry: &Entry) -> Option<[u8; 16]> {
+        entry.crc32c.is_none().then(|| self.md5_check(entry)).flatten().map(|c| c.want)
+    }
+
     /// Whether content fed to `check` is the object's: `None` when it
     /// differs from an ETag but the object turns out to be encrypted with
     /// SSE-KMS (one HEAD), whose ETags are not MD5s, so that nothing can be

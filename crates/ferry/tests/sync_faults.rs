@@ -409,6 +409,17 @@ async fn a_foreign_small_object_is_checked_against_its_etag() {
     let r = ferry(&state, &env, &["sync", b, "s3://bkt-md5/up", "--checksum", "--no-checkpoint", "--json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(s3.counts().get, gets + 1, "uploads compared through the ETags");
+    // Bucket to bucket, between two prefixes another tool stored: the
+    // ETags alone, nothing read.
+    let twin = s3.root().join("bkt-md5/twin");
+    std::fs::create_dir_all(&twin).unwrap();
+    for (name, body) in contents(&stored) {
+        std::fs::write(twin.join(name), body).unwrap();
+    }
+    let args = ["sync", "s3://bkt-md5/p", "s3://bkt-md5/twin", "--checksum", "--no-checkpoint", "--json"];
+    let r = ferry(&state, &env, &args);
+    assert_eq!((r.code, r.json()["skipped"].as_u64()), (0, Some(20)), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(s3.counts().get, gets + 1, "bucket to bucket compared through the ETags");
 
     // Every body corrupted: every item fails naming the ETag, and nothing
     // is written, to a local directory or to another bucket.
