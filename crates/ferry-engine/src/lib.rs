@@ -21,7 +21,7 @@ pub use checkpoint::CheckpointSpec;
 pub use error::{Error, Result};
 pub use filter::{Filter, TimeBound};
 pub use options::{Compare, ForcedAttributes, SyncOptions, Verify};
-pub use overlap::check_overlap;
+pub use overlap::{check_overlap, resolved};
 pub use progress::{Failure, Journal, PlanLine, Progress, Report, FAILURE_CSV_HEADER};
 pub use ratelimit::RateLimit;
 pub use sync::Sync;

@@ -58,7 +58,7 @@ fn places(src: &LocationSpec, dst: &LocationSpec) -> Option<((PathBuf, String), 
 
 /// `path` made absolute with symlinks resolved, as far as it exists (a
 /// destination may not exist yet), `.` and `..` applied to the rest.
-fn resolved(path: &Path) -> PathBuf {
+pub fn resolved(path: &Path) -> PathBuf {
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let mut existing = abs.as_path();
     let mut rest = Vec::new();

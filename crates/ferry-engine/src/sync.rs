@@ -1113,7 +1113,7 @@ impl Run {
             }
             crc = crc32c::crc32c(&data);
             check_stored_crc(s, crc)?;
-            if let (Location::Object(o), None) = (&self.src, s.crc32c) {
+            if let Location::Object(o) = &self.src {
                 o.check_md5_of(s, &data).await?;
             }
             self.throttle(data.len()).await;
@@ -1143,8 +1143,8 @@ impl Run {
             let mut parts = PartCrcs::for_stored(stored.as_ref());
             // Without a stored checksum, an object stored by one PUT is
             // checked against its ETag's MD5.
-            let mut etag = match (&self.src, &stored, s.crc32c) {
-                (Location::Object(o), None, None) => o.md5_check(s).map(|c| (o, c)),
+            let mut etag = match (&self.src, &stored) {
+                (Location::Object(o), None) => o.md5_check(s).map(|c| (o, c)),
                 _ => None,
             };
             let mut stream = self.src.open_read(s, self.opts.chunk).await?;
@@ -1215,10 +1215,7 @@ impl Run {
         // against its ETag's MD5, which only content fed in order gives: one
         // stream, hashed as it arrives (reading ranges back afterwards costs
         // more time than the ranges save).
-        let mut etag = match (stored, s.crc32c) {
-            (None, None) => o.md5_check(s),
-            _ => None,
-        };
+        let mut etag = stored.is_none().then(|| o.md5_check(s)).flatten();
         // One range per RANGE_MIN begun: a medium object is not worth four
         // requests when other items are in flight beside it.
         let streams = match etag {
@@ -1349,10 +1346,8 @@ impl Run {
                 let (x, y) = (a.recorded_md5(s), b.recorded_md5(d));
                 return Ok(x.zip(y).filter(|(x, y)| x == y).map(|_| true));
             }
-            (Location::Object(o), local) if s.crc32c.is_none() && local.is_posix() => (o, s, local, d),
-            (local, Location::Object(o)) if d.crc32c.is_none() && local.is_posix() && !self.check_only => {
-                (o, d, local, s)
-            }
+            (Location::Object(o), local) if local.is_posix() => (o, s, local, d),
+            (local, Location::Object(o)) if local.is_posix() && !self.check_only => (o, d, local, s),
             _ => return Ok(None),
         };
         let Some(mut check) = holder.md5_check(h) else { return Ok(None) };

@@ -233,8 +233,11 @@ impl Location {
                     (!reader.at_eof()).then_some(reader),
                     move |state| async move {
                         let Some(mut reader) = state else { return Ok(None) };
-                        let (reader, chunk) =
-                            blocking(move || Ok((step(&mut reader)?, reader)).map(|(c, r)| (r, c))).await?;
+                        let (reader, chunk) = blocking(move || {
+                            let c = step(&mut reader)?;
+                            Ok((reader, c))
+                        })
+                        .await?;
                         // At the end of the file the stream ends without another read.
                         let next = (!reader.at_eof()).then_some(reader);
                         Ok(chunk.map(|c| (c, next)))

@@ -195,24 +195,28 @@ impl ObjectRoot {
         }
     }
 
-    /// What checking an object's content against an MD5 recorded for it
-    /// needs, on an `s3://` location that uses checksums: rclone's
-    /// `md5chksum` metadata (loaded with the attributes), else the MD5 its
-    /// ETag stands for (an object stored by one PUT). Asked for objects that
-    /// carry no other checksum (ferry's own carry a CRC32C; see
-    /// [`Self::stored_crc`]).
-    pub fn md5_check(&self, entry: &Entry) -> Option<crate::Md5Check> {
-        let d = self.direct.as_ref().filter(|d| d.checks_content())?;
+    /// The MD5 recorded for an object that carries no CRC32C of ferry's, on
+    /// an `s3://` location that uses checksums: rclone's `md5chksum`
+    /// metadata (loaded with the attributes), else the MD5 its ETag stands
+    /// for (an object stored by one PUT); with whether it is the ETag.
+    fn recorded(&self, entry: &Entry) -> Option<([u8; 16], bool)> {
+        let d = self.direct.as_ref().filter(|d| d.checks_content() && entry.crc32c.is_none())?;
         match entry.md5 {
-            Some(md5) => Some(crate::Md5Check::new(md5, false)),
-            None => d.etag_md5(entry.etag.as_deref()).map(|md5| crate::Md5Check::new(md5, true)),
+            Some(md5) => Some((md5, false)),
+            None => d.etag_md5(entry.etag.as_deref()).map(|md5| (md5, true)),
         }
     }
 
-    /// The MD5 recorded for an object that [`Self::md5_check`] checks
-    /// against, for objects without a CRC32C of ferry's.
+    /// What checking an object's content against the MD5 recorded for it
+    /// needs (see [`Self::recorded_md5`]). Objects ferry wrote carry a
+    /// CRC32C of their own and get `None`.
+    pub fn md5_check(&self, entry: &Entry) -> Option<crate::Md5Check> {
+        self.recorded(entry).map(|(md5, from_etag)| crate::Md5Check::new(md5, from_etag))
+    }
+
+    /// The MD5 recorded for an object without a CRC32C of ferry's.
     pub fn recorded_md5(&self, entry: &Entry) -> Option<[u8; 16]> {
-        entry.crc32c.is_none().then(|| self.md5_check(entry)).flatten().map(|c| c.want)
+        self.recorded(entry).map(|(md5, _)| md5)
     }
 
     /// Whether content fed to `check` is the object's: `None` when it

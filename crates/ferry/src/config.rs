@@ -111,35 +111,18 @@ fn override_store(i: usize, s: &mut ObjectStoreConfig) -> Result<()> {
 fn check_file_stores_apart(stores: &ObjectStores, shares_root: &std::path::Path) -> Result<()> {
     for s in stores.all() {
         let (Provider::File, Some(root)) = (s.provider, &s.root) else { continue };
-        let root = std::path::absolute(root).with_context(|| format!("cannot resolve {}", root.display()))?;
-        let (root_n, shares_n) = (lexical(&root), lexical(shares_root));
+        let (root_n, shares_n) = (ferry_engine::resolved(root), ferry_engine::resolved(shares_root));
         if root_n.starts_with(&shares_n) || shares_n.starts_with(&root_n) {
             bail!(
                 "object store {:?}: its root {} overlaps the shares directory {}: tasks would copy \
                  shares into themselves; choose a root outside both",
                 s.endpoint,
-                root.display(),
+                root_n.display(),
                 shares_root.display()
             );
         }
     }
     Ok(())
-}
-
-/// A path with `.` and `..` components resolved by name (not through the
-/// file system, which may not have them yet).
-fn lexical(path: &std::path::Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 fn parse_file(text: &str) -> Result<FileConfig> {
