@@ -1,7 +1,8 @@
 //! Prometheus metrics at `/metrics` (no authentication, like `/health`):
 //! HTTP requests by route pattern, the task counters the workers record
 //! (`ferry_task*`, `ferry_worker_*`), and the number of tasks in each status,
-//! read from the store when scraped.
+//! read from the store when scraped (`ferry_database_up` says whether it
+//! could be).
 
 use std::time::Duration;
 
@@ -11,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use ferry_model::hpc::HpcTaskStatus;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::http_error::ApiResult;
 use crate::state::AppState;
 
 /// Upper bounds of the request duration histogram, in seconds.
@@ -48,13 +48,29 @@ pub(crate) fn record_request(method: &str, route: &str, status: u16, elapsed: Du
         .record(elapsed.as_secs_f64());
 }
 
-/// `GET /metrics`: the Prometheus text format.
-pub(crate) async fn render(State(state): State<AppState>) -> ApiResult<Response> {
-    let counts = state.store.count_tasks_by_status().await?;
-    for status in HpcTaskStatus::ALL {
-        let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
-        metrics::gauge!("ferry_tasks", "status" => status.as_str()).set(n as f64);
+/// How long a scrape waits on the store for the task counts.
+const STORE_WAIT: Duration = Duration::from_secs(2);
+
+/// `GET /metrics`: the Prometheus text format. It answers when the store
+/// does not, as a scrape matters most then: `ferry_database_up` is 0, and
+/// the `ferry_tasks` gauges keep the counts last read.
+pub(crate) async fn render(State(state): State<AppState>) -> Response {
+    match tokio::time::timeout(STORE_WAIT, state.store.count_tasks_by_status()).await {
+        Ok(Ok(counts)) => {
+            metrics::gauge!("ferry_database_up").set(1.0);
+            for status in HpcTaskStatus::ALL {
+                let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+                metrics::gauge!("ferry_tasks", "status" => status.as_str()).set(n as f64);
+            }
+        }
+        Ok(Err(e)) => database_down(&e.to_string()),
+        Err(_) => database_down("no answer"),
     }
     let text = state.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+fn database_down(why: &str) {
+    metrics::gauge!("ferry_database_up").set(0.0);
+    tracing::warn!(error = %why, "metrics: cannot count tasks in the database");
 }

@@ -1,13 +1,14 @@
 //! Workers: claim HPC-cache tasks from the store under a lease, run them
 //! through [`crate::hpc`], report progress, and stop when the lease is lost
-//! or the task is being deleted. A task whose worker died (`kill -9`) is
-//! claimed again once its lease expires, and resumes from its checkpoint.
+//! or cannot be renewed in time, or the task is being deleted. A task whose
+//! worker died (`kill -9`) or was cut off from the database is claimed again
+//! once its lease expires, and resumes from its checkpoint.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_model::hpc::HpcTaskStatus;
-use ferry_store::{TaskProgress, TaskRow};
+use ferry_store::{Finished, TaskEnd, TaskProgress, TaskRow};
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::hpc::{self, TaskEnv};
@@ -67,11 +68,12 @@ pub async fn run(
             p = slots.clone().acquire_owned() => p.expect("semaphore open"),
             _ = shutdown.changed() => return,
         };
+        let asked = Instant::now();
         match env.store.claim_task(&cfg.id, now(), cfg.lease_secs).await {
             Ok(Some(task)) => {
                 let (env, cfg) = (env.clone(), cfg.clone());
                 tokio::spawn(async move {
-                    run_one(&env, &cfg, task).await;
+                    run_one(&env, &cfg, task, asked).await;
                     drop(permit);
                 });
                 continue;
@@ -137,70 +139,151 @@ fn store_error(op: &'static str) {
     metrics::counter!("ferry_worker_store_errors_total", "op" => op).increment(1);
 }
 
-/// Run one claimed task, renewing its lease and saving progress every second.
+/// A worker's view of its lease on one task, by its own monotonic clock.
+///
+/// The store keeps `lease_until` in whole seconds of wall time, so a lease
+/// renewed at `t` is only sure to last until `t + lease_secs - 1 s`. When it
+/// cannot be renewed, the task is given up a third of that span before it
+/// runs out, so that a slow tick, or clocks a little apart, never let two
+/// workers run one task.
+struct Lease {
+    /// What a renewal is sure to last.
+    span: Duration,
+    /// When the last renewal (or the claim) was asked for.
+    renewed: Instant,
+}
+
+impl Lease {
+    fn new(lease_secs: i64, claimed: Instant) -> Self {
+        let span = Duration::from_secs(lease_secs.saturating_sub(1).max(1) as u64);
+        Lease { span, renewed: claimed }
+    }
+
+    /// How often to renew: four times a span, at most every second.
+    fn period(&self) -> Duration {
+        (self.span / 4).min(Duration::from_secs(1))
+    }
+
+    /// When to give the task up if the lease has not been renewed by then.
+    fn give_up_at(&self) -> Instant {
+        self.renewed + self.span * 2 / 3
+    }
+
+    fn expiring(&self) -> bool {
+        Instant::now() >= self.give_up_at()
+    }
+
+    /// `f`, unless it has not finished when the task must be given up (a
+    /// database that does not answer at all holds calls until timeouts far
+    /// longer than a lease).
+    async fn within<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
+        tokio::time::timeout_at(self.give_up_at().into(), f).await.ok()
+    }
+}
+
+/// Why a task stopped before its end.
+enum Stop {
+    /// The task is no longer leased to this worker, or is being deleted.
+    Lost,
+    /// The lease could not be renewed in time.
+    Unreachable(String),
+}
+
+/// Run one claimed task, renewing its lease and saving progress as it goes.
 ///
 /// The task runs in a task of its own. Were it polled by the loop below, it
 /// would stand still while the loop waits on the store; when it holds the
 /// store's write lock at that moment (SQLite), the loop's own update would
 /// wait on a lock that can never be released, until the busy timeout.
-async fn run_one(env: &Arc<TaskEnv>, cfg: &WorkerConfig, task: TaskRow) {
+///
+/// The lease keeps other workers off the task. When it cannot be renewed
+/// (the database is down, or this node is cut off from it) the task is
+/// stopped before the lease runs out, as when the lease is lost: another
+/// worker may claim it once it has, and resumes it from its checkpoint.
+/// Its end is recorded only while this worker still holds it.
+async fn run_one(env: &Arc<TaskEnv>, cfg: &WorkerConfig, task: TaskRow, claimed: Instant) {
     let progress = Arc::new(Progress::default());
     let mut metered = TaskMetrics::start(task.task_type.as_str());
     let mut work = {
         let (env, task, progress) = (env.clone(), task.clone(), progress.clone());
         tokio::spawn(async move { hpc::run_task(&env, &task, progress).await })
     };
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut lease = Lease::new(cfg.lease_secs, claimed);
+    let mut tick = tokio::time::interval(lease.period());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = Instant::now();
     let outcome = loop {
         tokio::select! {
-            outcome = &mut work => break Some(outcome),
+            outcome = &mut work => break Ok(outcome),
             _ = tick.tick() => {
-                let until = now() + cfg.lease_secs;
-                match env.store.renew_lease(&task.id, &cfg.id, until).await {
-                    Ok(true) => {}
-                    Ok(false) => break None,
-                    Err(e) => {
-                        store_error("renew_lease");
-                        tracing::warn!(task = %task.id, error = %e, "cannot renew lease");
-                    }
-                }
                 let p = live(&progress, started);
                 metered.report(&p);
-                if let Err(e) = env.store.set_task_progress(&task.id, &p).await {
-                    store_error("save_progress");
-                    tracing::warn!(task = %task.id, error = %e, "cannot save progress");
+                let asked = Instant::now();
+                let until = now() + cfg.lease_secs;
+                match lease.within(env.store.heartbeat(&task.id, &cfg.id, until, &p)).await {
+                    Some(Ok(true)) => lease.renewed = asked,
+                    Some(Ok(false)) => break Err(Stop::Lost),
+                    Some(Err(e)) => {
+                        store_error("heartbeat");
+                        tracing::warn!(task = %task.id, error = %e, "cannot renew lease");
+                        if lease.expiring() {
+                            break Err(Stop::Unreachable(e.to_string()));
+                        }
+                    }
+                    None => {
+                        store_error("heartbeat");
+                        break Err(Stop::Unreachable("the database did not answer".into()));
+                    }
                 }
             }
         }
     };
-    let outcome = match outcome {
-        Some(Ok(outcome)) => outcome,
-        Some(Err(e)) => {
+    let end = match outcome {
+        Ok(Ok(outcome)) => {
+            let p = with_rate(outcome.progress, started);
+            metered.report(&p);
+            TaskEnd {
+                status: if outcome.success() { HpcTaskStatus::Success } else { HpcTaskStatus::Fail },
+                message: outcome.message(),
+                end_time: now(),
+                progress: p,
+                failure_report: outcome.failure_report(),
+            }
+        }
+        Ok(Err(e)) => {
             // A bug, not a condition to retry forever: the task fails.
             tracing::error!(task = %task.id, error = %e, "task run panicked");
-            metered.finished(HpcTaskStatus::Fail.as_str());
-            let message = format!("internal error: {e}");
-            let r =
-                env.store.set_task_status(&task.id, HpcTaskStatus::Fail, Some(&message), Some(now())).await;
-            if let Err(e) = r.and(env.store.release_task(&task.id, &cfg.id).await) {
-                tracing::error!(task = %task.id, error = %e, "cannot record the end of a task");
+            TaskEnd {
+                status: HpcTaskStatus::Fail,
+                message: Some(format!("internal error: {e}")),
+                end_time: now(),
+                progress: live(&progress, started),
+                failure_report: None,
             }
-            return;
         }
-        None => {
-            // Lost the lease or the task is being deleted: stop (the aborted
-            // run drops its writers), then leave no partial file.
+        Err(stop) => {
+            // Stop (the aborted run drops its writers), then leave no partial file.
             work.abort();
             let _ = work.await;
             metered.report(&live(&progress, started));
             let dir = hpc::target_dir(&env.shares_root, &task.share_id, &task.src_target);
             tokio::task::spawn_blocking(move || hpc::sweep_temp_files(&dir)).await.ok();
-            match env.store.task(&task.share_id, &task.id).await {
-                Ok(Some(t)) if t.status == HpcTaskStatus::Deleting => {
+            if let Stop::Unreachable(why) = stop {
+                tracing::error!(
+                    task = %task.id,
+                    unrenewed_s = lease.renewed.elapsed().as_secs(),
+                    error = %why,
+                    "cannot renew the lease of a task: stopped it, so that a worker that reaches \
+                     the database can take it over and resume it"
+                );
+                metered.finished("LEASE_LOST");
+                return;
+            }
+            let wait = Duration::from_secs(5);
+            match tokio::time::timeout(wait, env.store.task(&task.share_id, &task.id)).await {
+                Ok(Ok(Some(t))) if t.status == HpcTaskStatus::Deleting => {
                     metered.finished("CANCELLED");
-                    let _ = env.store.delete_task(&task.id).await;
+                    let _ = tokio::time::timeout(wait, env.store.delete_task(&task.id)).await;
                     tracing::info!(task = %task.id, "task cancelled and deleted");
                 }
                 // Another worker holds it now (this one stalled past its lease).
@@ -209,35 +292,65 @@ async fn run_one(env: &Arc<TaskEnv>, cfg: &WorkerConfig, task: TaskRow) {
             return;
         }
     };
-    let p = with_rate(outcome.progress, started);
-    metered.report(&p);
-    let result = async {
-        env.store.set_task_progress(&task.id, &p).await?;
-        if let Some(report) = outcome.failure_report() {
-            env.store.set_task_failure_report(&task.id, &report).await?;
-        }
-        let status = if outcome.success() { HpcTaskStatus::Success } else { HpcTaskStatus::Fail };
-        metered.finished(status.as_str());
-        // A task deleted meanwhile is not brought back.
-        if let Some(t) = env.store.task(&task.share_id, &task.id).await? {
-            if t.status == HpcTaskStatus::Deleting {
-                env.store.delete_task(&task.id).await?;
-                return Ok(());
+    record_end(env, cfg, &task, &end, &lease, &metered, started).await;
+}
+
+/// Record a task's end, trying again while the lease is sure to hold.
+async fn record_end(
+    env: &TaskEnv,
+    cfg: &WorkerConfig,
+    task: &TaskRow,
+    end: &TaskEnd,
+    lease: &Lease,
+    metered: &TaskMetrics,
+    started: Instant,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let why = match lease.within(env.store.finish_task(&task.id, &cfg.id, end)).await {
+            Some(Ok(Finished::Recorded)) => {
+                metered.finished(end.status.as_str());
+                tracing::info!(
+                    task = %task.id,
+                    kind = %task.task_type,
+                    ok = end.status == HpcTaskStatus::Success,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "task finished"
+                );
+                return;
             }
+            Some(Ok(Finished::Deleted)) => {
+                // A task deleted meanwhile is not brought back.
+                metered.finished("CANCELLED");
+                tracing::info!(task = %task.id, "task finished while being deleted: deleted");
+                return;
+            }
+            Some(Ok(Finished::NotHeld)) => {
+                metered.finished("LEASE_LOST");
+                tracing::warn!(
+                    task = %task.id,
+                    "another worker took the task over while this one could not renew its lease: \
+                     its end is that worker's to record"
+                );
+                return;
+            }
+            Some(Err(e)) => e.to_string(),
+            None => "the database did not answer".to_string(),
+        };
+        store_error("finish_task");
+        if lease.expiring() {
+            metered.finished("LEASE_LOST");
+            tracing::error!(
+                task = %task.id,
+                error = %why,
+                "cannot record the end of a task: once its lease runs out, another worker takes it \
+                 over and redoes what its checkpoint does not hold"
+            );
+            return;
         }
-        env.store.set_task_status(&task.id, status, outcome.message().as_deref(), Some(now())).await?;
-        env.store.release_task(&task.id, &cfg.id).await
-    };
-    if let Err(e) = result.await {
-        tracing::error!(task = %task.id, error = %e, "cannot record the end of a task");
-    } else {
-        tracing::info!(
-            task = %task.id,
-            kind = %task.task_type,
-            ok = outcome.success(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "task finished"
-        );
+        tracing::warn!(task = %task.id, error = %why, "cannot record the end of a task; trying again");
+        tokio::time::sleep_until((Instant::now() + backoff).min(lease.give_up_at()).into()).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 

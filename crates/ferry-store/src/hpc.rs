@@ -80,6 +80,28 @@ pub struct TaskProgress {
     pub bytes_per_second: u64,
 }
 
+/// How a worker ended a task: see [`Store::finish_task`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskEnd {
+    pub status: HpcTaskStatus,
+    pub message: Option<String>,
+    pub end_time: i64,
+    pub progress: TaskProgress,
+    /// CSV of the failed items, when some failed.
+    pub failure_report: Option<String>,
+}
+
+/// What [`Store::finish_task`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The task's end is recorded and its lease dropped.
+    Recorded,
+    /// The task was being deleted: it is gone now.
+    Deleted,
+    /// The task is gone or leased to another worker: nothing was written.
+    NotHeld,
+}
+
 /// An import/export task of a share.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskRow {
@@ -246,6 +268,27 @@ macro_rules! args {
 }
 
 // ---- columns ----
+
+/// The counters of a task, set by [`progress_args`].
+macro_rules! progress_set {
+    () => {
+        "total_files = ?, done_files = ?, skipped_files = ?, failed_files = ?, total_bytes = ?, \
+         done_bytes = ?, bytes_per_second = ?"
+    };
+}
+
+fn progress_args(p: &TaskProgress) -> [Arg<'static>; 7] {
+    [
+        p.total_files,
+        p.done_files,
+        p.skipped_files,
+        p.failed_files,
+        p.total_bytes,
+        p.done_bytes,
+        p.bytes_per_second,
+    ]
+    .map(|n| Arg::Int(as_i64(n)))
+}
 
 macro_rules! share_cols {
     () => {
@@ -699,19 +742,8 @@ impl Store {
     }
 
     pub async fn set_task_progress(&self, id: &str, p: &TaskProgress) -> Result<()> {
-        let q = "UPDATE hpc_tasks SET total_files = ?, done_files = ?, skipped_files = ?, failed_files = ?, \
-                 total_bytes = ?, done_bytes = ?, bytes_per_second = ? WHERE id = ?";
-        let args = args![
-            as_i64(p.total_files),
-            as_i64(p.done_files),
-            as_i64(p.skipped_files),
-            as_i64(p.failed_files),
-            as_i64(p.total_bytes),
-            as_i64(p.done_bytes),
-            as_i64(p.bytes_per_second),
-            id,
-        ];
-        self.update_task(id, q, args).await
+        let q = concat!("UPDATE hpc_tasks SET ", progress_set!(), " WHERE id = ?");
+        self.update_task(id, q, &[&progress_args(p)[..], args![id]].concat()).await
     }
 
     /// Store (or replace) the failure report of a task.
@@ -726,7 +758,7 @@ impl Store {
     }
 
     /// Mark a task DELETING. True if it was DOING under a live lease: its
-    /// worker must stop it (it learns so when [`Store::renew_lease`] fails).
+    /// worker must stop it (it learns so when [`Store::heartbeat`] fails).
     pub async fn request_task_delete(&self, id: &str) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let q =
@@ -776,12 +808,56 @@ impl Store {
         Ok(task)
     }
 
-    /// Extend `worker`'s lease on a task to `until`. False if the task is
-    /// gone, no longer DOING (e.g. DELETING) or leased to another worker:
-    /// the worker must then stop.
-    pub async fn renew_lease(&self, id: &str, worker: &str, until: i64) -> Result<bool> {
-        let q = "UPDATE hpc_tasks SET lease_until = ? WHERE id = ? AND lease_owner = ? AND status = ?";
-        Ok(self.run(q, args![until, id, worker, HpcTaskStatus::Doing.as_str()]).await? > 0)
+    /// Extend `worker`'s lease on a task to `until` and save its counters,
+    /// in one statement. False if the task is gone, no longer DOING (e.g.
+    /// DELETING) or leased to another worker: the worker must then stop,
+    /// and its counters are not written over the new holder's.
+    pub async fn heartbeat(&self, id: &str, worker: &str, until: i64, p: &TaskProgress) -> Result<bool> {
+        let q = concat!(
+            "UPDATE hpc_tasks SET lease_until = ?, ",
+            progress_set!(),
+            " WHERE id = ? AND lease_owner = ? AND status = ?"
+        );
+        let args =
+            [args![until], &progress_args(p), args![id, worker, HpcTaskStatus::Doing.as_str()]].concat();
+        Ok(self.run(q, &args).await? > 0)
+    }
+
+    /// Record how `worker` ended a task it holds, in one transaction: its
+    /// last counters, its failure report (if any), its status, message and
+    /// end time, and the lease dropped. A task being deleted is deleted
+    /// instead. Nothing is written when the task is no longer leased to
+    /// `worker`: another worker took it over after this one's lease ran out,
+    /// and the outcome is the new holder's to record.
+    pub async fn finish_task(&self, id: &str, worker: &str, end: &TaskEnd) -> Result<Finished> {
+        let mut tx = self.begin_write().await?;
+        let q = format!("SELECT status, lease_owner FROM hpc_tasks WHERE id = ?{}", tx.for_update());
+        let held = tx.row(&q, args![id], |r| Ok((r.text("status")?, r.opt_text("lease_owner")?))).await?;
+        let Some((status, owner)) = held else { return Ok(Finished::NotHeld) };
+        if owner.as_deref() != Some(worker) {
+            return Ok(Finished::NotHeld);
+        }
+        if status == HpcTaskStatus::Deleting.as_str() {
+            tx.run("DELETE FROM hpc_task_reports WHERE task_id = ?", args![id]).await?;
+            tx.run("DELETE FROM hpc_tasks WHERE id = ?", args![id]).await?;
+            tx.commit().await?;
+            return Ok(Finished::Deleted);
+        }
+        let q = concat!(
+            "UPDATE hpc_tasks SET ",
+            progress_set!(),
+            ", status = ?, message = ?, end_time = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?"
+        );
+        let end_args = args![end.status.as_str(), end.message.as_deref(), end.end_time, id];
+        let args = [&progress_args(&end.progress)[..], end_args].concat();
+        tx.run(q, &args).await?;
+        if let Some(csv) = &end.failure_report {
+            let q = "INSERT INTO hpc_task_reports (task_id, csv) VALUES (?, ?) \
+                     ON CONFLICT (task_id) DO UPDATE SET csv = excluded.csv";
+            tx.run(q, args![id, csv.as_str()]).await?;
+        }
+        tx.commit().await?;
+        Ok(Finished::Recorded)
     }
 
     /// Drop `worker`'s lease on a task (no-op if it holds none).

@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -65,7 +65,12 @@ pub struct Store {
     backend: Backend,
     /// Seals access-key secrets at rest; without it they are stored as given.
     secret_key: Option<SecretKey>,
+    /// How long a process cut off from PostgreSQL keeps a pair's claim.
+    claim_timeout: Duration,
 }
+
+/// The default of [`Store::with_claim_timeout`].
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The record of a `ferry sync` pair (source, destination, options).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,16 +91,80 @@ pub enum RunLock {
     /// An in-memory database: no other process can see it.
     None,
     File(std::fs::File),
-    /// The session holding the advisory lock (closing it releases it).
-    Postgres(Box<sqlx::PgConnection>),
+    /// The PostgreSQL session holding the advisory lock.
+    Postgres(PgClaim),
+}
+
+/// The PostgreSQL session that holds a pair's advisory lock, kept by a task
+/// of its own: it speaks every third of the claim timeout, and the server
+/// ends the session (and the claim) once it has been silent for that long
+/// (`idle_session_timeout`). A process cut off from the server therefore
+/// does not hold a pair for the hours TCP takes to notice.
+#[derive(Debug)]
+pub struct PgClaim {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    keeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl PgClaim {
+    async fn hold(mut conn: sqlx::PgConnection, timeout: Duration) -> PgClaim {
+        use sqlx::Executor;
+        let secs = timeout.as_secs().max(3);
+        // PostgreSQL 14 and later end a silent session; the keepalives also
+        // end one whose peer vanished, on any version. Best effort: a server
+        // that refuses a setting leaves the claim to TCP.
+        for set in [
+            format!("SET idle_session_timeout = {}", secs * 1000),
+            format!("SET tcp_keepalives_idle = {}", secs / 3),
+            format!("SET tcp_keepalives_interval = {}", (secs / 6).max(1)),
+            "SET tcp_keepalives_count = 3".to_string(),
+        ] {
+            if let Err(e) = conn.execute(set.as_str()).await {
+                log::debug!("{set}: {e}");
+            }
+        }
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let every = Duration::from_secs(secs / 3);
+        let keeper = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    // Released, or dropped.
+                    _ = &mut stopped => {
+                        let _ = sqlx::Connection::close(conn).await;
+                        return;
+                    }
+                    _ = tokio::time::sleep(every) => {
+                        let ping = tokio::time::timeout(every, conn.execute("SELECT 1")).await;
+                        if !matches!(ping, Ok(Ok(_))) {
+                            log::warn!(
+                                "lost the database session that holds this run's claim on its pair: \
+                                 another run of the pair may start"
+                            );
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        PgClaim { stop: Some(stop), keeper: Some(keeper) }
+    }
+}
+
+impl Drop for PgClaim {
+    fn drop(&mut self) {
+        // The keeper closes the session (a dropped sender wakes it too).
+        drop(self.stop.take());
+    }
 }
 
 impl RunLock {
-    /// Release the claim now (dropping it does too, for a database
-    /// connection once the server notices the session ended).
+    /// Release the claim now (dropping it does too, a moment later).
     pub async fn release(self) {
-        if let RunLock::Postgres(conn) = self {
-            let _ = sqlx::Connection::close(*conn).await;
+        if let RunLock::Postgres(mut claim) = self {
+            drop(claim.stop.take());
+            if let Some(keeper) = claim.keeper.take() {
+                let _ = keeper.await;
+            }
         }
     }
 }
@@ -288,7 +357,16 @@ impl Store {
         } else {
             return Err(Error::UnsupportedUrl(redact(url)));
         };
-        Ok(Store { backend, secret_key: None })
+        Ok(Store { backend, secret_key: None, claim_timeout: CLAIM_TIMEOUT })
+    }
+
+    /// How long the claim on a sync pair outlives a process that was cut
+    /// off from PostgreSQL ([`CLAIM_TIMEOUT`] by default; 3 s at least):
+    /// the time before another run of the pair, or a worker that took a
+    /// task over, can go on.
+    pub fn with_claim_timeout(mut self, timeout: Duration) -> Self {
+        self.claim_timeout = timeout;
+        self
     }
 
     /// Seal access-key secrets with `key` from now on (and open sealed ones).
@@ -449,7 +527,10 @@ impl Store {
                     .bind(key)
                     .fetch_one(&mut conn)
                     .await?;
-                Ok(got.then_some(RunLock::Postgres(Box::new(conn))))
+                Ok(match got {
+                    true => Some(RunLock::Postgres(PgClaim::hold(conn, self.claim_timeout).await)),
+                    false => None,
+                })
             }
         }
     }

@@ -10,8 +10,8 @@ use ferry_model::hpc::{
     ShareStatus, ShareSubStatus, TargetAttributes, TargetLifecycle, TargetPolicy,
 };
 use ferry_store::{
-    CachedStat, EntryState, Error, JobRow, NsEntry, ShareRow, Store, TargetRow, TaskFilter, TaskProgress,
-    TaskRow,
+    CachedStat, EntryState, Error, Finished, JobRow, NsEntry, ShareRow, Store, TargetRow, TaskEnd,
+    TaskFilter, TaskProgress, TaskRow,
 };
 use serde_json::json;
 use sqlx::Connection;
@@ -516,15 +516,18 @@ async fn task_queue(store: Store, _backend: &str) {
     assert_eq!(store.claim_task("worker-c", t0, 30).await.unwrap(), None);
 
     // Renewing: only the holder, only while DOING.
-    assert!(store.renew_lease("older", "worker-a", t0 + 60).await.unwrap());
-    assert!(!store.renew_lease("older", "worker-b", t0 + 60).await.unwrap());
-    assert!(!store.renew_lease("missing", "worker-a", t0 + 60).await.unwrap());
+    assert!(store.heartbeat("older", "worker-a", t0 + 60, &TaskProgress::default()).await.unwrap());
+    assert!(!store.heartbeat("older", "worker-b", t0 + 60, &TaskProgress::default()).await.unwrap());
+    assert!(!store.heartbeat("missing", "worker-a", t0 + 60, &TaskProgress::default()).await.unwrap());
     // worker-b's lease runs out at t0 + 30: worker-c takes the task over.
     assert_eq!(store.claim_task("worker-c", t0 + 29, 30).await.unwrap(), None);
     let c = store.claim_task("worker-c", t0 + 30, 30).await.unwrap().unwrap();
     assert_eq!(c.id, "newer");
-    assert!(!store.renew_lease("newer", "worker-b", t0 + 90).await.unwrap(), "worker-b lost the task");
-    assert!(store.renew_lease("newer", "worker-c", t0 + 90).await.unwrap());
+    assert!(
+        !store.heartbeat("newer", "worker-b", t0 + 90, &TaskProgress::default()).await.unwrap(),
+        "worker-b lost the task"
+    );
+    assert!(store.heartbeat("newer", "worker-c", t0 + 90, &TaskProgress::default()).await.unwrap());
     // worker-a renewed until t0 + 60, so its task is not taken at t0 + 59.
     assert_eq!(store.claim_task("worker-d", t0 + 59, 30).await.unwrap(), None);
 
@@ -532,14 +535,51 @@ async fn task_queue(store: Store, _backend: &str) {
     store.release_task("older", "worker-z").await.unwrap();
     assert_eq!(store.claim_task("worker-d", t0 + 1, 30).await.unwrap(), None);
     store.release_task("older", "worker-a").await.unwrap();
-    assert!(!store.renew_lease("older", "worker-a", t0 + 60).await.unwrap());
+    assert!(!store.heartbeat("older", "worker-a", t0 + 60, &TaskProgress::default()).await.unwrap());
     assert_eq!(store.claim_task("worker-d", t0 + 1, 30).await.unwrap().unwrap().id, "older");
 
     // A task no longer DOING cannot be renewed: its worker stops.
     store.set_task_status("older", HpcTaskStatus::Success, None, Some(t0 + 2)).await.unwrap();
-    assert!(!store.renew_lease("older", "worker-d", t0 + 60).await.unwrap());
+    assert!(!store.heartbeat("older", "worker-d", t0 + 60, &TaskProgress::default()).await.unwrap());
 
     store.set_task_status("newer", HpcTaskStatus::Success, None, Some(t0 + 3)).await.unwrap();
+
+    // A worker whose lease ran out and was taken over writes nothing: not
+    // its counters, not its end. The new holder's end is recorded whole.
+    store
+        .insert_tasks_bulk(&[task("s1", "taken", HpcTaskType::Export, HpcTaskStatus::Doing, 30)])
+        .await
+        .unwrap();
+    assert_eq!(store.claim_task("slow", t0, 30).await.unwrap().unwrap().id, "taken");
+    let before = TaskProgress { total_files: 9, done_files: 4, ..Default::default() };
+    assert!(store.heartbeat("taken", "slow", t0 + 30, &before).await.unwrap());
+    assert_eq!(store.task("s1", "taken").await.unwrap().unwrap().progress, before);
+    assert_eq!(store.claim_task("fresh", t0 + 30, 30).await.unwrap().unwrap().id, "taken");
+    let late = TaskProgress { total_files: 9, done_files: 9, ..Default::default() };
+    assert!(!store.heartbeat("taken", "slow", t0 + 60, &late).await.unwrap());
+    let stale_end = TaskEnd {
+        status: HpcTaskStatus::Fail,
+        message: Some("1 file failed".into()),
+        end_time: t0 + 40,
+        progress: late,
+        failure_report: Some("path,error\nx,y\n".into()),
+    };
+    assert_eq!(store.finish_task("taken", "slow", &stale_end).await.unwrap(), Finished::NotHeld);
+    let t = store.task("s1", "taken").await.unwrap().unwrap();
+    assert_eq!((t.status, t.end_time, t.progress), (HpcTaskStatus::Doing, None, before));
+    assert_eq!(store.task_failure_report("taken").await.unwrap(), None);
+    assert!(store.heartbeat("taken", "fresh", t0 + 60, &before).await.unwrap(), "still leased to fresh");
+    let done = TaskProgress { total_files: 9, done_files: 8, failed_files: 1, ..Default::default() };
+    let end = TaskEnd { progress: done, end_time: t0 + 50, ..stale_end };
+    assert_eq!(store.finish_task("taken", "fresh", &end).await.unwrap(), Finished::Recorded);
+    let t = store.task("s1", "taken").await.unwrap().unwrap();
+    assert_eq!(
+        (t.status, t.message.as_deref(), t.end_time, t.progress),
+        (HpcTaskStatus::Fail, Some("1 file failed"), Some(t0 + 50), done)
+    );
+    assert_eq!(store.task_failure_report("taken").await.unwrap().as_deref(), Some("path,error\nx,y\n"));
+    assert_eq!(store.finish_task("taken", "fresh", &end).await.unwrap(), Finished::NotHeld, "lease dropped");
+    assert_eq!(store.finish_task("nope", "fresh", &end).await.unwrap(), Finished::NotHeld);
 
     // Two workers race for one task: exactly one gets it.
     for round in 0..10 {
@@ -607,7 +647,7 @@ async fn task_delete_requests(store: Store, _backend: &str) {
     assert!(matches!(err, Error::NotFound(_)), "{err}");
 
     // The worker learns at its next renewal; nobody can claim a DELETING task.
-    assert!(!store.renew_lease("running", "w1", now + 600).await.unwrap());
+    assert!(!store.heartbeat("running", "w1", now + 600, &TaskProgress::default()).await.unwrap());
     assert_eq!(store.claim_task("w4", now + 10_000, 10).await.unwrap(), None);
 
     let deleting = store.tasks_by_status(HpcTaskStatus::Deleting).await.unwrap();
@@ -615,10 +655,21 @@ async fn task_delete_requests(store: Store, _backend: &str) {
     assert!(store.tasks_by_status(HpcTaskStatus::Doing).await.unwrap().is_empty());
 
     store.set_task_failure_report("running", "path,error\n").await.unwrap();
+    // The end its worker records deletes it, report and all; a stranger's does nothing.
+    let end = TaskEnd {
+        status: HpcTaskStatus::Success,
+        message: None,
+        end_time: now,
+        progress: TaskProgress::default(),
+        failure_report: None,
+    };
+    assert_eq!(store.finish_task("running", "w3", &end).await.unwrap(), Finished::NotHeld);
+    assert_eq!(store.finish_task("running", "w1", &end).await.unwrap(), Finished::Deleted);
+    assert_eq!(store.task("s1", "running").await.unwrap(), None);
+    assert_eq!(store.task_failure_report("running").await.unwrap(), None);
     for t in &deleting {
         store.delete_task(&t.id).await.unwrap();
     }
-    store.delete_task("running").await.unwrap();
     assert!(store.tasks_by_status(HpcTaskStatus::Deleting).await.unwrap().is_empty());
     assert_eq!(store.task("s1", "running").await.unwrap(), None);
     assert_eq!(store.task_failure_report("running").await.unwrap(), None);

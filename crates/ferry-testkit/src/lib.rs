@@ -1,10 +1,13 @@
 //! Test support for ferry: an in-process S3 server (s3s-fs over a temp dir) with
-//! real SigV4 authentication and live-adjustable fault injection.
+//! real SigV4 authentication and live-adjustable fault injection, and a TCP
+//! proxy that partitions a client from its server.
 
 mod faults;
+mod proxy;
 mod uploads;
 
 pub use faults::{Faults, OpClass, RequestCounts};
+pub use proxy::TcpProxy;
 
 use std::future::Future;
 use std::net::SocketAddr;

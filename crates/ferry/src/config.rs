@@ -191,7 +191,11 @@ impl Config {
             }
         }
         let store = ferry_store::Store::connect(&self.database).await.context("cannot open the database")?;
-        let store = store.with_secret_key(self.secret_key()?);
+        // A worker cut off from PostgreSQL gives its tasks up before its
+        // lease runs out; its claims on their sync pairs end with the lease,
+        // so that the worker that takes a task over does not wait on them.
+        let lease = std::time::Duration::from_secs(self.lease_secs.unsigned_abs());
+        let store = store.with_secret_key(self.secret_key()?).with_claim_timeout(lease);
         let sealed = store.seal_stored_secrets().await.context("cannot seal stored secrets")?;
         if sealed > 0 {
             tracing::info!(sealed, "sealed access-key secrets stored in clear by an earlier version");

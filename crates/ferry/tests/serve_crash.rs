@@ -1,7 +1,8 @@
 //! `kill -9` of `ferry serve` during a preload and an export, then a
 //! restart: the task finishes with the same result as an uninterrupted
 //! run, redoing little, and no partial file is ever visible. Deleting a
-//! running task cancels it and leaves no temporary file.
+//! running task cancels it and leaves no temporary file. A worker cut off
+//! from PostgreSQL gives its task up to one that is not.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::server::{Client, Db, Server};
 use common::S3Server;
-use ferry_testkit::OpClass;
+use ferry_testkit::{OpClass, TcpProxy};
 use serde_json::{json, Value};
 
 const FILES: usize = 800;
@@ -19,7 +20,7 @@ const FILES: usize = 800;
 fn config(dir: &Path, s3: &S3Server) -> std::path::PathBuf {
     let path = dir.join("ferry.toml");
     let text = format!(
-        "[workers]\nthreads = 4\nlease_secs = 2\n\n[[object_stores]]\nendpoint = \"{}\"\nprovider = \"s3\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+        "[workers]\nthreads = 4\nlease_secs = 3\n\n[[object_stores]]\nendpoint = \"{}\"\nprovider = \"s3\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
         s3.endpoint(),
         s3.access_key(),
         s3.secret_key()
@@ -50,6 +51,19 @@ fn assert_all_files(root: &Path) {
         .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".ferry-tmp"))
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+/// A store holding the test files in bucket `bkt`, and a directory for the
+/// test's state.
+async fn seeded_store() -> (S3Server, tempfile::TempDir) {
+    let s3 = S3Server::start(&["bkt"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let seed = tmp.path().join("seed");
+    make_files(&seed);
+    let r =
+        common::ferry(&tmp.path().join("state"), &s3.env(), &["sync", seed.to_str().unwrap(), "s3://bkt"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    (s3, tmp)
 }
 
 async fn setup(c: &Client, s3: &S3Server) -> (String, String) {
@@ -94,16 +108,7 @@ async fn finish(c: &Client, share: &str, task: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_during_preload_and_export_then_restart() {
     for db in Db::all("crash").await {
-        let s3 = S3Server::start(&["bkt"]).await;
-        let tmp = tempfile::tempdir().unwrap();
-        let seed = tmp.path().join("seed");
-        make_files(&seed);
-        let r = common::ferry(
-            &tmp.path().join("state"),
-            &s3.env(),
-            &["sync", seed.to_str().unwrap(), "s3://bkt"],
-        );
-        assert_eq!(r.code, 0, "{}", r.stderr);
+        let (s3, tmp) = seeded_store().await;
 
         let cfg = config(tmp.path(), &s3);
         let mut server = Server::start(&tmp.path().join("data"), Some(&cfg), &db);
@@ -155,13 +160,7 @@ async fn kill_during_preload_and_export_then_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deleting_a_running_task_cancels_it() {
-    let s3 = S3Server::start(&["bkt"]).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let seed = tmp.path().join("seed");
-    make_files(&seed);
-    let r =
-        common::ferry(&tmp.path().join("state"), &s3.env(), &["sync", seed.to_str().unwrap(), "s3://bkt"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (s3, tmp) = seeded_store().await;
     let cfg = config(tmp.path(), &s3);
     let server = Server::start(&tmp.path().join("data"), Some(&cfg), &Db::Sqlite);
     let c = server.token("p1");
@@ -200,4 +199,69 @@ async fn deleting_a_running_task_cancels_it() {
         let i: usize = p.file_stem().unwrap().to_string_lossy()[1..].parse().unwrap();
         assert_eq!(fs::read(p).unwrap(), content(i));
     }
+}
+
+/// `host:port` of a PostgreSQL URL.
+fn pg_addr(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap()
+}
+
+/// A worker cut off from PostgreSQL by a partition (its connections neither
+/// answer nor close) gives its task up before its lease runs out, and its
+/// claim on the task's sync pair ends with it: a worker that reaches the
+/// database takes the task over and finishes it. Once the network heals,
+/// the cut-off worker writes nothing over that end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_cut_off_from_postgresql_gives_its_task_up() {
+    let Some(db) = Db::all("cutoff").await.into_iter().find(|d| d.url().is_some()) else {
+        eprintln!("FERRY_TEST_POSTGRES_URL not set: the partition test is not run");
+        return;
+    };
+    let url = db.url().unwrap().to_string();
+    let (s3, tmp) = seeded_store().await;
+    let cfg = config(tmp.path(), &s3);
+    let api = Server::start_api_only(&tmp.path().join("data"), Some(&cfg), &db);
+    let c = api.token("p1");
+    let (share, _) = setup(&c, &s3).await;
+    let dir = api.share_dir(&share).join("data");
+
+    // The first worker reaches the database through a proxy.
+    let server = pg_addr(&url);
+    let proxy = TcpProxy::start(server.parse().expect("a host:port PostgreSQL URL")).await;
+    let proxied = Db::Postgres(url.replacen(server, &proxy.addr().to_string(), 1));
+    let (_cut_off, metrics) = api.worker_on(&proxied);
+    s3.faults().set_delay(OpClass::Get, Duration::from_millis(20));
+    let task = start_task(&c, &share, "preload").await;
+    wait_done(&c, &share, &task, FILES as u64 / 4).await;
+
+    proxy.partition();
+    let cut = Instant::now();
+    let lost = r#"ferry_tasks_finished_total{type="preload",status="LEASE_LOST"} 1"#;
+    loop {
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        if text.lines().any(|l| l == lost) {
+            break;
+        }
+        // The lease (3 s) runs out 2 to 3 s after the cut.
+        assert!(cut.elapsed() < Duration::from_secs(3), "the cut-off worker kept its task: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gets = s3.counts().get;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(s3.counts().get, gets, "the cut-off worker stopped reading");
+
+    s3.faults().clear();
+    let (_other, _) = api.worker();
+    let t = finish(&c, &share, &task).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    assert_all_files(&dir);
+    assert!(cut.elapsed() < Duration::from_secs(20), "taken over late: {:?}", cut.elapsed());
+
+    proxy.heal();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = c.get(&format!("/{share}/hpc-cache/task/{task}")).await.body;
+    assert_eq!(after, t, "the cut-off worker wrote over the end");
+    assert_all_files(&dir);
 }

@@ -106,9 +106,15 @@ impl Server {
     /// `ferry worker --metrics-listen 127.0.0.1:0` with the server's options;
     /// returns it with the URL of its metrics.
     pub fn worker(&self) -> (ChildGuard, String) {
+        self.worker_on(&self.db)
+    }
+
+    /// [`Server::worker`] on the database `db` (the same one, reached
+    /// another way).
+    pub fn worker_on(&self, db: &Db) -> (ChildGuard, String) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
         cmd.args(["worker", "--metrics-listen", "127.0.0.1:0"]);
-        self.base_args(&mut cmd);
+        self.base_args_on(&mut cmd, db);
         cmd.env("FERRY_LOG", "ferry=info,warn");
         let mut child =
             cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn ferry worker");
@@ -127,11 +133,15 @@ impl Server {
     }
 
     fn base_args(&self, cmd: &mut Command) {
+        self.base_args_on(cmd, &self.db)
+    }
+
+    fn base_args_on(&self, cmd: &mut Command, db: &Db) {
         cmd.arg("--data-dir").arg(&self.data);
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
-        if let Some(u) = self.db.url() {
+        if let Some(u) = db.url() {
             cmd.arg("--database").arg(u);
         }
         for k in ["FERRY_LISTEN", "FERRY_DATA_DIR", "FERRY_CONFIG", "FERRY_DATABASE", "AWS_ENDPOINT_URL"] {
