@@ -36,6 +36,9 @@ const PENDING_MAX: usize = 100_000;
 /// How long the database may stay unwritable before the run goes on
 /// without recording (a restart or a lock usually lasts seconds).
 const OUTAGE_LIMIT: Duration = Duration::from_secs(60);
+/// How long one checkpoint query may take before it counts as failed: a
+/// database cut off by a partition holds a query for as long as TCP does.
+const QUERY_LIMIT: Duration = Duration::from_secs(10);
 /// How often a run notes in its checkpoint that it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(20);
 /// Clock difference allowed between ferry and the object store when
@@ -151,7 +154,7 @@ impl Recorder {
             None => None,
         };
         if success && !self.read_only && trouble.is_none() {
-            if let Err(e) = self.store.finish_run(self.checkpoint.run_id).await {
+            if let Err(e) = bounded(QUERY_LIMIT, self.store.finish_run(self.checkpoint.run_id)).await {
                 trouble = Some(format!(
                     "the checkpoint could not be marked finished ({e}): the next run resumes this one"
                 ));
@@ -183,12 +186,13 @@ async fn write_done(
     let mut next_try = Instant::now();
     let mut gave_up: Option<String> = None;
     let mut closed = false;
+    let limit = (outage_limit / 4).min(QUERY_LIMIT);
     loop {
         // Signs of life go on after giving up on recording items: the next
         // run's sweep of left uploads relies on them.
         if alive.elapsed() >= HEARTBEAT && failing_since.is_none() {
             alive = Instant::now();
-            if let Err(e) = store.touch_run(run_id).await {
+            if let Err(e) = bounded(limit, store.touch_run(run_id)).await {
                 tracing::warn!(error = %e, "cannot note in the checkpoint that the run is alive");
             }
         }
@@ -217,7 +221,7 @@ async fn write_done(
         }
         while !pending.is_empty() && gave_up.is_none() {
             let n = pending.len().min(BATCH);
-            match store.record_done(run_id, &pending[..n]).await {
+            match bounded(limit, store.record_done(run_id, &pending[..n])).await {
                 Ok(()) => {
                     pending.drain(..n);
                     if failing_since.take().is_some() {
@@ -248,6 +252,17 @@ async fn write_done(
         if closed && (pending.is_empty() || gave_up.is_some()) {
             return gave_up;
         }
+    }
+}
+
+/// `query`, failed after `limit` without an answer.
+async fn bounded<T>(
+    limit: Duration,
+    query: impl std::future::Future<Output = ferry_store::Result<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, query).await {
+        Ok(answer) => answer.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("the database did not answer in {} ms", limit.as_millis())),
     }
 }
 
@@ -284,7 +299,7 @@ impl DoneCursor<'_> {
 
     async fn refill(&mut self) {
         let (store, run) = (&self.recorder.store, self.recorder.checkpoint.run_id);
-        match store.done_page(run, &self.dir, &self.after, DONE_PAGE).await {
+        match bounded(QUERY_LIMIT, store.done_page(run, &self.dir, &self.after, DONE_PAGE)).await {
             Ok(page) => {
                 self.end = (page.len() as i64) < DONE_PAGE;
                 match page.last() {
@@ -367,6 +382,61 @@ mod tests {
         let run_id = store.begin_run("k", "a", "b").await.unwrap().run_id;
         let conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
         (dir, store, run_id, conn)
+    }
+
+    /// A database cut off by a partition neither answers nor closes its
+    /// connections: the writer does not wait on it forever, but gives up
+    /// after the outage limit as for any failure, and the run goes on.
+    #[tokio::test]
+    async fn a_database_cut_off_by_a_partition_does_not_hold_the_run() {
+        use sqlx::Connection;
+        let Ok(url) = std::env::var("FERRY_TEST_POSTGRES_URL") else {
+            eprintln!("FERRY_TEST_POSTGRES_URL not set: the partition test is not run");
+            return;
+        };
+        let schema = format!("t_partition_{}_{:08x}", std::process::id(), rand_suffix());
+        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut admin).await.unwrap();
+        let server = url.split_once('@').map_or(&url[..], |(_, r)| r).split(['/', '?']).next().unwrap();
+        let proxy = ferry_testkit::TcpProxy::start(server.parse().unwrap()).await;
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let proxied = format!(
+            "{}{sep}options=-csearch_path%3D{schema}",
+            url.replacen(server, &proxy.addr().to_string(), 1)
+        );
+        let store = Store::connect(&proxied).await.unwrap();
+        let run_id = store.begin_run("k", "a", "b").await.unwrap().run_id;
+        let (tx, rx) = mpsc::channel(BATCH * 4);
+        let writer = tokio::spawn(write_done(store.clone(), run_id, rx, Duration::from_secs(2)));
+        let all = items(3 * BATCH);
+        for item in all[..BATCH].iter().cloned() {
+            tx.send(item).await.unwrap();
+        }
+        for _ in 0..100 {
+            if store.done_count(run_id).await.unwrap() == BATCH as u64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        proxy.partition();
+        for item in all[BATCH..].iter().cloned() {
+            tx.send(item).await.unwrap();
+        }
+        drop(tx);
+        let reason = tokio::time::timeout(Duration::from_secs(15), writer)
+            .await
+            .expect("the writer does not wait on a silent database")
+            .unwrap()
+            .expect("the outage is reported");
+        assert!(reason.contains("did not answer"), "{reason}");
+        proxy.heal();
+        let direct = Store::connect(&format!("{url}{sep}options=-csearch_path%3D{schema}")).await.unwrap();
+        assert_eq!(direct.done_count(run_id).await.unwrap(), BATCH as u64, "what was written before stays");
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&mut admin).await.unwrap();
+    }
+
+    fn rand_suffix() -> u32 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
     }
 
     fn items(n: usize) -> Vec<DoneItem> {

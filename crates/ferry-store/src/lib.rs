@@ -130,7 +130,9 @@ impl PgClaim {
                 tokio::select! {
                     // Released, or dropped.
                     _ = &mut stopped => {
-                        let _ = sqlx::Connection::close(conn).await;
+                        // A server cut off does not answer the goodbye.
+                        let bye = sqlx::Connection::close(conn);
+                        let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
                         return;
                     }
                     _ = tokio::time::sleep(every) => {
