@@ -148,12 +148,42 @@ pub async fn run_task(env: &TaskEnv, task: &TaskRow, progress: Arc<Progress>) ->
     TaskOutcome { progress: task_progress(&progress), failures, fatal: result.err() }
 }
 
+/// How long a task waits out a database that is away (a restart or a
+/// failover takes seconds) before it fails. The worker gives the task up
+/// sooner when the outage outlasts its lease.
+const STORE_OUTAGE: Duration = Duration::from_secs(30);
+/// How long one call may go unanswered: a database cut off by a partition
+/// holds a call for as long as TCP does.
+const STORE_CALL: Duration = Duration::from_secs(10);
+
+/// A store call of a running task, made again with backoff while the
+/// database is away, for up to [`STORE_OUTAGE`]. Other errors fail at once.
+async fn patiently<T, F, Fut>(mut call: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ferry_store::Result<T>>,
+{
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let why = match tokio::time::timeout(STORE_CALL, call()).await {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(e)) if !e.is_transient() => return Err(e.to_string()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("the database did not answer in {} s", STORE_CALL.as_secs()),
+        };
+        if started.elapsed() + backoff > STORE_OUTAGE {
+            return Err(why);
+        }
+        tracing::warn!(error = %why, "the database is away; trying again");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
 async fn linked_target(env: &TaskEnv, task: &TaskRow) -> Result<TargetRow, String> {
-    let target = env
-        .store
-        .target_by_path(&task.share_id, &task.src_target)
-        .await
-        .map_err(|e| e.to_string())?
+    let target = patiently(|| env.store.target_by_path(&task.share_id, &task.src_target))
+        .await?
         .ok_or_else(|| format!("backend target {:?} no longer exists", task.src_target))?;
     if target.lifecycle != TargetLifecycle::Available {
         return Err(format!(
@@ -320,8 +350,7 @@ async fn changed_files(
         .map(|dirs: Vec<(String, Listing)>| async move {
             let t0 = Instant::now();
             let full_dirs: Vec<String> = dirs.iter().map(|(rel, _)| join_sub(sub, rel)).collect();
-            let rows =
-                env.store.cached_stats_in_dirs(&target.id, &full_dirs).await.map_err(|e| e.to_string())?;
+            let rows = patiently(|| env.store.cached_stats_in_dirs(&target.id, &full_dirs)).await?;
             Ok::<_, String>((dirs, full_dirs, rows, t0.elapsed()))
         })
         .buffered(QUERIES_IN_FLIGHT));
@@ -425,7 +454,7 @@ async fn record_entries(
     for chunk in entries.chunks(INDEX_BATCH) {
         let rows: Vec<NsEntry> =
             chunk.iter().map(|e| index_row(&join_sub(sub, &e.path), e, EntryState::Cached, true)).collect();
-        env.store.upsert_entries(&target.id, &rows).await.map_err(|e| e.to_string())?;
+        patiently(|| env.store.upsert_entries(&target.id, &rows)).await?;
     }
     Ok(())
 }
@@ -440,14 +469,14 @@ async fn record_cached(env: &TaskEnv, target: &TargetRow, sub: &str, root: Posix
         for e in listed.into_iter().flat_map(|(_, listing)| listing.entries) {
             batch.push(index_row(&join_sub(sub, &e.path), &e, EntryState::Cached, true));
             if batch.len() >= INDEX_BATCH {
-                env.store.upsert_entries(&target.id, &batch).await.map_err(|e| e.to_string())?;
+                patiently(|| env.store.upsert_entries(&target.id, &batch)).await?;
                 batch.clear();
             }
         }
     }
     walker.await.map_err(|e| e.to_string())??;
     if !batch.is_empty() {
-        env.store.upsert_entries(&target.id, &batch).await.map_err(|e| e.to_string())?;
+        patiently(|| env.store.upsert_entries(&target.id, &batch)).await?;
     }
     Ok(())
 }
@@ -616,7 +645,7 @@ impl Importer<'_> {
         }
         rows.append(&mut self.dir_rows);
         if !rows.is_empty() {
-            self.env.store.upsert_entries(&self.target_id, &rows).await.map_err(|e| e.to_string())?;
+            patiently(|| self.env.store.upsert_entries(&self.target_id, &rows)).await?;
         }
         Ok(())
     }
@@ -737,7 +766,7 @@ impl Importer<'_> {
             dirs.insert(split_path(&path).0);
         }
         let dirs: Vec<String> = dirs.into_iter().collect();
-        let rows = self.env.store.entries_in_dirs(&self.target_id, &dirs).await.map_err(|e| e.to_string())?;
+        let rows = patiently(|| self.env.store.entries_in_dirs(&self.target_id, &dirs)).await?;
         let mut known = HashMap::with_capacity(rows.len());
         for row in rows {
             let path =

@@ -53,6 +53,37 @@ pub enum Error {
     Sealed(String),
 }
 
+impl Error {
+    /// Whether the database was away rather than the request wrong: the
+    /// connection failed or timed out, the server is restarting or failing
+    /// over, or a lock or serialization conflict. Such a call may succeed
+    /// if made again.
+    pub fn is_transient(&self) -> bool {
+        let sqlx = match self {
+            Error::Query(e) | Error::Connect { source: e, .. } => e,
+            _ => return false,
+        };
+        match sqlx {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                // PostgreSQL's five-character SQLSTATEs: connection
+                // exceptions (08…), shutdown and startup (57P01-57P03),
+                // serialization failures and deadlocks (40001, 40P01).
+                // SQLite's numeric codes: busy and locked (5 and 6, and
+                // their extended codes).
+                code.starts_with("08")
+                    || matches!(&*code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
+                    || (code.len() < 5 && code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)))
+            }
+            _ => false,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Backend {
     Sqlite(SqlitePool),

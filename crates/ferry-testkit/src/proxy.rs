@@ -1,19 +1,28 @@
-//! A TCP proxy that can cut its clients off from their server the way a
-//! network partition does: nothing is closed, nothing gets through.
+//! A TCP proxy that cuts its clients off from their server the way a
+//! network partition does (nothing is closed, nothing gets through), or the
+//! way a server restart does (every connection closed, new ones refused for
+//! a while).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// Forwards `127.0.0.1:<random port>` to an upstream address until
-/// [`TcpProxy::partition`]. Dropping it closes every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Open,
+    Partitioned,
+    Down,
+}
+
+/// Forwards `127.0.0.1:<random port>` to an upstream address. Dropping it
+/// closes every connection.
 pub struct TcpProxy {
     addr: SocketAddr,
-    /// True while partitioned.
-    cut: watch::Sender<bool>,
+    mode: watch::Sender<Mode>,
     tasks: JoinSet<()>,
 }
 
@@ -21,16 +30,18 @@ impl TcpProxy {
     pub async fn start(upstream: SocketAddr) -> TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
         let addr = listener.local_addr().expect("proxy address");
-        let (cut, _) = watch::channel(false);
+        let (mode, _) = watch::channel(Mode::Open);
         let mut tasks = JoinSet::new();
-        let watch = cut.clone();
+        let watch = mode.clone();
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
-                conns.spawn(pump(client, upstream, watch.subscribe()));
+                if *watch.borrow() != Mode::Down {
+                    conns.spawn(pump(client, upstream, watch.subscribe()));
+                }
             }
         });
-        TcpProxy { addr, cut, tasks }
+        TcpProxy { addr, mode, tasks }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -41,13 +52,21 @@ impl TcpProxy {
     /// ones made from now on. Sockets stay open on both sides: each peer
     /// learns only by its own timeouts.
     pub fn partition(&self) {
-        self.cut.send_replace(true);
+        self.mode.send_replace(Mode::Partitioned);
     }
 
     /// Forward again, on new connections. The ones caught by the partition
     /// are closed now: their peers gave up on them meanwhile.
     pub fn heal(&self) {
-        self.cut.send_replace(false);
+        self.mode.send_replace(Mode::Open);
+    }
+
+    /// As a server restart looks to its clients: every connection is closed
+    /// now, and new ones are closed at once for `down`.
+    pub async fn restart(&self, down: Duration) {
+        self.mode.send_replace(Mode::Down);
+        tokio::time::sleep(down).await;
+        self.mode.send_replace(Mode::Open);
     }
 }
 
@@ -58,19 +77,23 @@ impl Drop for TcpProxy {
 }
 
 /// One client connection: forwarded while the network is whole; held,
-/// silent, through a partition; closed once it heals.
-async fn pump(mut client: TcpStream, upstream: SocketAddr, mut cut: watch::Receiver<bool>) {
+/// silent, through a partition and closed once it heals; closed at once by
+/// a restart.
+async fn pump(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver<Mode>) {
     let mut server = None;
-    if !*cut.borrow_and_update() {
+    if *mode.borrow_and_update() == Mode::Open {
         let Ok(mut up) = TcpStream::connect(upstream).await else { return };
         tokio::select! {
             _ = tokio::io::copy_bidirectional(&mut client, &mut up) => return,
-            _ = cut.wait_for(|cut| *cut) => {}
+            _ = mode.wait_for(|m| *m != Mode::Open) => {}
+        }
+        if *mode.borrow() == Mode::Down {
+            return;
         }
         server = Some(up);
     }
     // Partitioned: hold both sockets without a byte either way until healed.
-    let _ = cut.wait_for(|cut| !*cut).await;
+    let _ = mode.wait_for(|m| *m != Mode::Partitioned).await;
     let _ = client.shutdown().await;
     drop(server);
 }

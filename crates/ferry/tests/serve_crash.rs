@@ -18,12 +18,16 @@ use serde_json::{json, Value};
 const FILES: usize = 800;
 
 fn config(dir: &Path, s3: &S3Server) -> std::path::PathBuf {
+    config_with_lease(dir, s3, 3)
+}
+
+fn config_with_lease(dir: &Path, s3: &S3Server, lease_secs: u32) -> std::path::PathBuf {
     let path = dir.join("ferry.toml");
     let text = format!(
-        "[workers]\nthreads = 4\nlease_secs = 3\n\n[[object_stores]]\nendpoint = \"{}\"\nprovider = \"s3\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+        "[workers]\nthreads = 4\nlease_secs = {lease_secs}\n\n[[object_stores]]\nendpoint = \"{}\"\nprovider = \"s3\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
         s3.endpoint(),
         s3.access_key(),
-        s3.secret_key()
+        s3.secret_key(),
     );
     fs::write(&path, text).unwrap();
     path
@@ -201,11 +205,26 @@ async fn deleting_a_running_task_cancels_it() {
     }
 }
 
-/// `host:port` of a PostgreSQL URL.
-fn pg_addr(url: &str) -> &str {
+/// The test PostgreSQL (a schema of its own), or `None` when
+/// `FERRY_TEST_POSTGRES_URL` is not set.
+async fn postgres(tag: &str) -> Option<Db> {
+    let db = Db::all(tag).await.into_iter().find(|d| d.url().is_some());
+    if db.is_none() {
+        eprintln!("FERRY_TEST_POSTGRES_URL not set: {tag} test not run");
+    }
+    db
+}
+
+/// A `ferry worker` on `api`'s PostgreSQL database, reached through a
+/// proxy; with the URL of its metrics.
+async fn worker_behind_proxy(api: &Server) -> (TcpProxy, common::server::ChildGuard, String) {
+    let url = api.db.url().expect("a PostgreSQL database");
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    rest.split(['/', '?']).next().unwrap()
+    let server = rest.split(['/', '?']).next().unwrap();
+    let proxy = TcpProxy::start(server.parse().expect("a host:port PostgreSQL URL")).await;
+    let (worker, metrics) = api.worker_on(&Db::Postgres(url.replacen(server, &proxy.addr().to_string(), 1)));
+    (proxy, worker, metrics)
 }
 
 /// A worker cut off from PostgreSQL by a partition (its connections neither
@@ -215,11 +234,7 @@ fn pg_addr(url: &str) -> &str {
 /// the cut-off worker writes nothing over that end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_cut_off_from_postgresql_gives_its_task_up() {
-    let Some(db) = Db::all("cutoff").await.into_iter().find(|d| d.url().is_some()) else {
-        eprintln!("FERRY_TEST_POSTGRES_URL not set: the partition test is not run");
-        return;
-    };
-    let url = db.url().unwrap().to_string();
+    let Some(db) = postgres("cutoff").await else { return };
     let (s3, tmp) = seeded_store().await;
     let cfg = config(tmp.path(), &s3);
     let api = Server::start_api_only(&tmp.path().join("data"), Some(&cfg), &db);
@@ -228,10 +243,7 @@ async fn a_worker_cut_off_from_postgresql_gives_its_task_up() {
     let dir = api.share_dir(&share).join("data");
 
     // The first worker reaches the database through a proxy.
-    let server = pg_addr(&url);
-    let proxy = TcpProxy::start(server.parse().expect("a host:port PostgreSQL URL")).await;
-    let proxied = Db::Postgres(url.replacen(server, &proxy.addr().to_string(), 1));
-    let (_cut_off, metrics) = api.worker_on(&proxied);
+    let (proxy, _cut_off, metrics) = worker_behind_proxy(&api).await;
     s3.faults().set_delay(OpClass::Get, Duration::from_millis(20));
     let task = start_task(&c, &share, "preload").await;
     wait_done(&c, &share, &task, FILES as u64 / 4).await;
@@ -264,4 +276,32 @@ async fn a_worker_cut_off_from_postgresql_gives_its_task_up() {
     let after = c.get(&format!("/{share}/hpc-cache/task/{task}")).await.body;
     assert_eq!(after, t, "the cut-off worker wrote over the end");
     assert_all_files(&dir);
+}
+
+/// A PostgreSQL restart in the middle of an import (every connection
+/// closed, new ones refused for 12 s: longer than the connection pool
+/// waits for one) ends as an uninterrupted import does: the task waits the
+/// database out instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_import_waits_out_a_database_restart() {
+    let Some(db) = postgres("restart").await else { return };
+    let (s3, tmp) = seeded_store().await;
+    let cfg = config_with_lease(tmp.path(), &s3, 30);
+    let api = Server::start_api_only(&tmp.path().join("data"), Some(&cfg), &db);
+    let c = api.token("p1");
+    let (share, target) = setup(&c, &s3).await;
+    let (proxy, _worker, _) = worker_behind_proxy(&api).await;
+    // Objects' attributes are read one HEAD at a time: a slow store makes
+    // the import last several seconds, writing the index level by level.
+    s3.faults().set_delay(OpClass::Head, Duration::from_millis(8));
+    let task = start_task(&c, &share, "import").await;
+    wait_done(&c, &share, &task, FILES as u64 / 4).await;
+    proxy.restart(Duration::from_secs(12)).await;
+    let t = finish(&c, &share, &task).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    assert_eq!(t["progress"]["failed_files"], 0, "{t}");
+    let a = c.get(&format!("/shares/{share}/targets/{target}/entries?limit=1000")).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let files = a.body["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "file").count();
+    assert_eq!(files, FILES, "every object is in the index");
 }
