@@ -33,6 +33,9 @@ impl WorkerConfig {
     }
 }
 
+/// How long a claim may go unanswered before this loop tries again.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
+
 fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -69,7 +72,15 @@ pub async fn run(
             _ = shutdown.changed() => return,
         };
         let asked = Instant::now();
-        match env.store.claim_task(&cfg.id, now(), cfg.lease_secs).await {
+        // The pool bounds the wait for a connection; a query already sent
+        // to a database cut off by a partition would hold the call (and this
+        // loop) for as long as TCP does.
+        let claim = tokio::time::timeout(CLAIM_WAIT, env.store.claim_task(&cfg.id, now(), cfg.lease_secs));
+        let claimed = match claim.await {
+            Ok(answer) => answer.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("the database did not answer in {} s", CLAIM_WAIT.as_secs())),
+        };
+        match claimed {
             Ok(Some(task)) => {
                 let (env, cfg) = (env.clone(), cfg.clone());
                 tokio::spawn(async move {
