@@ -262,7 +262,7 @@ impl Location {
         match self {
             Location::Posix(p) => {
                 let (p, rel) = (p.clone(), rel.to_string());
-                Ok(Sink::Posix(Box::new(blocking(move || p.create_file(&rel)).await?)))
+                Ok(Sink::Posix(Box::new(blocking(move || p.create_file(&rel, size_hint)).await?)))
             }
             Location::Object(o) => {
                 let since = std::time::SystemTime::now();

@@ -22,6 +22,9 @@ use crate::Listing;
 /// Every temporary file ferry creates starts with this; nothing else may.
 pub const TEMP_PREFIX: &str = ".ferry-tmp.";
 
+/// Files at least this large get their space reserved when created.
+pub const PREALLOCATE_FROM: u64 = 1 << 20;
+
 #[derive(Debug, Clone)]
 pub struct PosixRoot {
     root: PathBuf,
@@ -254,8 +257,15 @@ impl PosixRoot {
         Ok(dir)
     }
 
-    /// Start writing a file; nothing appears under `rel` before `commit`.
-    pub fn create_file(&self, rel: &str) -> Result<PosixWriter> {
+    /// Start writing a file of `size` bytes; nothing appears under `rel`
+    /// before `commit`.
+    ///
+    /// The space of a file of [`PREALLOCATE_FROM`] bytes or more is reserved
+    /// first (as rclone does): a destination without room fails the item
+    /// before a byte is fetched, and the file is laid out in few extents
+    /// though its ranges arrive out of order. File systems that cannot
+    /// reserve space take it as it is written.
+    pub fn create_file(&self, rel: &str, size: u64) -> Result<PosixWriter> {
         let dir = self.checked_parent(rel)?;
         let final_path = self.abs(rel);
         let tmp = dir.join(temp_name());
@@ -265,7 +275,11 @@ impl PosixRoot {
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
-        Ok(PosixWriter { file: Some(file), tmp, final_path, dir, chown: self.chown })
+        let writer = PosixWriter { file: Some(file), tmp, final_path, dir, chown: self.chown };
+        if size >= PREALLOCATE_FROM {
+            writer.reserve(size)?;
+        }
+        Ok(writer)
     }
 
     /// Create a directory (or keep an existing one) and apply its attributes.
@@ -517,6 +531,20 @@ pub struct PosixWriter {
 }
 
 impl PosixWriter {
+    /// Reserve `size` bytes without changing the file's size. Only a lack
+    /// of room is an error (the writer's drop removes the file).
+    fn reserve(&self, size: u64) -> Result<()> {
+        use rustix::fs::{fallocate, FallocateFlags};
+        use rustix::io::Errno;
+        let f = self.file.as_ref().expect("reserve before commit");
+        match fallocate(f, FallocateFlags::KEEP_SIZE, 0, size) {
+            Err(e) if [Errno::NOSPC, Errno::DQUOT, Errno::FBIG].contains(&e) => {
+                Err(Error::io(format!("reserve {size} bytes for {}", self.tmp.display()), e.into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// A handle to the temporary file for positional writes from several
     /// tasks at once (ranged downloads); the writer still owns commit.
     pub fn positional(&self) -> Result<PositionalFile> {
@@ -573,7 +601,7 @@ mod tests {
     fn write_is_atomic_and_applies_attributes() {
         let dir = tempfile::tempdir().unwrap();
         let root = PosixRoot::open(dir.path(), false, false).unwrap();
-        let mut w = root.create_file("a/b/file.txt").unwrap();
+        let mut w = root.create_file("a/b/file.txt", 0).unwrap();
         w.write(b"hello").unwrap();
         assert!(!dir.path().join("a/b/file.txt").exists(), "invisible before commit");
         w.commit(&meta(0o640, 1_600_000_000_123_456_789)).unwrap();
@@ -589,7 +617,7 @@ mod tests {
     fn dropped_writer_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let root = PosixRoot::open(dir.path(), false, false).unwrap();
-        let mut w = root.create_file("x").unwrap();
+        let mut w = root.create_file("x", 0).unwrap();
         w.write(b"partial").unwrap();
         drop(w);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -601,9 +629,9 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
         let root = PosixRoot::open(dir.path(), false, false).unwrap();
-        assert!(matches!(root.create_file("link/evil"), Err(Error::SymlinkInPath(_))));
-        assert!(matches!(root.create_file("../evil"), Err(Error::InvalidName { .. })));
-        assert!(matches!(root.create_file("/etc/evil"), Err(Error::InvalidName { .. })));
+        assert!(matches!(root.create_file("link/evil", 0), Err(Error::SymlinkInPath(_))));
+        assert!(matches!(root.create_file("../evil", 0), Err(Error::InvalidName { .. })));
+        assert!(matches!(root.create_file("/etc/evil", 0), Err(Error::InvalidName { .. })));
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 

@@ -1034,6 +1034,33 @@ async fn a_full_or_read_only_destination_fails_items_cleanly() {
     assert_same(&snapshot(&src, false), &snapshot(&fs.0, false));
 }
 
+/// A download that cannot fit fails before a byte of it is fetched: its
+/// space is reserved when its temporary file is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_that_cannot_fit_fails_before_fetching() {
+    let s3 = S3Server::start(&["bkt-full"]).await;
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big.bin"), vec![7u8; 12 << 20]).unwrap();
+    std::fs::write(src.join("small.txt"), b"fits").unwrap();
+    let r = ferry(&state, &env, &["sync", src.to_str().unwrap(), "s3://bkt-full"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let Some(fs) = SmallFs::mount(&tmp.path().join("dst"), "4m") else { return };
+
+    let gets = s3.counts().get;
+    let r = ferry(&state, &env, &["sync", "s3://bkt-full", fs.0.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    let failures = j["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{j}");
+    assert_eq!(failures[0]["path"], "big.bin", "{j}");
+    assert!(failures[0]["reason"].as_str().unwrap().contains("No space left"), "{j}");
+    assert_eq!(s3.counts().get - gets, 1, "only the small object was fetched");
+    assert_eq!(all_names(&fs.0), vec![fs.0.join("small.txt")], "nothing else written");
+}
+
 /// CompleteMultipartUpload succeeds on the server but its answer is lost:
 /// the retry finds the upload gone. The object is there and whole, so the
 /// item counts as copied.
