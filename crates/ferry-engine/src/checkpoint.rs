@@ -36,8 +36,9 @@ const PENDING_MAX: usize = 100_000;
 /// How long the database may stay unwritable before the run goes on
 /// without recording (a restart or a lock usually lasts seconds).
 const OUTAGE_LIMIT: Duration = Duration::from_secs(60);
-/// How long one checkpoint query may take before it counts as failed: a
-/// database cut off by a partition holds a query for as long as TCP does.
+/// How long one checkpoint query may take before it counts as failed (the
+/// outage limit, when shorter): a database cut off by a partition holds a
+/// query for as long as TCP does.
 const QUERY_LIMIT: Duration = Duration::from_secs(10);
 /// How often a run notes in its checkpoint that it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(20);
@@ -186,7 +187,7 @@ async fn write_done(
     let mut next_try = Instant::now();
     let mut gave_up: Option<String> = None;
     let mut closed = false;
-    let limit = (outage_limit / 4).min(QUERY_LIMIT);
+    let limit = QUERY_LIMIT.min(outage_limit);
     loop {
         // Signs of life go on after giving up on recording items: the next
         // run's sweep of left uploads relies on them.
@@ -397,13 +398,9 @@ mod tests {
         let schema = format!("t_partition_{}_{:08x}", std::process::id(), rand_suffix());
         let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
         sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut admin).await.unwrap();
-        let server = url.split_once('@').map_or(&url[..], |(_, r)| r).split(['/', '?']).next().unwrap();
-        let proxy = ferry_testkit::TcpProxy::start(server.parse().unwrap()).await;
         let sep = if url.contains('?') { '&' } else { '?' };
-        let proxied = format!(
-            "{}{sep}options=-csearch_path%3D{schema}",
-            url.replacen(server, &proxy.addr().to_string(), 1)
-        );
+        let (proxy, proxied) = ferry_testkit::TcpProxy::in_front_of(&url).await;
+        let proxied = format!("{proxied}{sep}options=-csearch_path%3D{schema}");
         let store = Store::connect(&proxied).await.unwrap();
         let run_id = store.begin_run("k", "a", "b").await.unwrap().run_id;
         let (tx, rx) = mpsc::channel(BATCH * 4);

@@ -170,7 +170,7 @@ impl Lease {
         Lease { span, renewed: claimed }
     }
 
-    /// How often to renew: four times a span, at most every second.
+    /// How often to renew: four times a span, and at least every second.
     fn period(&self) -> Duration {
         (self.span / 4).min(Duration::from_secs(1))
     }
@@ -273,12 +273,12 @@ async fn run_one(env: &Arc<TaskEnv>, cfg: &WorkerConfig, task: TaskRow, claimed:
             }
         }
         Err(stop) => {
-            // Stop (the aborted run drops its writers), then leave no partial file.
+            // Stop: the aborted run drops its writers, which remove their
+            // temporary files. The target is not swept here: another
+            // worker may hold the task already, and be writing into it.
             work.abort();
             let _ = work.await;
             metered.report(&live(&progress, started));
-            let dir = hpc::target_dir(&env.shares_root, &task.share_id, &task.src_target);
-            tokio::task::spawn_blocking(move || hpc::sweep_temp_files(&dir)).await.ok();
             if let Stop::Unreachable(why) = stop {
                 tracing::error!(
                     task = %task.id,
@@ -293,6 +293,10 @@ async fn run_one(env: &Arc<TaskEnv>, cfg: &WorkerConfig, task: TaskRow, claimed:
             let wait = Duration::from_secs(5);
             match tokio::time::timeout(wait, env.store.task(&task.share_id, &task.id)).await {
                 Ok(Ok(Some(t))) if t.status == HpcTaskStatus::Deleting => {
+                    // Nobody can claim a task being deleted: leave no
+                    // partial file of it.
+                    let dir = hpc::target_dir(&env.shares_root, &task.share_id, &task.src_target);
+                    tokio::task::spawn_blocking(move || hpc::sweep_temp_files(&dir)).await.ok();
                     metered.finished("CANCELLED");
                     let _ = tokio::time::timeout(wait, env.store.delete_task(&task.id)).await;
                     tracing::info!(task = %task.id, "task cancelled and deleted");
@@ -303,6 +307,13 @@ async fn run_one(env: &Arc<TaskEnv>, cfg: &WorkerConfig, task: TaskRow, claimed:
             return;
         }
     };
+    // A fresh renewal first: the end gets a whole span to be recorded in.
+    // (A task no longer held, or being deleted, is for `finish_task` to tell.)
+    let asked = Instant::now();
+    let until = now() + cfg.lease_secs;
+    if let Some(Ok(true)) = lease.within(env.store.heartbeat(&task.id, &cfg.id, until, &end.progress)).await {
+        lease.renewed = asked;
+    }
     record_end(env, cfg, &task, &end, &lease, &metered, started).await;
 }
 
@@ -340,8 +351,8 @@ async fn record_end(
                 metered.finished("LEASE_LOST");
                 tracing::warn!(
                     task = %task.id,
-                    "another worker took the task over while this one could not renew its lease: \
-                     its end is that worker's to record"
+                    "the task is gone, or another worker took it over while this one could not \
+                     renew its lease: its end is not this worker's to record"
                 );
                 return;
             }

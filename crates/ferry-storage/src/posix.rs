@@ -262,9 +262,10 @@ impl PosixRoot {
     ///
     /// The space of a file of [`PREALLOCATE_FROM`] bytes or more is reserved
     /// first (as rclone does): a destination without room fails the item
-    /// before a byte is fetched, and the file is laid out in few extents
-    /// though its ranges arrive out of order. File systems that cannot
-    /// reserve space take it as it is written.
+    /// before its first byte is written (for a download in ranges, before
+    /// any range is fetched), and the file is laid out in few extents though
+    /// its ranges arrive out of order. File systems that cannot reserve
+    /// space take it as it is written.
     pub fn create_file(&self, rel: &str, size: u64) -> Result<PosixWriter> {
         let dir = self.checked_parent(rel)?;
         let final_path = self.abs(rel);

@@ -157,6 +157,7 @@ impl PgClaim {
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let every = Duration::from_secs(secs / 3);
         let keeper = tokio::spawn(async move {
+            let mut answered = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     // Released, or dropped.
@@ -168,7 +169,10 @@ impl PgClaim {
                     }
                     _ = tokio::time::sleep(every) => {
                         let ping = tokio::time::timeout(every, conn.execute("SELECT 1")).await;
-                        if !matches!(ping, Ok(Ok(_))) {
+                        if matches!(ping, Ok(Ok(_))) {
+                            answered = tokio::time::Instant::now();
+                        } else if answered.elapsed() >= Duration::from_secs(secs) {
+                            // By now the server has ended the session.
                             log::warn!(
                                 "lost the database session that holds this run's claim on its pair: \
                                  another run of the pair may start"

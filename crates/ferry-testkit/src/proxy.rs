@@ -44,6 +44,21 @@ impl TcpProxy {
         TcpProxy { addr, mode, tasks }
     }
 
+    /// A proxy in front of the server of `url` (`scheme://[user@]host[:port]/…`,
+    /// port 5432 when none is given), and `url` pointed at the proxy.
+    pub async fn in_front_of(url: &str) -> (TcpProxy, String) {
+        use std::net::ToSocketAddrs;
+        let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        let (user, server) = authority.rsplit_once('@').map_or(("", authority), |(u, h)| (u, h));
+        let with_port = if server.contains(':') { server.to_string() } else { format!("{server}:5432") };
+        let addr = with_port.to_socket_addrs().ok().and_then(|mut a| a.next()).expect("a reachable host");
+        let proxy = TcpProxy::start(addr).await;
+        let at = if user.is_empty() { String::new() } else { format!("{user}@") };
+        let proxied = format!("{scheme}://{at}{}{}", proxy.addr(), &rest[authority.len()..]);
+        (proxy, proxied)
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
