@@ -55,22 +55,19 @@ const STORE_WAIT: Duration = Duration::from_secs(2);
 /// does not, as a scrape matters most then: `ferry_database_up` is 0, and
 /// the `ferry_tasks` gauges keep the counts last read.
 pub(crate) async fn render(State(state): State<AppState>) -> Response {
-    match tokio::time::timeout(STORE_WAIT, state.store.count_tasks_by_status()).await {
-        Ok(Ok(counts)) => {
+    match ferry_store::bounded(STORE_WAIT, state.store.count_tasks_by_status()).await {
+        Ok(counts) => {
             metrics::gauge!("ferry_database_up").set(1.0);
             for status in HpcTaskStatus::ALL {
                 let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
                 metrics::gauge!("ferry_tasks", "status" => status.as_str()).set(n as f64);
             }
         }
-        Ok(Err(e)) => database_down(&e.to_string()),
-        Err(_) => database_down("no answer"),
+        Err(e) => {
+            metrics::gauge!("ferry_database_up").set(0.0);
+            tracing::warn!(error = %e, "metrics: cannot count tasks in the database");
+        }
     }
     let text = state.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
-}
-
-fn database_down(why: &str) {
-    metrics::gauge!("ferry_database_up").set(0.0);
-    tracing::warn!(error = %why, "metrics: cannot count tasks in the database");
 }

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use ferry_store::{Checkpoint, DoneItem, Known, RunLock, Store};
+use ferry_store::{bounded, Checkpoint, DoneItem, Known, RunLock, Store};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -253,17 +253,6 @@ async fn write_done(
         if closed && (pending.is_empty() || gave_up.is_some()) {
             return gave_up;
         }
-    }
-}
-
-/// `query`, failed after `limit` without an answer.
-async fn bounded<T>(
-    limit: Duration,
-    query: impl std::future::Future<Output = ferry_store::Result<T>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(limit, query).await {
-        Ok(answer) => answer.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("the database did not answer in {} ms", limit.as_millis())),
     }
 }
 

@@ -166,11 +166,10 @@ where
     let started = Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {
-        let why = match tokio::time::timeout(STORE_CALL, call()).await {
-            Ok(Ok(answer)) => return Ok(answer),
-            Ok(Err(e)) if !e.is_transient() => return Err(e.to_string()),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("the database did not answer in {} s", STORE_CALL.as_secs()),
+        let why = match ferry_store::bounded(STORE_CALL, call()).await {
+            Ok(answer) => return Ok(answer),
+            Err(e) if !e.is_transient() => return Err(e.to_string()),
+            Err(e) => e.to_string(),
         };
         if started.elapsed() + backoff > STORE_OUTAGE {
             return Err(why);

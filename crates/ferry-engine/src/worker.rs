@@ -75,12 +75,7 @@ pub async fn run(
         // The pool bounds the wait for a connection; a query already sent
         // to a database cut off by a partition would hold the call (and this
         // loop) for as long as TCP does.
-        let claim = tokio::time::timeout(CLAIM_WAIT, env.store.claim_task(&cfg.id, now(), cfg.lease_secs));
-        let claimed = match claim.await {
-            Ok(answer) => answer.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("the database did not answer in {} s", CLAIM_WAIT.as_secs())),
-        };
-        match claimed {
+        match ferry_store::bounded(CLAIM_WAIT, env.store.claim_task(&cfg.id, now(), cfg.lease_secs)).await {
             Ok(Some(task)) => {
                 let (env, cfg) = (env.clone(), cfg.clone());
                 tokio::spawn(async move {

@@ -51,16 +51,28 @@ pub enum Error {
     /// A sealed secret that does not open (no key, or another key).
     #[error("{0}")]
     Sealed(String),
+    /// A call given up by [`bounded`]: the database did not answer in time.
+    #[error("the database did not answer in {} ms", .0.as_millis())]
+    NoAnswer(Duration),
+}
+
+/// `call`, given up after `limit` ([`Error::NoAnswer`]): a database cut off
+/// by a partition holds a call for as long as TCP does (hours), and only
+/// the caller knows how long it can wait.
+pub async fn bounded<T>(limit: Duration, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(limit, call).await.unwrap_or(Err(Error::NoAnswer(limit)))
 }
 
 impl Error {
     /// Whether the database was away rather than the request wrong: the
-    /// connection failed or timed out, the server is restarting or failing
+    /// connection failed or timed out (or the call, see [`bounded`]), the
+    /// server is restarting or failing
     /// over, or a lock or serialization conflict. Such a call may succeed
     /// if made again.
     pub fn is_transient(&self) -> bool {
         let sqlx = match self {
             Error::Query(e) | Error::Connect { source: e, .. } => e,
+            Error::NoAnswer(_) => return true,
             _ => return false,
         };
         match sqlx {
