@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ferry_model::{validate_rel_path, Entry, EntryKind, PosixMeta};
-use ferry_storage::{Error as StorageError, Location, ObjectRoot, PartCrcs, Sink, SortedLevel, StoredCrc};
+use ferry_storage::{
+    Error as StorageError, Location, Md5Check, ObjectRoot, PartCrcs, Sink, SortedLevel, StoredCrc,
+};
 use ferry_store::DoneItem;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -1114,7 +1116,7 @@ impl Run {
             crc = crc32c::crc32c(&data);
             check_stored_crc(s, crc)?;
             if let Location::Object(o) = &self.src {
-                o.check_md5_of(s, &data).await?;
+                self.note_unchecked(s, o.check_md5_of(s, &data).await?);
             }
             self.throttle(data.len()).await;
             let mut sink = self.dst.create_file(&s.path, &meta, Some(crc), s.size).await?;
@@ -1144,7 +1146,7 @@ impl Run {
             // Without a stored checksum, an object stored by one PUT is
             // checked against its ETag's MD5.
             let mut etag = match (&self.src, &stored) {
-                (Location::Object(o), None) => o.md5_check(s).map(|c| (o, c)),
+                (Location::Object(o), None) => o.md5_check(s).await?.map(|c| (o, c)),
                 _ => None,
             };
             let mut stream = self.src.open_read(s, self.opts.chunk).await?;
@@ -1170,10 +1172,10 @@ impl Run {
                 crc = parts.whole();
                 check_stored_crc(s, crc)?;
                 self.store_crc_verdict(s, stored.as_ref(), crc, &parts).await?;
-                match etag.take() {
-                    Some((o, check)) => o.check_md5(s, check).await,
-                    None => Ok(()),
+                if let Some((o, check)) = etag.take() {
+                    self.note_unchecked(s, o.check_md5(s, check).await?);
                 }
+                Ok(())
             }
             .await;
             if let Err(e) = res {
@@ -1211,23 +1213,29 @@ impl Run {
     ) -> Result<u32, StorageError> {
         let file = Arc::new(sink.positional().expect("a local destination")?);
         let first = PartCrcs::for_stored(stored);
-        // Without a stored checksum, an object stored by one PUT is checked
-        // against its ETag's MD5, which only content fed in order gives: one
-        // stream, hashed as it arrives (reading ranges back afterwards costs
-        // more time than the ranges save).
-        let mut etag = stored.is_none().then(|| o.md5_check(s)).flatten();
+        // Without a stored checksum, an object of another tool is checked
+        // against the MD5 its ETag (or metadata) records. An MD5 of the
+        // whole content needs it in order: one stream, hashed as it arrives
+        // (reading ranges back afterwards costs more time than the ranges
+        // save). A multipart ETag is the MD5 of its parts' MD5s: ranges of
+        // whole parts are hashed apart.
+        let etag = match stored {
+            None => o.md5_check(s).await?,
+            Some(_) => None,
+        };
         // One range per RANGE_MIN begun: a medium object is not worth four
         // requests when other items are in flight beside it.
-        let streams = match etag {
-            Some(_) => 1,
-            None => s.size.div_ceil(RANGE_MIN).clamp(1, DOWNLOAD_STREAMS),
+        let streams = s.size.div_ceil(RANGE_MIN).clamp(1, DOWNLOAD_STREAMS);
+        let span = match etag.as_ref().map(Md5Check::part_size) {
+            None => s.size.div_ceil(streams),
+            Some(None) => s.size,
+            Some(Some(part)) => s.size.div_ceil(part).div_ceil(streams) * part,
         };
-        let part = s.size.div_ceil(streams);
-        let ranges = (0..streams).map(|i| i * part..((i + 1) * part).min(s.size)).filter(|r| !r.is_empty());
+        let ranges = (0..streams).map(|i| i * span..((i + 1) * span).min(s.size)).filter(|r| !r.is_empty());
         let parts = futures::future::try_join_all(ranges.map(|r| {
             let file = file.clone();
             let mut parts = first.next_range();
-            let mut etag = etag.take();
+            let mut check = etag.as_ref().map(Md5Check::for_range);
             async move {
                 let mut stream = o.open_range(s, r.clone()).await?;
                 let mut off = r.start;
@@ -1241,7 +1249,7 @@ impl Run {
                         });
                     }
                     parts.update(off, &chunk);
-                    if let Some(check) = &mut etag {
+                    if let Some(check) = &mut check {
                         check.update(&chunk);
                     }
                     self.throttle(chunk.len()).await;
@@ -1252,21 +1260,31 @@ impl Run {
                 if off != r.end {
                     return Err(StorageError::SizeMismatch { expected: r.end - r.start, got: off - r.start });
                 }
-                Ok((parts, etag))
+                Ok((parts, check))
             }
         }))
         .await?;
         let mut all = first;
+        let mut etag = etag;
         for (p, check) in parts {
             all.append(p);
-            etag = etag.or(check);
+            if let (Some(whole), Some(range)) = (&mut etag, check) {
+                whole.append(range);
+            }
         }
         let crc = all.whole();
         self.store_crc_verdict(s, stored, crc, &all).await?;
         if let Some(check) = etag {
-            o.check_md5(s, check).await?;
+            self.note_unchecked(s, o.check_md5(s, check).await?);
         }
         Ok(crc)
+    }
+
+    /// Warn that an object's recorded MD5 could not check its content.
+    fn note_unchecked(&self, s: &Entry, why: Option<&str>) {
+        if let Some(why) = why {
+            self.progress.warn(format!("{}: {why}", s.path));
+        }
     }
 
     /// Content read from the source must match the CRC32C its store kept.
@@ -1350,7 +1368,7 @@ impl Run {
             (local, Location::Object(o)) if local.is_posix() && !self.check_only => (o, d, local, s),
             _ => return Ok(None),
         };
-        let Some(mut check) = holder.md5_check(h) else { return Ok(None) };
+        let Some(mut check) = holder.md5_check(h).await? else { return Ok(None) };
         let mut stream = other.open_read(e, self.opts.chunk).await?;
         let mut n = 0u64;
         while let Some(chunk) = stream.next().await {

@@ -14,9 +14,11 @@
 //! Objects stored by other tools often carry neither (rclone, s3cmd and
 //! older SDKs send no checksum), but an S3 store names an object stored by
 //! one PUT with the MD5 of its content as ETag, which every listing shows:
-//! small objects, read whole, are checked against it. Multipart ETags
-//! (`<hex>-<parts>`) and the ETags of objects encrypted with SSE-KMS are
-//! not MD5s of the content.
+//! objects are checked against it. A multipart object's ETag
+//! (`<hex>-<parts>`) is the MD5 of its parts' MD5s: with the part size
+//! (one HEAD of its first part) the content is checked part by part the
+//! same way, which neither rclone nor the AWS CLI does. The ETags of
+//! objects encrypted with SSE-KMS are not MD5s of the content.
 
 use base64::Engine as _;
 
@@ -42,27 +44,131 @@ pub(crate) fn md5_of_etag(etag: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
-/// Content on its way, checked against an MD5 recorded for its object.
+/// What a multipart object's ETag stands for: the MD5 of its parts' MD5s,
+/// and the number of parts (`"<32 hex digits>-<parts>"`, quoted or bare).
+pub(crate) fn md5_of_multipart_etag(etag: &str) -> Option<([u8; 16], u64)> {
+    let bare = etag.strip_prefix('"').and_then(|e| e.strip_suffix('"')).unwrap_or(etag);
+    let (hex_digits, parts) = bare.split_once('-')?;
+    let parts = parts.parse::<u64>().ok().filter(|&n| n > 0)?;
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(hex_digits, &mut out).ok()?;
+    Some((out, parts))
+}
+
+/// Content on its way, checked against an MD5 recorded for its object:
+/// of the whole content, or of the MD5s of its parts (a multipart
+/// object's ETag), in which case ranges that start and end on part
+/// boundaries can be hashed apart and joined ([`Md5Check::for_range`]).
 pub struct Md5Check {
     pub(crate) want: [u8; 16],
     /// Where `want` comes from: the object's ETag (which SSE-KMS makes
     /// something else than an MD5), or its metadata.
     pub(crate) from_etag: bool,
     hasher: md5::Md5,
+    /// For a multipart ETag: the parts and what was read of them.
+    parts: Option<PartMd5s>,
+}
+
+/// The MD5s of the parts of content fed in order.
+#[derive(Clone)]
+struct PartMd5s {
+    /// The number of parts the ETag names.
+    count: u64,
+    /// Every part is this long but the last.
+    part_size: u64,
+    /// Digests of the parts read whole, in order.
+    done: Vec<[u8; 16]>,
+    /// Bytes fed into the part being read (hashed in `Md5Check::hasher`).
+    in_part: u64,
 }
 
 impl Md5Check {
     pub(crate) fn new(want: [u8; 16], from_etag: bool) -> Self {
-        Self { want, from_etag, hasher: md5::Digest::new() }
+        Self { want, from_etag, hasher: md5::Digest::new(), parts: None }
+    }
+
+    /// A check against a multipart ETag: `want` is the MD5 of the MD5s of
+    /// `count` parts of `part_size` bytes but the last.
+    pub(crate) fn of_parts(want: [u8; 16], count: u64, part_size: u64) -> Self {
+        let parts = PartMd5s { count, part_size, done: Vec::new(), in_part: 0 };
+        Self { parts: Some(parts), ..Self::new(want, true) }
+    }
+
+    /// The part size, for a multipart ETag: ranges hashed apart must start
+    /// and end on its multiples. `None` when the content must be fed whole
+    /// and in order.
+    pub fn part_size(&self) -> Option<u64> {
+        self.parts.as_ref().map(|p| p.part_size)
+    }
+
+    /// A check of the same object for a range that starts on a part
+    /// boundary (after the last part read whole, for a whole-content MD5:
+    /// at 0), to be joined with [`Md5Check::append`].
+    pub fn for_range(&self) -> Self {
+        let parts = self.parts.as_ref().map(|p| PartMd5s { done: Vec::new(), in_part: 0, ..p.clone() });
+        Self { parts, ..Self::new(self.want, self.from_etag) }
     }
 
     /// Feed the content in order.
-    pub fn update(&mut self, data: &[u8]) {
-        md5::Digest::update(&mut self.hasher, data);
+    pub fn update(&mut self, mut data: &[u8]) {
+        let Some(parts) = &mut self.parts else {
+            md5::Digest::update(&mut self.hasher, data);
+            return;
+        };
+        while !data.is_empty() {
+            let n = (parts.part_size - parts.in_part).min(data.len() as u64) as usize;
+            md5::Digest::update(&mut self.hasher, &data[..n]);
+            parts.in_part += n as u64;
+            data = &data[n..];
+            if parts.in_part == parts.part_size {
+                parts.done.push(md5::Digest::finalize_reset(&mut self.hasher).into());
+                parts.in_part = 0;
+            }
+        }
     }
 
-    pub(crate) fn finish(self) -> [u8; 16] {
-        md5::Digest::finalize(self.hasher).into()
+    /// Join what was read of the range that follows this one (which
+    /// begins on a part boundary; for a whole-content MD5, this one must
+    /// have been fed nothing).
+    pub fn append(&mut self, mut next: Md5Check) {
+        match (&mut self.parts, next.parts.take()) {
+            (Some(mine), Some(theirs)) => {
+                mine.close(&mut self.hasher);
+                mine.done.extend(theirs.closed(next.hasher));
+            }
+            _ => self.hasher = next.hasher,
+        }
+    }
+
+    /// The MD5 read, and for a multipart ETag the number of parts read.
+    pub(crate) fn finish(mut self) -> ([u8; 16], Option<u64>) {
+        let Some(parts) = self.parts.take() else { return (md5::Digest::finalize(self.hasher).into(), None) };
+        let done = parts.closed(self.hasher);
+        let mut of_parts: md5::Md5 = md5::Digest::new();
+        for d in &done {
+            md5::Digest::update(&mut of_parts, d);
+        }
+        (md5::Digest::finalize(of_parts).into(), Some(done.len() as u64))
+    }
+
+    /// The layout a multipart ETag was checked with: (parts, part size).
+    pub(crate) fn layout(&self) -> Option<(u64, u64)> {
+        self.parts.as_ref().map(|p| (p.count, p.part_size))
+    }
+}
+
+impl PartMd5s {
+    /// The part being read ends here (the content's last part).
+    fn close(&mut self, hasher: &mut md5::Md5) {
+        if self.in_part > 0 {
+            self.done.push(md5::Digest::finalize_reset(hasher).into());
+            self.in_part = 0;
+        }
+    }
+
+    fn closed(mut self, mut hasher: md5::Md5) -> Vec<[u8; 16]> {
+        self.close(&mut hasher);
+        self.done
     }
 }
 
@@ -335,6 +441,73 @@ mod tests {
         ] {
             assert_eq!(md5_of_etag(not_md5), None, "{not_md5}");
         }
+    }
+
+    #[test]
+    fn multipart_etags_stand_for_the_md5_of_their_parts() {
+        let md5 = [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0, 0, 0, 0, 0, 0, 0xff, 0x0f];
+        assert_eq!(md5_of_multipart_etag("\"0123456789abcdef000000000000ff0f-3\""), Some((md5, 3)));
+        assert_eq!(md5_of_multipart_etag("0123456789abcdef000000000000ff0f-10000"), Some((md5, 10_000)));
+        for not_multipart in [
+            "\"0123456789abcdef000000000000ff0f\"",
+            "\"0123456789abcdef000000000000ff0f-0\"",
+            "\"0123456789abcdef000000000000ff0f-x\"",
+            "\"0123456789abcdef000000000000ff0-3\"",
+            "W/\"0123456789abcdef000000000000ff0f-3\"",
+            "-3",
+        ] {
+            assert_eq!(md5_of_multipart_etag(not_multipart), None, "{not_multipart}");
+        }
+    }
+
+    /// The MD5 of the parts' MD5s, as S3 names a multipart object.
+    fn md5_of_parts(data: &[u8], part_size: usize) -> [u8; 16] {
+        use md5::Digest as _;
+        let digests: Vec<u8> = data.chunks(part_size).flat_map(|p| md5::Md5::digest(p).to_vec()).collect();
+        md5::Md5::digest(&digests).into()
+    }
+
+    #[test]
+    fn parts_hashed_in_any_chunks_and_whole_part_ranges_give_the_etag() {
+        let data: Vec<u8> = (0..3_500u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+        let want = md5_of_parts(&data, 1000);
+        // In order, in chunks that do not line up with the parts.
+        for chunk in [1, 7, 999, 1000, 1001, 4096] {
+            let mut c = Md5Check::of_parts(want, 4, 1000);
+            data.chunks(chunk).for_each(|piece| c.update(piece));
+            assert_eq!(c.finish(), (want, Some(4)), "chunks of {chunk}");
+        }
+        // Ranges of whole parts, hashed apart and joined in order.
+        let base = Md5Check::of_parts(want, 4, 1000);
+        assert_eq!(base.part_size(), Some(1000));
+        let mut all = base.for_range();
+        for range in [&data[..2000], &data[2000..3000], &data[3000..]] {
+            let mut r = base.for_range();
+            range.chunks(300).for_each(|piece| r.update(piece));
+            all.append(r);
+        }
+        assert_eq!(all.finish(), (want, Some(4)));
+        // A changed byte, a missing part, a different part size: not it.
+        let mut bad = data.clone();
+        bad[1500] ^= 1;
+        let mut c = Md5Check::of_parts(want, 4, 1000);
+        c.update(&bad);
+        assert_ne!(c.finish().0, want);
+        let mut c = Md5Check::of_parts(want, 4, 1000);
+        c.update(&data[..3000]);
+        assert_eq!(c.finish().1, Some(3));
+        let mut c = Md5Check::of_parts(want, 4, 1200);
+        c.update(&data);
+        assert_ne!(c.finish().0, want);
+        // A whole-content MD5 is fed whole: one range from the start.
+        let whole: [u8; 16] =
+            md5::Digest::finalize(md5::Digest::chain_update(md5::Md5::default(), &data)).into();
+        let check = Md5Check::new(whole, false);
+        assert_eq!(check.part_size(), None);
+        let (mut joined, mut r) = (check.for_range(), check.for_range());
+        r.update(&data);
+        joined.append(r);
+        assert_eq!(joined.finish(), (whole, None));
     }
 
     #[test]

@@ -208,10 +208,21 @@ impl ObjectRoot {
     }
 
     /// What checking an object's content against the MD5 recorded for it
-    /// needs (see [`Self::recorded_md5`]). Objects ferry wrote carry a
-    /// CRC32C of their own and get `None`.
-    pub fn md5_check(&self, entry: &Entry) -> Option<crate::Md5Check> {
-        self.recorded(entry).map(|(md5, from_etag)| crate::Md5Check::new(md5, from_etag))
+    /// needs (see [`Self::recorded_md5`]); for a multipart object without
+    /// one, its ETag's MD5 of parts and their size (one HEAD). Objects
+    /// ferry wrote carry a CRC32C of their own and get `None`, and so do
+    /// those whose part size the store does not tell.
+    pub async fn md5_check(&self, entry: &Entry) -> Result<Option<crate::Md5Check>> {
+        if let Some((md5, from_etag)) = self.recorded(entry) {
+            return Ok(Some(crate::Md5Check::new(md5, from_etag)));
+        }
+        let Some(d) = self.direct.as_ref().filter(|d| d.checks_content() && entry.crc32c.is_none()) else {
+            return Ok(None);
+        };
+        let Some((want, parts)) = d.multipart_etag_md5(entry.etag.as_deref()) else { return Ok(None) };
+        let what = format!("{}/{}", self.display, entry.path);
+        let part_size = d.first_part_size(&self.key(&entry.path), (parts, entry.size), &what).await?;
+        Ok(part_size.map(|p| crate::Md5Check::of_parts(want, parts, p)))
     }
 
     /// The MD5 recorded for an object without a CRC32C of ferry's.
@@ -220,50 +231,70 @@ impl ObjectRoot {
     }
 
     /// Whether content fed to `check` is the object's: `None` when it
-    /// differs from an ETag but the object turns out to be encrypted with
-    /// SSE-KMS (one HEAD), whose ETags are not MD5s, so that nothing can be
-    /// told.
+    /// differs from an ETag but that cannot tell (see [`Self::check_md5`]).
     pub async fn md5_matches(&self, entry: &Entry, check: crate::Md5Check) -> Result<Option<bool>> {
-        Ok(self.md5_verdict(entry, check).await?.0)
+        Ok(match self.md5_verdict(entry, check).await? {
+            Md5Verdict::Same => Some(true),
+            Md5Verdict::Differs { .. } => Some(false),
+            Md5Verdict::Unknown(_) => None,
+        })
     }
 
-    async fn md5_verdict(
-        &self,
-        entry: &Entry,
-        check: crate::Md5Check,
-    ) -> Result<(Option<bool>, String, String)> {
-        let (want, from_etag) = (check.want, check.from_etag);
+    async fn md5_verdict(&self, entry: &Entry, check: crate::Md5Check) -> Result<Md5Verdict> {
+        let (want, from_etag, layout) = (check.want, check.from_etag, check.layout());
         let got = check.finish();
+        let matched = got.0 == want && got.1 == layout.map(|(n, _)| n);
+        if matched {
+            return Ok(Md5Verdict::Same);
+        }
         let what = if from_etag {
             "its ETag; for a store whose ETags are not MD5s, add ?checksum=none to the source"
         } else {
             "its md5chksum metadata"
         };
-        let (expected, read) =
-            (format!("md5 {} ({what})", hex::encode(want)), format!("md5 {}", hex::encode(got)));
-        let d = match &self.direct {
-            Some(d) if got != want && from_etag => d,
-            _ => return Ok((Some(got == want), expected, read)),
+        let (expected, read) = match (layout, got.1) {
+            (Some((n, size)), Some(m)) => (
+                format!("md5 {}-{n} of parts of {size} bytes ({what})", hex::encode(want)),
+                format!("md5 {}-{m}", hex::encode(got.0)),
+            ),
+            _ => (format!("md5 {} ({what})", hex::encode(want)), format!("md5 {}", hex::encode(got.0))),
         };
-        let name = format!("{}/{}", self.display, entry.path);
-        let encrypted = d.etag_may_not_be_md5(&self.key(&entry.path), entry.etag.as_deref(), &name).await?;
-        Ok(((!encrypted).then_some(false), expected, read))
+        let d = match &self.direct {
+            Some(d) if from_etag => d,
+            _ => return Ok(Md5Verdict::Differs { expected, read }),
+        };
+        let (name, key, etag) =
+            (format!("{}/{}", self.display, entry.path), self.key(&entry.path), entry.etag.as_deref());
+        if d.etag_may_not_be_md5(&key, etag, &name).await? {
+            return Ok(Md5Verdict::Unknown(None));
+        }
+        if let Some((parts, part_size)) = layout {
+            if !d.parts_are_equal(&key, etag, (parts, part_size, entry.size), &name).await? {
+                let why = "its parts are of unequal sizes, so its ETag cannot be checked";
+                return Ok(Md5Verdict::Unknown(Some(why)));
+            }
+        }
+        Ok(Md5Verdict::Differs { expected, read })
     }
 
     /// The verdict on content fed to `check`: a `ChecksumMismatch` unless
-    /// it matched, or the object turns out to be encrypted with SSE-KMS.
-    pub async fn check_md5(&self, entry: &Entry, check: crate::Md5Check) -> Result<()> {
+    /// it matched, or the ETag turns out not to tell: the object is
+    /// encrypted with SSE-KMS (one HEAD), or a multipart object's parts
+    /// are not all of its first part's size (one HEAD per part), which
+    /// comes back as a warning to show.
+    pub async fn check_md5(&self, entry: &Entry, check: crate::Md5Check) -> Result<Option<&'static str>> {
         match self.md5_verdict(entry, check).await? {
-            (Some(false), expected, got) => {
-                Err(Error::ChecksumMismatch { path: entry.path.clone(), expected, got })
+            Md5Verdict::Same => Ok(None),
+            Md5Verdict::Unknown(why) => Ok(why),
+            Md5Verdict::Differs { expected, read } => {
+                Err(Error::ChecksumMismatch { path: entry.path.clone(), expected, got: read })
             }
-            _ => Ok(()),
         }
     }
 
     /// Check a small object's content, read whole (see [`Self::md5_check`]).
-    pub async fn check_md5_of(&self, entry: &Entry, content: &[u8]) -> Result<()> {
-        let Some(mut check) = self.md5_check(entry) else { return Ok(()) };
+    pub async fn check_md5_of(&self, entry: &Entry, content: &[u8]) -> Result<Option<&'static str>> {
+        let Some(mut check) = self.md5_check(entry).await? else { return Ok(None) };
         check.update(content);
         self.check_md5(entry, check).await
     }
@@ -737,6 +768,19 @@ impl ObjectRoot {
         };
         res.map_err(|e| Error::store(format!("delete {}/{rel}", self.display), e))
     }
+}
+
+/// What content read says of the MD5 recorded for its object.
+enum Md5Verdict {
+    Same,
+    /// As users are shown them.
+    Differs {
+        expected: String,
+        read: String,
+    },
+    /// The ETag is no MD5 of this content (SSE-KMS), or its parts are not
+    /// laid out as the check assumed: with why, when it is worth a warning.
+    Unknown(Option<&'static str>),
 }
 
 fn entry_from_listing(rel: &str, is_dir: bool, md: &Metadata) -> Entry {

@@ -141,6 +141,38 @@ impl S3Direct {
         self.md5_etags.load(Relaxed).then(|| crate::crc::md5_of_etag(etag?)).flatten()
     }
 
+    /// The MD5 of the parts' MD5s a multipart object's ETag stands for, and
+    /// the number of parts (see [`crate::crc::md5_of_multipart_etag`]),
+    /// while this location checks content.
+    pub(crate) fn multipart_etag_md5(&self, etag: Option<&str>) -> Option<([u8; 16], u64)> {
+        self.md5_etags.load(Relaxed).then(|| crate::crc::md5_of_multipart_etag(etag?)).flatten()
+    }
+
+    /// The size of the first of an object's `parts` parts (HEAD with
+    /// `partNumber=1`), if the store says and every part of that size but
+    /// the last can hold the object's `size`. Not pinned to a version
+    /// (`If-Match`): some stores (moto) compare it with the part's ETag.
+    /// The reads that follow are pinned, and a part size of another
+    /// version only makes the check fail.
+    pub(crate) async fn first_part_size(
+        &self,
+        key: &str,
+        (parts, size): (u64, u64),
+        what: &str,
+    ) -> Result<Option<u64>> {
+        let url = format!("{}/{}?partNumber=1", self.base, utf8_percent_encode(key, PATH));
+        let context = format!("read the part size of {what}");
+        let Some(h) = self.head_if_understood(&url, &[], &context).await? else { return Ok(None) };
+        let header =
+            |name: &str| h.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        match (header("content-length"), header("x-amz-mp-parts-count")) {
+            (Some(part_size), Some(n)) if n == parts && part_size > 0 => {
+                Ok(StoredCrc::composite(0, parts, part_size, size).map(|_| part_size))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Whether an object's ETag may not be the MD5 of its content although
     /// it looks like one: the object is encrypted with a key the store
     /// manages (SSE-KMS, whose ETags are not MD5s), or the store cannot
@@ -259,16 +291,8 @@ impl S3Direct {
         };
         // Parts are cut at one size but the last (as every common uploader
         // does): the first part's size is that size.
-        let part_url = format!("{url}?partNumber=1");
-        let Some(h) = self.head_if_understood(&part_url, &headers, &context).await? else { return Ok(None) };
-        let header =
-            |name: &str| h.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        match (header("content-length"), header("x-amz-mp-parts-count")) {
-            (Some(part_size), Some(n)) if n == parts && part_size > 0 => {
-                Ok(StoredCrc::composite(crc, parts, part_size, size))
-            }
-            _ => Ok(None),
-        }
+        let part_size = self.first_part_size(key, (parts, size), what).await?;
+        Ok(part_size.and_then(|p| StoredCrc::composite(crc, parts, p, size)))
     }
 
     /// Whether every part of a multipart object is `part_size` bytes but

@@ -306,8 +306,8 @@ async fn handle(
             }
             uploads::Call::Replace { bucket, key } => shared.uploads.replaced(&bucket, &key),
             uploads::Call::Read { bucket, key, part } => {
-                if let Some(c) = shared.uploads.composite(&bucket, &key) {
-                    resp = with_composite(resp, &c, part, whole_checksum && method == hyper::Method::HEAD);
+                if let Some(m) = shared.uploads.multipart(&bucket, &key) {
+                    resp = with_parts(resp, &m, part, whole_checksum && method == hyper::Method::HEAD);
                 }
                 let object = (bucket, key);
                 if shared.kms.lock().expect("lock").contains(&object) {
@@ -386,13 +386,13 @@ async fn handle(
     Ok(resp)
 }
 
-/// The answer to a HEAD of a multipart object with a composite CRC32C, as S3
-/// gives it: with `partNumber`, the size and place of that part and the
-/// number of parts; with `x-amz-checksum-mode: ENABLED` (`checksum`), the
-/// composite checksum. s3s-fs knows neither.
-fn with_composite(
+/// The answer to a HEAD of a multipart object, as S3 gives it: with
+/// `partNumber`, the size and place of that part and the number of parts;
+/// with `x-amz-checksum-mode: ENABLED` (`checksum`), its composite CRC32C
+/// if it has one. s3s-fs knows neither.
+fn with_parts(
     mut resp: Response<RespBody>,
-    c: &uploads::Composite,
+    c: &uploads::Multipart,
     part: Option<u32>,
     checksum: bool,
 ) -> Response<RespBody> {
@@ -408,9 +408,9 @@ fn with_composite(
         h.insert("x-amz-mp-parts-count", value(c.part_sizes.len().to_string()));
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
     }
-    if checksum {
+    if let (true, Some(header)) = (checksum, c.checksum_header()) {
         let h = resp.headers_mut();
-        h.insert("x-amz-checksum-crc32c", value(c.header()));
+        h.insert("x-amz-checksum-crc32c", value(header));
         h.insert("x-amz-checksum-type", HeaderValue::from_static("COMPOSITE"));
     }
     resp

@@ -4,9 +4,9 @@
 //!   ferry uses to find and abort what a killed run left behind; this answers
 //!   that call from what the server saw created, completed and aborted;
 //! - it keeps no checksum of a multipart object, where S3 keeps the
-//!   composite CRC32C of the parts (`<base64>-<parts>`) and answers HEADs
-//!   of one part (`partNumber`); this records the parts' CRC32Cs and sizes
-//!   and adds those answers.
+//!   composite CRC32C of the parts (`<base64>-<parts>`), and it does not
+//!   answer HEADs of one part (`partNumber`); this records the parts' sizes
+//!   and CRC32Cs and adds those answers.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -103,20 +103,21 @@ struct Open {
     parts: BTreeMap<u32, (u64, Option<u32>)>,
 }
 
-/// A completed multipart object whose parts all carried a CRC32C.
+/// A completed multipart object.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Composite {
-    /// The CRC32C of the parts' big-endian CRC32Cs.
-    pub crc: u32,
+pub(crate) struct Multipart {
+    /// The CRC32C of the parts' big-endian CRC32Cs, when every part
+    /// carried one.
+    pub crc: Option<u32>,
     pub part_sizes: Vec<u64>,
 }
 
-impl Composite {
-    /// `x-amz-checksum-crc32c` as S3 writes a composite one.
-    pub(crate) fn header(&self) -> String {
+impl Multipart {
+    /// `x-amz-checksum-crc32c` as S3 writes a composite one, if it has one.
+    pub(crate) fn checksum_header(&self) -> Option<String> {
         use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(self.crc.to_be_bytes());
-        format!("{b64}-{}", self.part_sizes.len())
+        let b64 = base64::engine::general_purpose::STANDARD.encode(self.crc?.to_be_bytes());
+        Some(format!("{b64}-{}", self.part_sizes.len()))
     }
 }
 
@@ -126,8 +127,8 @@ type UploadKey = (String, String, String);
 struct State {
     /// Open uploads by (bucket, key, upload id).
     open: BTreeMap<UploadKey, Open>,
-    /// Completed multipart objects with a composite CRC32C, by (bucket, key).
-    composite: BTreeMap<(String, String), Composite>,
+    /// Completed multipart objects, by (bucket, key).
+    multipart: BTreeMap<(String, String), Multipart>,
 }
 
 #[derive(Debug, Default)]
@@ -170,24 +171,25 @@ impl Uploads {
             // What is stored at the key stays as it was.
             return;
         }
-        st.composite.remove(&(bucket.into(), key.into()));
-        let crcs: Option<Vec<u32>> = open.parts.values().map(|(_, crc)| *crc).collect();
-        if let Some(crcs) = crcs.filter(|c| !c.is_empty()) {
-            let bytes: Vec<u8> = crcs.iter().flat_map(|c| c.to_be_bytes()).collect();
-            let part_sizes = open.parts.values().map(|(size, _)| *size).collect();
-            st.composite
-                .insert((bucket.into(), key.into()), Composite { crc: crc32c::crc32c(&bytes), part_sizes });
+        st.multipart.remove(&(bucket.into(), key.into()));
+        if open.parts.is_empty() {
+            return;
         }
+        let crcs: Option<Vec<u32>> = open.parts.values().map(|(_, crc)| *crc).collect();
+        let crc =
+            crcs.map(|crcs| crc32c::crc32c(&crcs.iter().flat_map(|c| c.to_be_bytes()).collect::<Vec<u8>>()));
+        let part_sizes = open.parts.values().map(|(size, _)| *size).collect();
+        st.multipart.insert((bucket.into(), key.into()), Multipart { crc, part_sizes });
     }
 
     /// Whatever was under the key was replaced or deleted.
     pub(crate) fn replaced(&self, bucket: &str, key: &str) {
-        self.state().composite.remove(&(bucket.into(), key.into()));
+        self.state().multipart.remove(&(bucket.into(), key.into()));
     }
 
-    /// The composite CRC32C of a multipart object, if it has one.
-    pub(crate) fn composite(&self, bucket: &str, key: &str) -> Option<Composite> {
-        self.state().composite.get(&(bucket.into(), key.into())).cloned()
+    /// The parts of a multipart object, if it is one.
+    pub(crate) fn multipart(&self, bucket: &str, key: &str) -> Option<Multipart> {
+        self.state().multipart.get(&(bucket.into(), key.into())).cloned()
     }
 
     /// `bucket/key` of every open upload.
@@ -278,25 +280,26 @@ mod tests {
         u.part("b", "k", "id1", 2, 4, Some(crc32c::crc32c(&b)));
         u.part("b", "k", "id1", 1, 10, Some(crc32c::crc32c(&a)));
         u.finished("b", "k", "id1", true);
-        let c = u.composite("b", "k").unwrap();
+        let c = u.multipart("b", "k").unwrap();
         let mut crcs = crc32c::crc32c(&a).to_be_bytes().to_vec();
         crcs.extend(crc32c::crc32c(&b).to_be_bytes());
-        assert_eq!(c, Composite { crc: crc32c::crc32c(&crcs), part_sizes: vec![10, 4] });
-        assert!(c.header().ends_with("-2"), "{}", c.header());
+        assert_eq!(c, Multipart { crc: Some(crc32c::crc32c(&crcs)), part_sizes: vec![10, 4] });
+        assert!(c.checksum_header().unwrap().ends_with("-2"), "{c:?}");
         u.replaced("b", "k");
-        assert_eq!(u.composite("b", "k"), None);
+        assert_eq!(u.multipart("b", "k"), None);
         // An aborted upload leaves the stored object's composite alone.
         u.created("b", "k2", b"<UploadId>id0</UploadId>");
         u.part("b", "k2", "id0", 1, 3, Some(1));
         u.finished("b", "k2", "id0", true);
         u.created("b", "k2", b"<UploadId>id9</UploadId>");
         u.finished("b", "k2", "id9", false);
-        assert!(u.composite("b", "k2").is_some());
-        // A part without a CRC32C leaves no composite.
+        assert!(u.multipart("b", "k2").is_some());
+        // A part without a CRC32C leaves no composite, only the part sizes.
         u.created("b", "k", b"<UploadId>id2</UploadId>");
         u.part("b", "k", "id2", 1, 10, None);
         u.finished("b", "k", "id2", true);
-        assert_eq!(u.composite("b", "k"), None);
+        assert_eq!(u.multipart("b", "k"), Some(Multipart { crc: None, part_sizes: vec![10] }));
+        assert_eq!(u.multipart("b", "k").unwrap().checksum_header(), None);
     }
 
     #[test]

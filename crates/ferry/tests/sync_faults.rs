@@ -756,6 +756,94 @@ async fn parts_of_unequal_sizes_are_not_taken_for_corruption() {
     assert!(s3.counts().get > gets, "compared by reading it");
 }
 
+/// A multipart object of another tool with neither a checksum its store
+/// keeps nor rclone's `md5chksum` (what the AWS CLI uploads) is named by
+/// the MD5 of its parts' MD5s: with its part size (one HEAD of part 1), a
+/// download is checked part by part, in ranges of whole parts to a local
+/// file and in one stream to a bucket. A changed byte is fetched again and
+/// never kept; parts of unequal sizes are taken with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_multipart_object_is_checked_against_its_etag() {
+    let s3 = S3Server::start(&["bkt-mp"]).await;
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let op = s3_operator(&s3, "bkt-mp", false);
+    // Five parts of 5 MiB and a short sixth.
+    let body: Vec<u8> = (0..(25u32 << 20) + 3).map(|i| (i.wrapping_mul(2_654_435_761) >> 3) as u8).collect();
+    let opts = opendal::options::WriteOptions { chunk: Some(5 << 20), ..Default::default() };
+    let mut w = op.writer_options("p/big.bin", opts).await.unwrap();
+    w.write(body.clone()).await.unwrap();
+    w.close().await.unwrap();
+    let etag = op.stat("p/big.bin").await.unwrap().etag().unwrap().to_string();
+    assert!(etag.trim_matches('"').ends_with("-6"), "{etag}");
+
+    for (i, dst) in ["local", "s3://bkt-mp/copy"].into_iter().enumerate() {
+        let (dst, bad) = match dst {
+            "local" => {
+                let d = tmp.path().join("back");
+                (d.to_str().unwrap().to_string(), tmp.path().join("bad").to_str().unwrap().to_string())
+            }
+            other => (other.to_string(), "s3://bkt-mp/bad".to_string()),
+        };
+        let gets = s3.counts().get;
+        let r = ferry(&state, &env, &["sync", "s3://bkt-mp/p", &dst, "--json", "--no-checkpoint"]);
+        assert_eq!(r.code, 0, "{dst}: {}\n{}", r.stdout, r.stderr);
+        // To a local file: three ranges of two whole parts each (the last
+        // one of one part and a bit); to a bucket: in order, 8 MiB a GET.
+        assert_eq!(s3.counts().get - gets, [3, 4][i], "{dst}: GETs");
+
+        // One body changed: caught, fetched again, stored whole.
+        s3.faults().corrupt_bodies(1);
+        let dst = format!("{dst}-again");
+        let r = ferry(&state, &env, &["sync", "s3://bkt-mp/p", &dst, "--json", "--no-checkpoint"]);
+        s3.faults().corrupt_bodies(0);
+        assert_eq!(r.code, 0, "{dst}: {}\n{}", r.stdout, r.stderr);
+        let copy = match i {
+            0 => std::fs::read(std::path::Path::new(&dst).join("big.bin")).unwrap(),
+            _ => std::fs::read(s3.root().join("bkt-mp/copy-again/big.bin")).unwrap(),
+        };
+        assert!(copy == body, "{dst}: the copy is the original");
+
+        // Every body changed: the item fails naming the ETag; nothing kept.
+        s3.faults().corrupt_bodies(u32::MAX);
+        let r = ferry(&state, &env, &["sync", "s3://bkt-mp/p", &bad, "--json", "--retries", "1"]);
+        s3.faults().corrupt_bodies(0);
+        assert_eq!(r.code, 1, "{bad}: {}\n{}", r.stdout, r.stderr);
+        let reason = r.json()["failures"][0]["reason"].as_str().unwrap().to_string();
+        assert!(reason.contains("-6 of parts of 5242880 bytes (its ETag;"), "{reason}");
+        let left = match i {
+            0 => all_names(std::path::Path::new(&bad)),
+            _ => all_names(&s3.root().join("bkt-mp"))
+                .into_iter()
+                .filter(|p| p.to_string_lossy().contains("bad"))
+                .collect(),
+        };
+        assert!(left.is_empty(), "{bad}: nothing kept: {left:?}");
+    }
+
+    // Parts of 5.5, 6 and 1.5 MiB (OpenDAL sends each write once it passes
+    // 5 MiB): the first part's size does not cut the content as the writer
+    // did, every part's size is asked for, and the copy is taken with a
+    // warning rather than failed forever.
+    let mut w = op.writer("uneven/u.bin").await.unwrap();
+    let body = &body[..13 << 20];
+    for piece in [&body[..11 << 19], &body[11 << 19..23 << 19], &body[23 << 19..]] {
+        w.write(piece.to_vec()).await.unwrap();
+    }
+    w.close().await.unwrap();
+    let back = tmp.path().join("uneven");
+    let r = ferry(&state, &env, &["sync", "s3://bkt-mp/uneven", back.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let warnings = r.json()["warnings"].to_string();
+    assert!(
+        warnings.contains("u.bin: its parts are of unequal sizes, so its ETag cannot be checked"),
+        "{warnings}"
+    );
+    assert!(std::fs::read(back.join("u.bin")).unwrap() == body);
+    assert!(s3.open_uploads().is_empty());
+}
+
 /// The checkpoint database locked by another process for longer than
 /// SQLite waits (10 s): the run holds its done items, writes them once the
 /// lock is gone, and ends as it would have (exit 0, every item recorded,
