@@ -1359,10 +1359,15 @@ impl Run {
         let (holder, h, other, e) = match (&self.src, &self.dst) {
             // Two objects of other tools with recorded MD5s: equal ones are the
             // same content, nothing is read; unequal ones may be ETags that are
-            // no MD5s (SSE-KMS), so the content decides.
+            // no MD5s (SSE-KMS), so the content decides. So with multipart
+            // ETags (MD5s of the parts' MD5s): equal ones name the same parts,
+            // unequal ones may only be cut differently.
             (Location::Object(a), Location::Object(b)) if !self.check_only => {
                 let (x, y) = (a.recorded_md5(s), b.recorded_md5(d));
-                return Ok(x.zip(y).filter(|(x, y)| x == y).map(|_| true));
+                let same = x.zip(y).is_some_and(|(x, y)| x == y);
+                let (x, y) = (a.multipart_etag(s), b.multipart_etag(d));
+                let same_parts = x.zip(y).is_some_and(|(x, y)| x == y);
+                return Ok((same || same_parts).then_some(true));
             }
             (Location::Object(o), local) if local.is_posix() => (o, s, local, d),
             (local, Location::Object(o)) if local.is_posix() && !self.check_only => (o, d, local, s),

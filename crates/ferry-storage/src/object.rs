@@ -216,13 +216,19 @@ impl ObjectRoot {
         if let Some((md5, from_etag)) = self.recorded(entry) {
             return Ok(Some(crate::Md5Check::new(md5, from_etag)));
         }
-        let Some(d) = self.direct.as_ref().filter(|d| d.checks_content() && entry.crc32c.is_none()) else {
-            return Ok(None);
-        };
-        let Some((want, parts)) = d.multipart_etag_md5(entry.etag.as_deref()) else { return Ok(None) };
+        let Some(d) = &self.direct else { return Ok(None) };
+        let Some((want, parts)) = self.multipart_etag(entry) else { return Ok(None) };
         let what = format!("{}/{}", self.display, entry.path);
         let part_size = d.first_part_size(&self.key(&entry.path), (parts, entry.size), &what).await?;
         Ok(part_size.map(|p| crate::Md5Check::of_parts(want, parts, p)))
+    }
+
+    /// What a multipart object's ETag says, for one without a CRC32C of
+    /// ferry's on a location that checks content: the MD5 of its parts'
+    /// MD5s and their number.
+    pub fn multipart_etag(&self, entry: &Entry) -> Option<([u8; 16], u64)> {
+        let d = self.direct.as_ref().filter(|d| d.checks_content() && entry.crc32c.is_none())?;
+        d.multipart_etag_md5(entry.etag.as_deref())
     }
 
     /// The MD5 recorded for an object without a CRC32C of ferry's.

@@ -822,6 +822,21 @@ async fn a_foreign_multipart_object_is_checked_against_its_etag() {
         assert!(left.is_empty(), "{bad}: nothing kept: {left:?}");
     }
 
+    // Between buckets, --checksum takes equal multipart ETags for the same
+    // content without reading either object; ferry's copy above, cut into
+    // parts of 8 MiB, has another ETag and is read.
+    let opts = opendal::options::WriteOptions { chunk: Some(5 << 20), ..Default::default() };
+    let mut w = op.writer_options("twin/big.bin", opts).await.unwrap();
+    w.write(body.clone()).await.unwrap();
+    w.close().await.unwrap();
+    for (dst, read) in [("s3://bkt-mp/twin", false), ("s3://bkt-mp/copy", true)] {
+        let gets = s3.counts().get;
+        let args = ["sync", "s3://bkt-mp/p", dst, "--checksum", "--no-checkpoint", "--json"];
+        let r = ferry(&state, &env, &args);
+        assert_eq!((r.code, r.json()["skipped"].as_u64()), (0, Some(1)), "{dst}: {}\n{}", r.stdout, r.stderr);
+        assert_eq!(s3.counts().get > gets, read, "{dst}: read");
+    }
+
     // Parts of 5.5, 6 and 1.5 MiB (OpenDAL sends each write once it passes
     // 5 MiB): the first part's size does not cut the content as the writer
     // did, every part's size is asked for, and the copy is taken with a
