@@ -244,6 +244,8 @@ impl Sync {
             plan_omitted: p.planned.load(Relaxed).saturating_sub(plan.len() as u64),
             plan,
         };
+        // A service between tasks should not keep a run's read buffers.
+        ferry_storage::buffers::release();
         Ok(report)
     }
 }

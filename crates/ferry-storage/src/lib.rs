@@ -2,6 +2,7 @@
 //! stores (through OpenDAL), with one API the engine uses for both, and the
 //! codec that keeps POSIX attributes in object metadata.
 
+pub mod buffers;
 pub mod codec;
 mod crc;
 mod endpoints;

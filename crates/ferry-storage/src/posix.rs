@@ -13,7 +13,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ferry_model::{join_path, validate_rel_path, Entry, EntryKind, LocalStat, PosixMeta};
 
 use crate::error::{Error, Result};
@@ -452,6 +452,9 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Reads a file and, at the end, checks that it did not change meanwhile.
+/// Read chunks from this size on come from [`crate::buffers`].
+const POOLED_FROM: usize = 1 << 20;
+
 pub struct PosixReader {
     file: File,
     expect: Entry,
@@ -465,11 +468,13 @@ pub struct PosixReader {
 impl PosixReader {
     /// Up to `max` bytes, or `None` at the end of the file. Buffers are sized
     /// by what is left of the expected size (plus one byte, to notice growth),
-    /// so that small files cost small allocations.
+    /// so that small files cost small allocations; whole `max` chunks of
+    /// large files are read into buffers used again ([`crate::buffers`]).
     pub fn read_chunk(&mut self, max: usize) -> Result<Option<Bytes>> {
         let left = self.expect.size.saturating_sub(self.pos);
         let want = (left.saturating_add(1)).min(max as u64).max(1) as usize;
-        let mut buf = BytesMut::zeroed(want);
+        let whole = want == max && max >= POOLED_FROM;
+        let mut buf = if whole { crate::buffers::take(want) } else { vec![0; want] };
         let max = want;
         let mut filled = 0;
         while filled < max {
@@ -487,8 +492,11 @@ impl PosixReader {
             return Ok(None);
         }
         self.pos += filled as u64;
+        if whole {
+            return Ok(Some(crate::buffers::freeze(buf, filled)));
+        }
         buf.truncate(filled);
-        Ok(Some(buf.freeze()))
+        Ok(Some(Bytes::from(buf)))
     }
 
     /// Whether the end of the file was reached.
