@@ -89,7 +89,8 @@ mod tests {
         let part = bytes.slice(1..3);
         assert_eq!(&bytes[..], b"hello");
         drop(bytes);
-        assert_ne!(take(len).as_ptr(), ptr, "still in use by `part`");
+        let other = take(len);
+        assert_ne!(other.as_ptr(), ptr, "still in use by `part`");
         assert_eq!(&part[..], b"el");
         drop(part);
         let again = take(len);
