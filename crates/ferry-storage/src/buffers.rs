@@ -14,8 +14,9 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
-/// Free buffers kept at most (of the one size in use).
-const KEEP: usize = 32;
+/// Bytes of free buffers kept at most: 32 parts of 8 MiB (the default
+/// content budget of a run); parts larger than this are not kept at all.
+const KEEP_BYTES: usize = 256 << 20;
 
 /// The size of the buffers kept, and the buffers.
 static FREE: Mutex<(usize, Vec<Vec<u8>>)> = Mutex::new((0, Vec::new()));
@@ -68,7 +69,7 @@ impl Drop for Kept {
             free.1.clear();
             free.0 = buf.len();
         }
-        if free.1.len() < KEEP {
+        if (free.1.len() + 1) * buf.len() <= KEEP_BYTES {
             free.1.push(buf);
         }
     }
