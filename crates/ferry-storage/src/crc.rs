@@ -38,21 +38,30 @@ pub enum StoredCrc {
 /// anything else: a multipart object's `<hex>-<parts>`, a weak ETag, the
 /// opaque ETags of other kinds of store.
 pub(crate) fn md5_of_etag(etag: &str) -> Option<[u8; 16]> {
-    let hex_digits = etag.strip_prefix('"').and_then(|e| e.strip_suffix('"')).unwrap_or(etag);
+    match parse_md5_etag(etag)? {
+        (md5, None) => Some(md5),
+        (_, Some(_)) => None,
+    }
+}
+
+/// An S3 ETag of the MD5 kind, quoted or bare: 32 hex digits, and for a
+/// multipart object `-<parts>` (at least one).
+fn parse_md5_etag(etag: &str) -> Option<([u8; 16], Option<u64>)> {
+    let bare = etag.strip_prefix('"').and_then(|e| e.strip_suffix('"')).unwrap_or(etag);
+    let (hex_digits, parts) = match bare.split_once('-') {
+        Some((hex_digits, n)) => (hex_digits, Some(n.parse::<u64>().ok().filter(|&n| n > 0)?)),
+        None => (bare, None),
+    };
     let mut out = [0u8; 16];
     hex::decode_to_slice(hex_digits, &mut out).ok()?;
-    Some(out)
+    Some((out, parts))
 }
 
 /// What a multipart object's ETag stands for: the MD5 of its parts' MD5s,
 /// and the number of parts (`"<32 hex digits>-<parts>"`, quoted or bare).
 pub(crate) fn md5_of_multipart_etag(etag: &str) -> Option<([u8; 16], u64)> {
-    let bare = etag.strip_prefix('"').and_then(|e| e.strip_suffix('"')).unwrap_or(etag);
-    let (hex_digits, parts) = bare.split_once('-')?;
-    let parts = parts.parse::<u64>().ok().filter(|&n| n > 0)?;
-    let mut out = [0u8; 16];
-    hex::decode_to_slice(hex_digits, &mut out).ok()?;
-    Some((out, parts))
+    let (md5, parts) = parse_md5_etag(etag)?;
+    Some((md5, parts?))
 }
 
 /// Content on its way, checked against an MD5 recorded for its object:
@@ -172,6 +181,13 @@ impl PartMd5s {
     }
 }
 
+/// Whether `parts` parts of `part_size` bytes but the last (which holds at
+/// least one byte) make `size` bytes.
+pub(crate) fn layout_holds(parts: u64, part_size: u64, size: u64) -> bool {
+    let Some(full) = parts.checked_sub(1).and_then(|n| n.checked_mul(part_size)) else { return false };
+    full < size && full.checked_add(part_size).is_some_and(|all| size <= all)
+}
+
 /// A running CRC64NVME.
 fn crc64nvme_digest() -> crc_fast::Digest {
     crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme)
@@ -226,12 +242,7 @@ impl StoredCrc {
     /// A composite CRC over `parts` parts of `part_size` bytes but the last,
     /// if that layout can hold `size` bytes.
     pub(crate) fn composite(crc: u32, parts: u64, part_size: u64, size: u64) -> Option<Self> {
-        let full = (parts - 1).checked_mul(part_size)?;
-        (full < size && size <= full.checked_add(part_size)?).then_some(StoredCrc::Composite {
-            crc,
-            parts,
-            part_size,
-        })
+        layout_holds(parts, part_size, size).then_some(StoredCrc::Composite { crc, parts, part_size })
     }
 
     /// The span over which a reader must compute CRCs: the part size.

@@ -274,8 +274,8 @@ impl ObjectRoot {
         if d.etag_may_not_be_md5(&key, etag, &name).await? {
             return Ok(Md5Verdict::Unknown(None));
         }
-        if let Some((parts, part_size)) = layout {
-            if !d.parts_are_equal(&key, etag, (parts, part_size, entry.size), &name).await? {
+        if let Some(layout) = layout {
+            if !self.parts_laid_out(entry, layout).await? {
                 let why = "its parts are of unequal sizes, so its ETag cannot be checked";
                 return Ok(Md5Verdict::Unknown(Some(why)));
             }
@@ -309,14 +309,21 @@ impl ObjectRoot {
     /// composite CRC) assumes: all of its part size but the last. Asked
     /// after a mismatch, to tell corruption from parts of unequal sizes.
     pub async fn parts_are_equal(&self, entry: &Entry, stored: &crate::StoredCrc) -> Result<bool> {
-        match (&self.direct, *stored) {
-            (Some(d), crate::StoredCrc::Composite { parts, part_size, .. }) => {
-                let what = format!("{}/{}", self.display, entry.path);
-                let layout = (parts, part_size, entry.size);
-                d.parts_are_equal(&self.key(&entry.path), entry.etag.as_deref(), layout, &what).await
+        match *stored {
+            crate::StoredCrc::Composite { parts, part_size, .. } => {
+                self.parts_laid_out(entry, (parts, part_size)).await
             }
             _ => Ok(true),
         }
+    }
+
+    /// Whether every part of a multipart object is `part_size` bytes but the
+    /// last (one HEAD per part); true where that cannot be asked.
+    async fn parts_laid_out(&self, entry: &Entry, (parts, part_size): (u64, u64)) -> Result<bool> {
+        let Some(d) = &self.direct else { return Ok(true) };
+        let what = format!("{}/{}", self.display, entry.path);
+        let layout = (parts, part_size, entry.size);
+        d.parts_are_equal(&self.key(&entry.path), entry.etag.as_deref(), layout, &what).await
     }
 
     /// Whether directories are marker objects that can carry metadata (object

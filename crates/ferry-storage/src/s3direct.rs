@@ -167,7 +167,7 @@ impl S3Direct {
             |name: &str| h.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         match (header("content-length"), header("x-amz-mp-parts-count")) {
             (Some(part_size), Some(n)) if n == parts && part_size > 0 => {
-                Ok(StoredCrc::composite(0, parts, part_size, size).map(|_| part_size))
+                Ok(crate::crc::layout_holds(parts, part_size, size).then_some(part_size))
             }
             _ => Ok(None),
         }
