@@ -18,6 +18,16 @@ pub enum Error {
     /// A location that is not there, with what to do about it.
     #[error("{what} not found: {fix}")]
     Missing { what: String, fix: &'static str },
+    /// No connection could be made to the store's endpoint.
+    #[error("cannot connect to {endpoint} ({reason}): {fix}")]
+    Unreachable { endpoint: String, reason: String, fix: String },
+    /// One request that found no store to connect to (it may be restarting).
+    #[error("{context}: cannot connect to the store ({})", connect_failure(source).unwrap_or("the connection failed"))]
+    Connect {
+        context: String,
+        #[source]
+        source: opendal::Error,
+    },
     #[error("permission denied: {what}")]
     PermissionDenied { what: String },
     /// A name that cannot be used on the destination, with the reason.
@@ -77,6 +87,7 @@ impl Error {
                 )
             }
             Error::Http { status, .. } => *status == 429 || *status >= 500,
+            Error::Connect { .. } => true,
             Error::SizeMismatch { .. } | Error::SourceChanged(_) | Error::ChecksumMismatch { .. } => true,
             _ => false,
         }
@@ -93,6 +104,9 @@ impl Error {
 
     pub fn store(context: impl Into<String>, source: opendal::Error) -> Self {
         let context = context.into();
+        if connect_failure(&source).is_some() {
+            return Error::Connect { context, source };
+        }
         match source.kind() {
             opendal::ErrorKind::NotFound => Error::NotFound { what: context },
             opendal::ErrorKind::PermissionDenied => Error::PermissionDenied { what: context },
@@ -111,6 +125,32 @@ impl Error {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound { .. } | Error::Missing { .. })
     }
+}
+
+/// Why no connection could be made to a store's endpoint, when that is
+/// why `e` failed: its cause chain ends in the HTTP client's connect error.
+pub(crate) fn connect_failure(e: &opendal::Error) -> Option<&'static str> {
+    let mut connecting = false;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        let text = err.to_string();
+        if text.starts_with("dns error") {
+            return Some("its host name does not resolve");
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            match io.kind() {
+                io::ErrorKind::ConnectionRefused => return Some("connection refused"),
+                io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+                    return Some("no route to it")
+                }
+                io::ErrorKind::TimedOut if connecting => return Some("the connection timed out"),
+                _ => {}
+            }
+        }
+        connecting |= text.contains("(Connect)");
+        cause = err.source();
+    }
+    connecting.then_some("the connection failed")
 }
 
 /// An upload request refused for its checksum headers, as stores that do

@@ -277,6 +277,16 @@ pub fn build_object_root(
     let endpoint = |keys: &[&str]| spec.endpoint.clone().or_else(|| keys.iter().find_map(|k| env.var(k)));
     let cfg_err = |e: opendal::Error| Error::Config(format!("cannot configure {d}: {e}"));
     let mut direct = None;
+    let endpoint_vars: &'static [&'static str] = match spec.scheme {
+        Scheme::S3 => &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+        Scheme::Obs => &["OBS_ENDPOINT"],
+        Scheme::Oss => &["OSS_ENDPOINT"],
+        Scheme::Cos => &["COS_ENDPOINT"],
+        Scheme::Azblob => &["AZURE_STORAGE_ENDPOINT"],
+        Scheme::Gcs => &["GCS_ENDPOINT"],
+        Scheme::File | Scheme::Memory => &[],
+    };
+    let mut endpoint_url = endpoint(endpoint_vars);
     let op = match spec.scheme {
         Scheme::S3 => {
             let region = spec
@@ -364,6 +374,7 @@ pub fn build_object_root(
             let account = need(env, &["AZURE_STORAGE_ACCOUNT"], "account name", d)?;
             let ep = endpoint(&["AZURE_STORAGE_ENDPOINT"])
                 .unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"));
+            endpoint_url = Some(ep.clone());
             let b = services::Azblob::default()
                 .container(&spec.bucket)
                 .endpoint(&ep)
@@ -411,7 +422,8 @@ pub fn build_object_root(
         }
         Scheme::Memory => Operator::new(services::Memory::default()).map_err(cfg_err)?,
     };
-    let mut root = ObjectRoot::new(op, &spec.prefix, spec.display.clone(), parts);
+    let endpoint = crate::object::Endpoint { url: endpoint_url, vars: endpoint_vars };
+    let mut root = ObjectRoot::new(op, &spec.prefix, spec.display.clone(), parts).with_endpoint(endpoint);
     if spec.scheme == Scheme::File {
         root = root.with_local_root(PathBuf::from(&spec.bucket));
     }
@@ -516,6 +528,26 @@ mod tests {
         assert_eq!(resolve("s3://b/p", "WHEN_REQUIRED"), UploadChecksum::None);
         assert_eq!(resolve("s3://b/p?checksum=crc32c", "when_required"), UploadChecksum::Crc32c);
         assert_eq!(resolve("s3://b/p?checksum=none", ""), UploadChecksum::None);
+    }
+
+    #[tokio::test]
+    async fn a_store_not_listening_is_named_with_its_endpoint() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let spec = obj(&format!("s3://bkt/p?endpoint=http://127.0.0.1:{port}"));
+        let env = MapEnv(HashMap::from([("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]));
+        let root = build_object_root(&spec, &env, PartPolicy::default(), 0, false).unwrap();
+        let e = root.check_reachable().await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot connect to http://127.0.0.1:{port} (connection refused): check that the store is up \
+                 and the endpoint is right (?endpoint=… or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)"
+            )
+        );
+        // One request of a run: short, and worth trying again.
+        let e = root.read_small("f").await.unwrap_err();
+        assert!(e.is_temporary(), "{e}");
+        assert!(e.to_string().ends_with(": cannot connect to the store (connection refused)"), "{e}");
     }
 
     #[test]

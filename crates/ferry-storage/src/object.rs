@@ -53,6 +53,29 @@ pub struct ObjectRoot {
     parts: PartPolicy,
     /// Multipart-upload housekeeping, for S3-compatible stores.
     direct: Option<std::sync::Arc<crate::s3direct::S3Direct>>,
+    /// Where requests go, for messages when nothing answers there.
+    endpoint: std::sync::Arc<Endpoint>,
+}
+
+/// A store's endpoint as configured, and how it is set.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Endpoint {
+    /// `None`: the service's default.
+    pub url: Option<String>,
+    /// The variables that set it, besides the location's `?endpoint=`.
+    pub vars: &'static [&'static str],
+}
+
+impl Endpoint {
+    fn unreachable(&self, reason: &str) -> Error {
+        let vars =
+            if self.vars.is_empty() { String::new() } else { format!(" or {}", self.vars.join(" / ")) };
+        Error::Unreachable {
+            endpoint: self.url.clone().unwrap_or_else(|| "the store's default endpoint".into()),
+            reason: reason.into(),
+            fix: format!("check that the store is up and the endpoint is right (?endpoint=…{vars})"),
+        }
+    }
 }
 
 impl std::fmt::Debug for ObjectRoot {
@@ -106,7 +129,16 @@ impl ObjectRoot {
         }
         let display = display.trim_end_matches('/').to_string();
         let markers = Operator::from_parts(op.base_context().clone(), op.base_service().clone()).into();
-        Self { op, markers, prefix, local_root: None, display, parts, direct: None }
+        Self {
+            op,
+            markers,
+            prefix,
+            local_root: None,
+            display,
+            parts,
+            direct: None,
+            endpoint: Default::default(),
+        }
     }
 
     /// Put the same layers (retries, timeouts) on both operators.
@@ -136,6 +168,11 @@ impl ObjectRoot {
     /// The bucket is this local directory (`file://`).
     pub fn with_local_root(mut self, root: std::path::PathBuf) -> Self {
         self.local_root = Some(root);
+        self
+    }
+
+    pub(crate) fn with_endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoint = endpoint.into();
         self
     }
 
@@ -387,7 +424,9 @@ impl ObjectRoot {
 
     fn reach_error(&self, e: opendal::Error) -> Error {
         let msg = e.to_string();
-        if msg.contains("NoSuchBucket") {
+        if let Some(reason) = crate::error::connect_failure(&e) {
+            self.endpoint.unreachable(reason)
+        } else if msg.contains("NoSuchBucket") || e.kind() == opendal::ErrorKind::NotFound {
             Error::Missing {
                 what: format!("bucket of {}", self.display),
                 fix: "create it first, or check the name",

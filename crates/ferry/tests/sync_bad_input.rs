@@ -44,6 +44,22 @@ async fn bad_locations_and_flags() {
     wrong.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
     wrong.push(("AWS_SECRET_ACCESS_KEY".into(), "wrong-secret".into()));
     fatal(&ferry(&state, &wrong, &["sync", s, "s3://bkt-real/p"]), "AWS_SECRET_ACCESS_KEY");
+    // Nothing listening at the endpoint, or a host name that does not resolve.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut refused = s3.env();
+    refused.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+    refused.push(("AWS_ENDPOINT_URL".into(), format!("http://127.0.0.1:{closed}")));
+    fatal(
+        &ferry(&state, &refused, &["sync", s, "s3://bkt-real/p"]),
+        &format!(
+            "cannot connect to http://127.0.0.1:{closed} (connection refused): check that the store is up \
+             and the endpoint is right (?endpoint=… or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)"
+        ),
+    );
+    fatal(
+        &ferry(&state, &s3.env(), &["sync", "s3://bkt-real/p?endpoint=http://no-such-host.invalid:9000", d]),
+        "cannot connect to http://no-such-host.invalid:9000 (its host name does not resolve)",
+    );
     fatal(&ferry(&state, &[], &["sync", s, d, "--include", "a[b"]), "a[b");
     assert!(!dst.exists(), "nothing written on a fatal error");
 
