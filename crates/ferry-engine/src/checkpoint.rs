@@ -2,6 +2,7 @@
 //! store, so that a rerun after a crash skips them without re-checking.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_store::{bounded, Checkpoint, DoneItem, Known, RunLock, Store};
@@ -20,7 +21,7 @@ pub struct CheckpointSpec {
 pub(crate) struct Recorder {
     store: Store,
     pub(crate) checkpoint: Checkpoint,
-    tx: Option<mpsc::Sender<DoneItem>>,
+    tx: Option<DoneSender>,
     /// Records done items; ends with why it stopped recording, if it did.
     task: Option<JoinHandle<Option<String>>>,
     /// This process's claim on the pair, for as long as the run lasts.
@@ -30,6 +31,9 @@ pub(crate) struct Recorder {
 }
 
 const BATCH: usize = 512;
+/// Done items gathered on the run's side before they are handed to the
+/// writer; fewer wait at most 200 ms, until the writer's next round.
+const HANDOVER: usize = 64;
 /// Done items held while the database cannot be written, before the run
 /// waits for it (back-pressure).
 const PENDING_MAX: usize = 100_000;
@@ -108,7 +112,7 @@ impl Recorder {
             }
         };
         let checkpoint = store.begin_run(key, src, dst).await?;
-        let (tx, rx) = mpsc::channel::<DoneItem>(BATCH * 4);
+        let (tx, rx) = done_channel();
         let task = tokio::spawn(write_done(store.clone(), checkpoint.run_id, rx, OUTAGE_LIMIT));
         Ok(Self { store, checkpoint, tx: Some(tx), task: Some(task), lock: Some(lock), read_only: false })
     }
@@ -141,7 +145,7 @@ impl Recorder {
 
     pub(crate) async fn record(&self, item: DoneItem) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(item).await;
+            tx.send(item).await;
         }
     }
 
@@ -168,6 +172,51 @@ impl Recorder {
     }
 }
 
+/// The run's side of the way to the writer. Items are gathered and handed
+/// over [`HANDOVER`] at a time: a run of small files that woke the writer
+/// (and with it an idle runtime thread) once per item spent a fifth of its
+/// CPU time on those wake-ups. The writer takes what is gathered on each of
+/// its rounds too, so that a slow run's items are not held back.
+struct DoneSender {
+    tx: mpsc::Sender<Vec<DoneItem>>,
+    gathered: Arc<Mutex<Vec<DoneItem>>>,
+}
+
+/// The writer's side: whole hand-overs, and what is gathered meanwhile.
+struct DoneReceiver {
+    rx: mpsc::Receiver<Vec<DoneItem>>,
+    gathered: Arc<Mutex<Vec<DoneItem>>>,
+}
+
+/// Room for [`BATCH`] × 4 items in hand-overs: beyond that (a database that
+/// cannot keep up, or [`PENDING_MAX`] held while it is away) the run waits.
+fn done_channel() -> (DoneSender, DoneReceiver) {
+    let (tx, rx) = mpsc::channel(BATCH * 4 / HANDOVER);
+    let gathered = Arc::new(Mutex::new(Vec::with_capacity(HANDOVER)));
+    (DoneSender { tx, gathered: gathered.clone() }, DoneReceiver { rx, gathered })
+}
+
+impl DoneSender {
+    async fn send(&self, item: DoneItem) {
+        let full = {
+            let mut gathered = self.gathered.lock().expect("done items lock");
+            gathered.push(item);
+            (gathered.len() >= HANDOVER)
+                .then(|| std::mem::replace(&mut *gathered, Vec::with_capacity(HANDOVER)))
+        };
+        if let Some(items) = full {
+            // Only fails once the writer has ended, and then nothing is recorded anyway.
+            let _ = self.tx.send(items).await;
+        }
+    }
+}
+
+impl DoneReceiver {
+    fn take_gathered(&self) -> Vec<DoneItem> {
+        std::mem::take(&mut *self.gathered.lock().expect("done items lock"))
+    }
+}
+
 /// The checkpoint writer: done items, recorded in batches of up to
 /// [`BATCH`] at least every 200 ms, and a sign of life every [`HEARTBEAT`].
 /// A database that cannot be written (restarted, locked by another
@@ -177,7 +226,7 @@ impl Recorder {
 async fn write_done(
     store: Store,
     run_id: i64,
-    mut rx: mpsc::Receiver<DoneItem>,
+    mut rx: DoneReceiver,
     outage_limit: Duration,
 ) -> Option<String> {
     let mut pending: Vec<DoneItem> = Vec::with_capacity(BATCH);
@@ -204,10 +253,10 @@ async fn write_done(
         tokio::pin!(deadline);
         while !closed {
             tokio::select! {
-                item = rx.recv(), if pending.len() < PENDING_MAX => match item {
-                    Some(item) if gave_up.is_some() => drop(item),
-                    Some(item) => {
-                        pending.push(item);
+                items = rx.rx.recv(), if pending.len() < PENDING_MAX => match items {
+                    Some(items) if gave_up.is_some() => drop(items),
+                    Some(mut items) => {
+                        pending.append(&mut items);
                         if pending.len() >= BATCH && failing_since.is_none() {
                             break;
                         }
@@ -216,6 +265,12 @@ async fn write_done(
                 },
                 _ = &mut deadline => break,
             }
+        }
+        // Once closed, nothing more is gathered: this takes the last of it.
+        if gave_up.is_some() {
+            rx.take_gathered();
+        } else if pending.len() < PENDING_MAX {
+            pending.append(&mut rx.take_gathered());
         }
         if closed && failing_since.is_some() {
             deadline.await;
@@ -392,11 +447,11 @@ mod tests {
         let proxied = format!("{proxied}{sep}options=-csearch_path%3D{schema}");
         let store = Store::connect(&proxied).await.unwrap();
         let run_id = store.begin_run("k", "a", "b").await.unwrap().run_id;
-        let (tx, rx) = mpsc::channel(BATCH * 4);
+        let (tx, rx) = done_channel();
         let writer = tokio::spawn(write_done(store.clone(), run_id, rx, Duration::from_secs(2)));
         let all = items(3 * BATCH);
         for item in all[..BATCH].iter().cloned() {
-            tx.send(item).await.unwrap();
+            tx.send(item).await;
         }
         for _ in 0..100 {
             if store.done_count(run_id).await.unwrap() == BATCH as u64 {
@@ -406,7 +461,7 @@ mod tests {
         }
         proxy.partition();
         for item in all[BATCH..].iter().cloned() {
-            tx.send(item).await.unwrap();
+            tx.send(item).await;
         }
         drop(tx);
         let reason = tokio::time::timeout(Duration::from_secs(15), writer)
@@ -450,16 +505,40 @@ mod tests {
         sqlx::query(&format!("ALTER TABLE {from} RENAME TO {to}")).execute(conn).await.unwrap();
     }
 
+    /// Items are handed over in groups, but a few are not held back until
+    /// a group fills: the writer takes them on its next round.
+    #[tokio::test]
+    async fn a_few_done_items_are_recorded_without_waiting_for_more() {
+        let (_dir, store, run_id, _conn) = store_with_backdoor().await;
+        let (tx, rx) = done_channel();
+        let writer = tokio::spawn(write_done(store.clone(), run_id, rx, Duration::from_secs(30)));
+        let all = items(HANDOVER * 2 + 3);
+        for item in all.iter().cloned() {
+            tx.send(item).await;
+        }
+        let mut recorded = 0;
+        for _ in 0..40 {
+            recorded = store.done_count(run_id).await.unwrap();
+            if recorded == all.len() as u64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(recorded, all.len() as u64, "recorded within a round or so, the run still going");
+        drop(tx);
+        assert_eq!(writer.await.unwrap(), None);
+    }
+
     #[tokio::test]
     async fn done_items_wait_out_a_database_that_cannot_be_written() {
         let (_dir, store, run_id, mut conn) = store_with_backdoor().await;
         rename(&mut conn, "sync_done", "sync_done_away").await;
-        let (tx, rx) = mpsc::channel(BATCH * 4);
+        let (tx, rx) = done_channel();
         let writer = tokio::spawn(write_done(store.clone(), run_id, rx, Duration::from_secs(30)));
         // More than the channel holds: the run does not wait for the database.
         let sent = tokio::time::timeout(Duration::from_secs(5), async {
             for item in items(3 * BATCH * 4) {
-                tx.send(item).await.unwrap();
+                tx.send(item).await;
             }
         })
         .await;
@@ -475,18 +554,18 @@ mod tests {
     async fn a_database_away_too_long_is_reported_and_the_run_goes_on() {
         let (_dir, store, run_id, mut conn) = store_with_backdoor().await;
         rename(&mut conn, "sync_done", "sync_done_away").await;
-        let (tx, rx) = mpsc::channel(BATCH * 4);
+        let (tx, rx) = done_channel();
         let writer = tokio::spawn(write_done(store.clone(), run_id, rx, Duration::from_millis(600)));
         let started = Instant::now();
         for item in items(BATCH * 10) {
-            tx.send(item).await.unwrap();
+            tx.send(item).await;
         }
         // Once it has given up, the writer takes what comes without
         // trying, and without spinning while the run goes on.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let cpu = cpu_ticks();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        tx.send(items(1).remove(0)).await.unwrap();
+        tx.send(items(1).remove(0)).await;
         assert!(cpu_ticks() - cpu < 20, "the writer idles: {} ticks in 1 s", cpu_ticks() - cpu);
         drop(tx);
         let reason = tokio::time::timeout(Duration::from_secs(10), writer).await.unwrap().unwrap();

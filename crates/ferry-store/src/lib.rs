@@ -514,36 +514,48 @@ impl Store {
 
     /// Record finished items, all in one transaction.
     pub async fn record_done(&self, run_id: i64, items: &[DoneItem]) -> Result<()> {
-        if items.is_empty() {
+        // One statement per group of rows, not one per row: a row per
+        // statement cost a round trip each (to the SQLite worker thread or
+        // to the PostgreSQL server), several times what writing it costs.
+        // A name twice in one statement is refused by PostgreSQL's upsert
+        // (`--files-from` may list a file twice): the last one counts.
+        let mut seen = std::collections::HashSet::new();
+        let mut rows: Vec<&DoneItem> =
+            items.iter().rev().filter(|it| seen.insert((&it.dir, &it.name))).collect();
+        rows.reverse();
+        if rows.is_empty() {
             return Ok(());
         }
-        let upsert = sql(
-            self,
-            "INSERT INTO sync_done (run_id, dir, name, size, mtime_ns, src_ctime_ns, dst_version) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, dir, name) DO UPDATE SET size = excluded.size, \
-             mtime_ns = excluded.mtime_ns, src_ctime_ns = excluded.src_ctime_ns, dst_version = excluded.dst_version",
-        );
+        const ROWS_PER_STATEMENT: usize = 256;
         macro_rules! run_batch {
-            ($pool:expr) => {{
+            ($pool:expr, $db:ty) => {{
                 let mut tx = $pool.begin().await?;
-                for it in items {
-                    sqlx::query(&upsert)
-                        .bind(run_id)
-                        .bind(&it.dir)
-                        .bind(&it.name)
-                        .bind(it.size as i64)
-                        .bind(it.mtime_ns)
-                        .bind(it.ctime_ns)
-                        .bind(&it.dst_version)
-                        .execute(&mut *tx)
-                        .await?;
+                for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO sync_done (run_id, dir, name, size, mtime_ns, src_ctime_ns, dst_version) ",
+                    );
+                    q.push_values(chunk, |mut row, it| {
+                        row.push_bind(run_id)
+                            .push_bind(&it.dir)
+                            .push_bind(&it.name)
+                            .push_bind(it.size as i64)
+                            .push_bind(it.mtime_ns)
+                            .push_bind(it.ctime_ns)
+                            .push_bind(&it.dst_version);
+                    });
+                    q.push(
+                        " ON CONFLICT (run_id, dir, name) DO UPDATE SET size = excluded.size, \
+                         mtime_ns = excluded.mtime_ns, src_ctime_ns = excluded.src_ctime_ns, \
+                         dst_version = excluded.dst_version",
+                    );
+                    q.build().persistent(chunk.len() == ROWS_PER_STATEMENT).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
             }};
         }
         match &self.backend {
-            Backend::Sqlite(p) => run_batch!(p),
-            Backend::Postgres(p) => run_batch!(p),
+            Backend::Sqlite(p) => run_batch!(p, sqlx::Sqlite),
+            Backend::Postgres(p) => run_batch!(p, sqlx::Postgres),
         }
         Ok(())
     }

@@ -44,7 +44,8 @@ async fn story(store: &Store) {
     assert_eq!(store.find_run("key-1").await.unwrap(), Some(cp.run_id));
     assert_eq!(store.find_run("never-ran").await.unwrap(), None);
 
-    let items: Vec<DoneItem> = (0..300)
+    // More than one statement's worth of rows.
+    let items: Vec<DoneItem> = (0..600)
         .map(|i| DoneItem {
             dir: if i % 2 == 0 { String::new() } else { "sub/dir".into() },
             name: format!("file-{i}"),
@@ -70,15 +71,27 @@ async fn story(store: &Store) {
         )
         .await
         .unwrap();
-    assert_eq!(store.done_count(cp.run_id).await.unwrap(), 300);
+    assert_eq!(store.done_count(cp.run_id).await.unwrap(), 600);
     let root = all_done(store, cp.run_id, "").await.unwrap();
-    assert_eq!(root.len(), 150);
+    assert_eq!(root.len(), 300);
     assert_eq!(root["file-0"], k(7, 9, Some(11), None));
     assert_eq!(root["file-2"], k(2, 1_700_000_000_000_000_002, None, None));
     assert_eq!(root["file-6"], k(6, 1_700_000_000_000_000_006, None, Some("\"etag-6\"")));
     let sub = all_done(store, cp.run_id, "sub/dir").await.unwrap();
-    assert_eq!(sub.len(), 150);
+    assert_eq!(sub.len(), 300);
     assert!(all_done(store, other.run_id, "").await.unwrap().is_empty(), "runs are separate");
+    // The same name twice in one batch (a file listed twice): the last counts.
+    let twice = |size| DoneItem {
+        dir: "sub/dir".into(),
+        name: "file-1".into(),
+        size,
+        mtime_ns: 3,
+        ctime_ns: None,
+        dst_version: None,
+    };
+    store.record_done(cp.run_id, &[twice(40), items[5].clone(), twice(41)]).await.unwrap();
+    assert_eq!(all_done(store, cp.run_id, "sub/dir").await.unwrap()["file-1"], k(41, 3, None, None));
+    assert_eq!(store.done_count(cp.run_id).await.unwrap(), 600);
 
     // Pages follow byte order, as listings do, whatever the database locale.
     let names = ["\u{e9}t\u{e9}", "Zeta", "alpha", "Beta", "a b", "a-b", "a.b", "\u{65e5}"];
@@ -119,7 +132,7 @@ async fn story(store: &Store) {
     store.finish_run(cp.run_id).await.unwrap();
     let next = store.begin_run("key-1", "/src", "s3://b/p").await.unwrap();
     assert_eq!(next, ferry_store::Checkpoint { run_id: cp.run_id, resumed: false, interrupted: None });
-    assert_eq!(store.done_count(cp.run_id).await.unwrap(), 300);
+    assert_eq!(store.done_count(cp.run_id).await.unwrap(), 600);
     // ... and a run that starts again without finishing is resumed next time.
     assert!(store.begin_run("key-1", "/src", "s3://b/p").await.unwrap().resumed);
     store.forget_run(cp.run_id).await.unwrap();
