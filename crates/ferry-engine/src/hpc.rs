@@ -283,6 +283,11 @@ async fn transfer(
             return Err(format!("{}: {}", f.path, f.reason));
         }
     }
+    if let Some(why) = report.stopped {
+        // Items were left untried: none is recorded as exported or cached
+        // (the export list holds them too); a rerun resumes from the checkpoint.
+        return Err(format!("the run stopped early: {why}"));
+    }
     match exported {
         // The stat seen before the upload: a file changed since is exported again next time.
         Some(mut entries) => {

@@ -58,6 +58,10 @@ pub struct SyncOptions {
     pub verify: Verify,
     /// Attempts per item for temporary errors (on top of per-request retries).
     pub item_attempts: u32,
+    /// A store that cannot be connected to for this long (no item has
+    /// succeeded meanwhile) stops the run, rather than every item left
+    /// failing in turn after its retries.
+    pub unreachable_limit: std::time::Duration,
     /// Read chunk size for local files.
     pub chunk: usize,
     /// Follow symlinks in the source instead of copying them as links.
@@ -98,6 +102,7 @@ impl Default for SyncOptions {
             bwlimit: None,
             verify: Verify::default(),
             item_attempts: 3,
+            unreachable_limit: std::time::Duration::from_secs(30),
             chunk: 8 << 20,
             copy_links: false,
             attributes: None,

@@ -32,6 +32,8 @@ pub struct Progress {
     pub skipped: AtomicU64,
     pub skipped_bytes: AtomicU64,
     pub failed: AtomicU64,
+    /// Items not tried because the run stopped.
+    pub not_tried: AtomicU64,
     /// Items left out by filters.
     pub excluded: AtomicU64,
     pub deleted: AtomicU64,
@@ -150,6 +152,11 @@ pub struct Report {
     /// set (the CLI stops or looks the key up before printing a report).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub source_missing: bool,
+    /// Why the run stopped before trying every item (a store that could
+    /// not be connected to), if it did.
+    pub stopped: Option<String>,
+    /// Items not tried because the run stopped.
+    pub not_tried: u64,
     /// The first failures (up to 10,000).
     pub failures: Vec<Failure>,
     /// Failures beyond those listed in `failures`.
@@ -165,6 +172,6 @@ pub struct Report {
 
 impl Report {
     pub fn success(&self) -> bool {
-        self.failed == 0
+        self.failed == 0 && self.stopped.is_none()
     }
 }

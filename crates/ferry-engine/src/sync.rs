@@ -4,7 +4,7 @@
 //! extraneous destination items (only when nothing failed), then report.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,11 @@ struct Run {
     recorder: Option<Recorder>,
     /// Some listing failed: no deletion may run.
     listing_failed: AtomicBool,
+    /// When an item last succeeded, in ms since `started`.
+    last_ok_ms: AtomicU64,
+    started: Instant,
+    /// Why the run stopped early: no more items are tried.
+    stopped: std::sync::OnceLock<String>,
     /// The source's root lists nothing and may not be there at all
     /// ([`Location::empty_means_missing`]): no deletion may run.
     source_missing: AtomicBool,
@@ -173,6 +178,9 @@ impl Sync {
             progress: self.progress.clone(),
             recorder,
             listing_failed: AtomicBool::new(false),
+            last_ok_ms: AtomicU64::new(0),
+            started: Instant::now(),
+            stopped: Default::default(),
             source_missing: AtomicBool::new(false),
             extraneous: Mutex::new(Vec::new()),
             hard_links: Mutex::new(HashMap::new()),
@@ -196,7 +204,8 @@ impl Sync {
             verify_failed = run.verify_all().await;
         }
 
-        let success = p.failed.load(Relaxed) == 0 && verify_failed == 0;
+        let stopped = run.stopped.get().cloned();
+        let success = p.failed.load(Relaxed) == 0 && verify_failed == 0 && stopped.is_none();
         let mut run = Arc::try_unwrap(run).ok().expect("run still shared after completion");
         if let Some(trouble) = run.recorder.as_mut().map(|rec| rec.finish(success)) {
             if let Some(warning) = trouble.await {
@@ -237,6 +246,8 @@ impl Sync {
             aborted_uploads,
             delete_skipped,
             source_missing: run.source_missing.load(Relaxed),
+            not_tried: p.not_tried.load(Relaxed),
+            stopped,
             failures_omitted: failed.saturating_sub(failures.len() as u64),
             failures,
             warnings,
@@ -304,7 +315,7 @@ impl Run {
         let mut queue: VecDeque<Walk> = VecDeque::from([root]);
         let mut running = FuturesUnordered::new();
         loop {
-            while running.len() < self.opts.list_threads.max(1) {
+            while running.len() < self.opts.list_threads.max(1) && self.stopped.get().is_none() {
                 let Some(walk) = queue.pop_back() else { break };
                 let run = self.clone();
                 let tx = tx.clone();
@@ -321,6 +332,9 @@ impl Run {
     async fn scan_list(self: &Arc<Self>, paths: &[String], tx: mpsc::Sender<Item>) {
         let mut settled = std::collections::HashSet::new();
         for path in paths {
+            if self.stopped.get().is_some() {
+                return;
+            }
             let p = &self.progress;
             p.listed.fetch_add(1, Relaxed);
             if let Err(e) = validate_rel_path(path) {
@@ -869,9 +883,17 @@ impl Run {
     /// Check and transfer one item, retrying temporary failures.
     async fn handle(&self, item: Item) {
         let p = &self.progress;
+        if self.stopped.get().is_some() {
+            p.not_tried.fetch_add(1, Relaxed);
+            return;
+        }
         let mut attempt = 1;
         loop {
-            match self.process(&item).await {
+            let outcome = self.process(&item).await;
+            if outcome.is_ok() {
+                self.last_ok_ms.fetch_max(self.started.elapsed().as_millis() as u64, Relaxed);
+            }
+            match outcome {
                 Ok(Outcome::Skipped(version)) => {
                     p.skipped.fetch_add(1, Relaxed);
                     p.skipped_bytes.fetch_add(item.src.size, Relaxed);
@@ -898,9 +920,29 @@ impl Run {
                     attempt += 1;
                     continue;
                 }
-                Err(e) => p.fail(&item.src.path, e.to_string()),
+                Err(e) => {
+                    self.stop_if_unreachable(&e);
+                    p.fail(&item.src.path, e.to_string());
+                }
             }
             return;
+        }
+    }
+
+    /// Stop the run when `e` (an item's last attempt) found no store to
+    /// connect to and no item has succeeded for the unreachable limit: the
+    /// items left would each fail the same way, after their retries.
+    fn stop_if_unreachable(&self, e: &StorageError) {
+        if !matches!(e, StorageError::Connect { .. }) {
+            return;
+        }
+        let now = self.started.elapsed();
+        let last_ok = Duration::from_millis(self.last_ok_ms.load(Relaxed));
+        if now.saturating_sub(last_ok) >= self.opts.unreachable_limit {
+            let _ = self.stopped.set(format!(
+                "{e}, and nothing succeeded for {} s (--unreachable-limit)",
+                now.saturating_sub(last_ok).as_secs()
+            ));
         }
     }
 
@@ -1517,6 +1559,9 @@ impl Run {
             buffers: buffer_room(&self.opts),
             recorder: None,
             listing_failed: AtomicBool::new(false),
+            last_ok_ms: AtomicU64::new(0),
+            started: Instant::now(),
+            stopped: Default::default(),
             source_missing: AtomicBool::new(false),
             extraneous: Mutex::new(Vec::new()),
             hard_links: Mutex::new(HashMap::new()),

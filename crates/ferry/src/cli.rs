@@ -292,6 +292,11 @@ pub struct SyncArgs {
     /// Retries of a request that failed with a temporary error (503, 429, resets).
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub retries: usize,
+    /// Stop the run (exit 2) when a store cannot be connected to and no item
+    /// has succeeded for this many seconds, instead of failing every item
+    /// left in turn; a rerun resumes.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub unreachable_limit: u64,
 
     /// Checkpoint database: sqlite://PATH or postgres://… (default: a SQLite file
     /// in $FERRY_STATE_DIR, else ~/.local/state/ferry/).

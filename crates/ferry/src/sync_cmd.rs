@@ -58,6 +58,9 @@ pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
         print_text(&report, args.quiet, failures_csv);
     }
     journal.finish()?;
+    if let Some(why) = &report.stopped {
+        bail!("the run stopped early: {why}; {} item(s) not tried; rerun to resume", report.not_tried);
+    }
     Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
@@ -191,6 +194,7 @@ fn options(args: &SyncArgs) -> anyhow::Result<SyncOptions> {
             VerifyArg::All => Verify::All,
         },
         copy_links: args.copy_links,
+        unreachable_limit: std::time::Duration::from_secs(args.unreachable_limit),
         ..SyncOptions::default()
     })
 }

@@ -1215,3 +1215,74 @@ async fn retries_are_quiet_and_carry_no_backtrace() {
     assert!(retries.iter().all(|l| l.contains("503")), "{retries:?}");
     assert!(!r.stderr.contains("Backtrace") && !r.stderr.contains("backtrace"), "{}", r.stderr);
 }
+
+/// A store that goes away mid-run: once nothing has succeeded for
+/// `--unreachable-limit`, the run stops (exit 2) instead of failing every
+/// item left after its retries, and the rerun, with the store back,
+/// completes the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_gone_away_stops_the_run_and_a_rerun_completes_it() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    let (proxy, proxied) = ferry_testkit::TcpProxy::in_front_of(&s3.endpoint()).await;
+    let mut through_proxy = s3.env();
+    through_proxy.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+    through_proxy.push(("AWS_ENDPOINT_URL".into(), proxied));
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    many_files(&src, 300, 1000);
+    let s = src.to_str().unwrap();
+    let child = ferry_cmd(&state, &through_proxy)
+        .args([
+            "sync",
+            s,
+            "s3://bkt/p",
+            "--bwlimit",
+            "20K",
+            "--threads",
+            "2",
+            "--unreachable-limit",
+            "1",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(proxy); // connections closed, new ones refused
+    let started = std::time::Instant::now();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("the run stops instead of trying every item")
+    .unwrap()
+    .unwrap();
+    let r = Run::of(out);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("ferry: error: the run stopped early: ")
+            && r.stderr.contains("cannot connect to the store (connection refused)")
+            && r.stderr.contains("rerun to resume"),
+        "{}",
+        r.stderr
+    );
+    let j = r.json();
+    let (done, failed, not_tried) =
+        (j["transferred"].as_u64().unwrap(), j["failed"].as_u64().unwrap(), j["not_tried"].as_u64().unwrap());
+    assert!(done > 0 && failed > 0 && not_tried > 0, "{j}");
+    assert!(failed <= 4, "only the items in flight failed, not all {}: {j}", 300 - done);
+    assert!(j["stopped"].as_str().unwrap().contains("--unreachable-limit"), "{j}");
+    assert!(started.elapsed() < Duration::from_secs(30), "stopped after {:?}", started.elapsed());
+
+    // The store back (here: reached directly), the rerun resumes and completes.
+    let r = ferry(&state, &s3.env(), &["sync", s, "s3://bkt/p", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(j["resumed"], true, "{j}");
+    assert_eq!(j["stopped"], serde_json::Value::Null, "{j}");
+    let back = tmp.path().join("back");
+    assert_eq!(ferry(&state, &s3.env(), &["sync", "s3://bkt/p", back.to_str().unwrap()]).code, 0);
+    assert_same(&snapshot(&src, false), &snapshot(&back, false));
+}
