@@ -43,12 +43,13 @@ impl AppState {
     }
 
     /// The environment workers of this process run tasks in.
-    pub fn task_env(&self, threads: usize) -> TaskEnv {
+    pub fn task_env(&self, threads: usize, unreachable_limit: std::time::Duration) -> TaskEnv {
         TaskEnv {
             store: self.store.clone(),
             shares_root: self.shares_root.clone(),
             object_stores: self.object_stores.clone(),
             threads,
+            unreachable_limit,
         }
     }
 }

@@ -46,6 +46,9 @@ pub struct TaskEnv {
     pub object_stores: Arc<ObjectStores>,
     /// Transfers in flight per task.
     pub threads: usize,
+    /// How long a store may stay unreachable, nothing succeeding, before
+    /// a task stops ([`SyncOptions::unreachable_limit`]).
+    pub unreachable_limit: std::time::Duration,
 }
 
 /// How a task ended.
@@ -242,7 +245,12 @@ async fn transfer(
     let local = open_target_dir(env, &target, &sub).await?;
     let Location::Posix(root) = local.clone() else { unreachable!("target directories are POSIX") };
     // What an export sends is what the share's index saw change.
-    let mut opts = SyncOptions { threads: env.threads, update_attributes: false, ..Default::default() };
+    let mut opts = SyncOptions {
+        threads: env.threads,
+        unreachable_limit: env.unreachable_limit,
+        update_attributes: false,
+        ..Default::default()
+    };
     let mut exported = None;
     if dir == Direction::Export {
         let t0 = Instant::now();

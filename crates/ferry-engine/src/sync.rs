@@ -939,10 +939,9 @@ impl Run {
         let now = self.started.elapsed();
         let last_ok = Duration::from_millis(self.last_ok_ms.load(Relaxed));
         if now.saturating_sub(last_ok) >= self.opts.unreachable_limit {
-            let _ = self.stopped.set(format!(
-                "{e}, and nothing succeeded for {} s (--unreachable-limit)",
-                now.saturating_sub(last_ok).as_secs()
-            ));
+            let _ = self
+                .stopped
+                .set(format!("{e}, and nothing succeeded for {} s", now.saturating_sub(last_ok).as_secs()));
         }
     }
 

@@ -8,6 +8,7 @@
 //! | `workers.tasks` | `FERRY_WORKERS_TASKS` | 4 |
 //! | `workers.threads` | `FERRY_WORKERS_THREADS` | 256 |
 //! | `workers.lease_secs` | `FERRY_WORKERS_LEASE_SECS` | 30 |
+//! | `workers.unreachable_secs` | `FERRY_WORKERS_UNREACHABLE_SECS` | 30: a task stops when a store cannot be connected to and nothing succeeded for this long |
 //! | `secret_key_file` | `FERRY_SECRET_KEY_FILE` | `<data dir>/secret.key` (created when missing) |
 //! | `object_stores[i].<key>` | `FERRY_OBJECT_STORES_<i>_<KEY>` | one `file` store, endpoint `local`, root `<data dir>/buckets` |
 
@@ -42,6 +43,7 @@ struct WorkersFile {
     tasks: Option<usize>,
     threads: Option<usize>,
     lease_secs: Option<i64>,
+    unreachable_secs: Option<u64>,
 }
 
 /// Everything `serve`, `worker` and the admin commands need.
@@ -55,6 +57,9 @@ pub struct Config {
     pub worker_tasks: usize,
     pub worker_threads: usize,
     pub lease_secs: i64,
+    /// A task stops when a store cannot be connected to and nothing
+    /// succeeded for this long.
+    pub unreachable_limit: std::time::Duration,
     /// Whether the database is the embedded SQLite file.
     pub embedded_db: bool,
     /// The key that seals access-key secrets in the database; every node of
@@ -160,8 +165,13 @@ impl Config {
         let worker_tasks = env_parse("FERRY_WORKERS_TASKS")?.or(file.workers.tasks).unwrap_or(4);
         let worker_threads = env_parse("FERRY_WORKERS_THREADS")?.or(file.workers.threads).unwrap_or(256);
         let lease_secs = env_parse("FERRY_WORKERS_LEASE_SECS")?.or(file.workers.lease_secs).unwrap_or(30);
-        if worker_tasks == 0 || worker_threads == 0 || lease_secs < 2 {
-            bail!("workers: tasks and threads must be at least 1 and lease_secs at least 2");
+        let unreachable_secs =
+            env_parse("FERRY_WORKERS_UNREACHABLE_SECS")?.or(file.workers.unreachable_secs).unwrap_or(30);
+        if worker_tasks == 0 || worker_threads == 0 || lease_secs < 2 || unreachable_secs == 0 {
+            bail!(
+                "workers: tasks and threads must be at least 1, lease_secs at least 2 and unreachable_secs \
+                 at least 1"
+            );
         }
         let secret_key_file = env("FERRY_SECRET_KEY_FILE")
             .map(PathBuf::from)
@@ -177,6 +187,7 @@ impl Config {
             worker_tasks,
             worker_threads,
             lease_secs,
+            unreachable_limit: std::time::Duration::from_secs(unreachable_secs),
             embedded_db,
         })
     }

@@ -44,7 +44,7 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let addr = listener.local_addr()?;
     let (tx, rx) = watch::channel(false);
     if !args.no_workers {
-        let env = Arc::new(state.task_env(cfg.worker_threads));
+        let env = Arc::new(state.task_env(cfg.worker_threads, cfg.unreachable_limit));
         worker::recover(&env).await.context("cannot recover interrupted work")?;
         tokio::spawn(worker::run(env, worker_config(&cfg), wake, rx.clone()));
     }
@@ -104,7 +104,7 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
         Arc::new(cfg.object_stores.clone()),
         Arc::new(Notify::new()),
     );
-    let env = Arc::new(state.task_env(cfg.worker_threads));
+    let env = Arc::new(state.task_env(cfg.worker_threads, cfg.unreachable_limit));
     worker::recover(&env).await?;
     let (tx, rx) = watch::channel(false);
     tokio::spawn(shutdown_signal(tx));

@@ -59,7 +59,10 @@ pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
     }
     journal.finish()?;
     if let Some(why) = &report.stopped {
-        bail!("the run stopped early: {why}; {} item(s) not tried; rerun to resume", report.not_tried);
+        bail!(
+            "the run stopped early (--unreachable-limit): {why}; {} item(s) not tried; rerun to resume",
+            report.not_tried
+        );
     }
     Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

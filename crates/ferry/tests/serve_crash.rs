@@ -71,12 +71,16 @@ async fn seeded_store() -> (S3Server, tempfile::TempDir) {
 }
 
 async fn setup(c: &Client, s3: &S3Server) -> (String, String) {
+    setup_at(c, &s3.endpoint()).await
+}
+
+async fn setup_at(c: &Client, endpoint: &str) -> (String, String) {
     let body =
         json!({"share": {"name": "crashy", "share_proto": "NFS", "share_type": "STANDARD", "size": 10}});
     let a = c.call("POST", "/shares", Some(&body)).await;
     let share = a.body["id"].as_str().unwrap().to_string();
     c.poll(&format!("/shares/{share}"), |b| b["status"] == "200").await;
-    let body = json!({"file_system_path": "data", "obs": {"bucket": "bkt", "endpoint": s3.endpoint()}});
+    let body = json!({"file_system_path": "data", "obs": {"bucket": "bkt", "endpoint": endpoint}});
     let a = c.call("POST", &format!("/shares/{share}/targets"), Some(&body)).await;
     assert_eq!(a.status, 202, "{}", a.text);
     let target = a.body["target_id"].as_str().unwrap().to_string();
@@ -203,6 +207,42 @@ async fn deleting_a_running_task_cancels_it() {
         let i: usize = p.file_stem().unwrap().to_string_lossy()[1..].parse().unwrap();
         assert_eq!(fs::read(p).unwrap(), content(i));
     }
+}
+
+/// A store that goes away during a preload: the task stops once nothing
+/// has succeeded for `workers.unreachable_secs`, and fails saying so,
+/// rather than failing every file left after its retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_gone_away_stops_the_task() {
+    let (s3, tmp) = seeded_store().await;
+    let (proxy, proxied) = TcpProxy::in_front_of(&s3.endpoint()).await;
+    let cfg = tmp.path().join("ferry.toml");
+    let text = format!(
+        "[workers]\nthreads = 4\nunreachable_secs = 1\n\n[[object_stores]]\nendpoint = \"{proxied}\"\nprovider = \"s3\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+        s3.access_key(),
+        s3.secret_key(),
+    );
+    fs::write(&cfg, text).unwrap();
+    let server = Server::start(&tmp.path().join("data"), Some(&cfg), &Db::Sqlite);
+    let c = server.token("p1");
+    let (share, _) = setup_at(&c, &proxied).await;
+    s3.faults().set_delay(OpClass::Get, Duration::from_millis(20));
+    let task = start_task(&c, &share, "preload").await;
+    wait_done(&c, &share, &task, 50).await;
+    drop(proxy); // connections closed, new ones refused
+    let started = Instant::now();
+    let t = finish(&c, &share, &task).await;
+    assert_eq!(t["status"], "FAIL", "{t}");
+    let message = t["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("the run stopped early")
+            && message.contains("cannot connect to the store (connection refused)")
+            && message.contains("and nothing succeeded for"),
+        "{t}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "stopped after {:?}", started.elapsed());
+    let done = t["progress"]["done_files"].as_u64().unwrap_or(0);
+    assert!(done < FILES as u64, "stopped before the end: {t}");
 }
 
 /// The test PostgreSQL (a schema of its own), or `None` when
