@@ -422,6 +422,8 @@ pub fn build_object_root(
         }
         Scheme::Memory => Operator::new(services::Memory::default()).map_err(cfg_err)?,
     };
+    let context = op.base_context().with_http_transport(http_transport());
+    let op = op.with_context(context);
     let endpoint = crate::object::Endpoint { url: endpoint_url, vars: endpoint_vars };
     let mut root = ObjectRoot::new(op, &spec.prefix, spec.display.clone(), parts).with_endpoint(endpoint);
     if spec.scheme == Scheme::File {
@@ -446,6 +448,25 @@ pub fn build_object_root(
         )
     });
     Ok(root)
+}
+
+/// How long a connection to a store may take to open. The HTTP client's
+/// default is none: an endpoint that drops connection attempts (a firewall,
+/// a mistyped address) held each request for as long as the kernel retries
+/// (about two minutes), and every retry again.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The HTTP transport of every store, with [`CONNECT_TIMEOUT`]; one client,
+/// so that connections are pooled across locations as before.
+pub(crate) fn http_transport() -> opendal::HttpTransporter {
+    static TRANSPORT: std::sync::LazyLock<opendal::HttpTransporter> = std::sync::LazyLock::new(|| {
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .expect("an HTTP client with the default TLS setup");
+        opendal::HttpTransporter::new(opendal_http_transport_reqwest::ReqwestTransport::new(client))
+    });
+    TRANSPORT.clone()
 }
 
 /// A request about to be sent again: one line with `-v`, nothing
@@ -548,6 +569,25 @@ mod tests {
         let e = root.read_small("f").await.unwrap_err();
         assert!(e.is_temporary(), "{e}");
         assert!(e.to_string().ends_with(": cannot connect to the store (connection refused)"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_store_that_never_answers_a_connection_times_out_with_its_endpoint() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Fill its accept queue: connection attempts beyond it get no answer.
+        let mut held = Vec::new();
+        while let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            held.push(s);
+            assert!(held.len() < 5000, "the accept queue never filled");
+        }
+        let spec = obj(&format!("s3://bkt/p?endpoint=http://{addr}"));
+        let env = MapEnv(HashMap::from([("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]));
+        let root = build_object_root(&spec, &env, PartPolicy::default(), 0, false).unwrap();
+        let started = std::time::Instant::now();
+        let e = root.check_reachable().await.unwrap_err().to_string();
+        assert!(e.starts_with(&format!("cannot connect to http://{addr} (the connection timed out)")), "{e}");
+        assert!(started.elapsed() < CONNECT_TIMEOUT * 2, "gave up after {:?}", started.elapsed());
     }
 
     #[test]

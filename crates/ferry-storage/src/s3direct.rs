@@ -121,13 +121,13 @@ impl S3Direct {
                 provider = provider.with_session_token(t);
             }
             Signer::new(
-                Context::new().with_http_send(HttpTransporter::default()),
+                Context::new().with_http_send(crate::location::http_transport()),
                 provider,
                 RequestSigner::new("s3", region),
             )
         });
         let md5_etags = AtomicBool::new(checksums);
-        Self { base, signer, transport: HttpTransporter::default(), retries, checksums, md5_etags }
+        Self { base, signer, transport: crate::location::http_transport(), retries, checksums, md5_etags }
     }
 
     /// Whether this location checks content (`checksum=crc32c`).
