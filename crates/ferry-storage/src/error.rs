@@ -20,7 +20,7 @@ pub enum Error {
     Missing { what: String, fix: &'static str },
     /// No connection could be made to the store's endpoint.
     #[error("cannot connect to {endpoint} ({reason}): {fix}")]
-    Unreachable { endpoint: String, reason: String, fix: String },
+    Unreachable { endpoint: String, reason: &'static str, fix: String },
     /// One request that found no store to connect to (it may be restarting).
     #[error("{context}: cannot connect to the store ({})", connect_failure(source).unwrap_or("the connection failed"))]
     Connect {
@@ -104,7 +104,9 @@ impl Error {
 
     pub fn store(context: impl Into<String>, source: opendal::Error) -> Self {
         let context = context.into();
-        if connect_failure(&source).is_some() {
+        // Connect failures come as unexpected errors; others skip the walk
+        // through their causes (a missing object is common, and no news).
+        if source.kind() == opendal::ErrorKind::Unexpected && connect_failure(&source).is_some() {
             return Error::Connect { context, source };
         }
         match source.kind() {

@@ -274,7 +274,6 @@ pub fn build_object_root(
     create: bool,
 ) -> Result<ObjectRoot> {
     let d = spec.display.as_str();
-    let endpoint = |keys: &[&str]| spec.endpoint.clone().or_else(|| keys.iter().find_map(|k| env.var(k)));
     let cfg_err = |e: opendal::Error| Error::Config(format!("cannot configure {d}: {e}"));
     let mut direct = None;
     let endpoint_vars: &'static [&'static str] = match spec.scheme {
@@ -286,7 +285,8 @@ pub fn build_object_root(
         Scheme::Gcs => &["GCS_ENDPOINT"],
         Scheme::File | Scheme::Memory => &[],
     };
-    let mut endpoint_url = endpoint(endpoint_vars);
+    // The location's `?endpoint=`, else the first of the scheme's variables set.
+    let mut endpoint_url = spec.endpoint.clone().or_else(|| endpoint_vars.iter().find_map(|k| env.var(k)));
     let op = match spec.scheme {
         Scheme::S3 => {
             let region = spec
@@ -296,8 +296,8 @@ pub fn build_object_root(
                 .or_else(|| env.var("AWS_DEFAULT_REGION"))
                 .unwrap_or_else(|| "us-east-1".into());
             let mut b = services::S3::default().bucket(&spec.bucket).region(&region).disable_config_load();
-            if let Some(ep) = endpoint(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]) {
-                b = b.endpoint(&ep);
+            if let Some(ep) = &endpoint_url {
+                b = b.endpoint(ep);
             }
             if !spec.path_style {
                 b = b.enable_virtual_host_style();
@@ -322,7 +322,7 @@ pub fn build_object_root(
                 Some(keys)
             };
             direct = Some(S3Direct::new(
-                endpoint(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]).as_deref(),
+                endpoint_url.as_deref(),
                 &spec.bucket,
                 &region,
                 spec.path_style,
@@ -333,7 +333,7 @@ pub fn build_object_root(
             Operator::new(b).map_err(cfg_err)?
         }
         Scheme::Obs => {
-            let ep = endpoint(&["OBS_ENDPOINT"]).ok_or_else(|| {
+            let ep = endpoint_url.clone().ok_or_else(|| {
                 Error::Config(format!("missing endpoint for {d}: add ?endpoint=… or set OBS_ENDPOINT"))
             })?;
             let b = services::Obs::default()
@@ -349,7 +349,7 @@ pub fn build_object_root(
             Operator::new(b).map_err(cfg_err)?
         }
         Scheme::Oss => {
-            let ep = endpoint(&["OSS_ENDPOINT"]).ok_or_else(|| {
+            let ep = endpoint_url.clone().ok_or_else(|| {
                 Error::Config(format!("missing endpoint for {d}: add ?endpoint=… or set OSS_ENDPOINT"))
             })?;
             let b = services::Oss::default()
@@ -360,7 +360,7 @@ pub fn build_object_root(
             Operator::new(b).map_err(cfg_err)?
         }
         Scheme::Cos => {
-            let ep = endpoint(&["COS_ENDPOINT"]).ok_or_else(|| {
+            let ep = endpoint_url.clone().ok_or_else(|| {
                 Error::Config(format!("missing endpoint for {d}: add ?endpoint=… or set COS_ENDPOINT"))
             })?;
             let b = services::Cos::default()
@@ -372,9 +372,9 @@ pub fn build_object_root(
         }
         Scheme::Azblob => {
             let account = need(env, &["AZURE_STORAGE_ACCOUNT"], "account name", d)?;
-            let ep = endpoint(&["AZURE_STORAGE_ENDPOINT"])
-                .unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"));
-            endpoint_url = Some(ep.clone());
+            let ep = endpoint_url
+                .get_or_insert_with(|| format!("https://{account}.blob.core.windows.net"))
+                .clone();
             let b = services::Azblob::default()
                 .container(&spec.bucket)
                 .endpoint(&ep)
@@ -384,8 +384,8 @@ pub fn build_object_root(
         }
         Scheme::Gcs => {
             let mut b = services::Gcs::default().bucket(&spec.bucket);
-            if let Some(ep) = endpoint(&["GCS_ENDPOINT"]) {
-                b = b.endpoint(&ep);
+            if let Some(ep) = &endpoint_url {
+                b = b.endpoint(ep);
             }
             if spec.anonymous {
                 // Public buckets (and emulators): no token, no metadata server.

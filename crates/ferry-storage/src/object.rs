@@ -67,12 +67,12 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    fn unreachable(&self, reason: &str) -> Error {
+    fn unreachable(&self, reason: &'static str) -> Error {
         let vars =
             if self.vars.is_empty() { String::new() } else { format!(" or {}", self.vars.join(" / ")) };
         Error::Unreachable {
             endpoint: self.url.clone().unwrap_or_else(|| "the store's default endpoint".into()),
-            reason: reason.into(),
+            reason,
             fix: format!("check that the store is up and the endpoint is right (?endpoint=…{vars})"),
         }
     }
