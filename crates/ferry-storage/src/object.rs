@@ -395,19 +395,29 @@ impl ObjectRoot {
         &self.op
     }
 
+    /// The object key of `rel`, as the store names it (ferry's own S3
+    /// calls). Every OpenDAL call goes through [`Self::path`] instead.
     fn key(&self, rel: &str) -> String {
         format!("{}{rel}", self.prefix)
     }
 
-    fn dir_key(&self, rel: &str) -> String {
+    /// The key of `rel` for an OpenDAL call; refused when OpenDAL would
+    /// turn it into another key.
+    fn path(&self, rel: &str) -> Result<String> {
+        addressable(self.key(rel))
+    }
+
+    /// The key of the directory `rel` (its marker, or what its listing
+    /// starts with) for an OpenDAL call; refused like [`Self::path`].
+    fn dir_path(&self, rel: &str) -> Result<String> {
         if rel.is_empty() {
             if self.prefix.is_empty() {
-                "/".into()
+                Ok("/".into())
             } else {
-                self.prefix.clone()
+                addressable(self.prefix.clone())
             }
         } else {
-            format!("{}{rel}/", self.prefix)
+            addressable(format!("{}{rel}/", self.prefix))
         }
     }
 
@@ -415,7 +425,7 @@ impl ObjectRoot {
     pub async fn check_reachable(&self) -> Result<()> {
         let opts = ListOptions { limit: Some(1), ..Default::default() };
         let mut lister =
-            self.op.lister_options(&self.dir_key(""), opts).await.map_err(|e| self.reach_error(e))?;
+            self.op.lister_options(&self.dir_path("")?, opts).await.map_err(|e| self.reach_error(e))?;
         if let Some(Err(e)) = lister.next().await {
             return Err(self.reach_error(e));
         }
@@ -461,7 +471,7 @@ impl ObjectRoot {
         mut f: impl FnMut(Entry) -> Result<()>,
         rejected: &mut Vec<(String, String)>,
     ) -> Result<bool> {
-        let dir_key = self.dir_key(rel);
+        let dir_key = self.dir_path(rel)?;
         let ctx = || format!("list {}/{rel}", self.display);
         let mut lister = self
             .op
@@ -490,6 +500,10 @@ impl ObjectRoot {
             let rel_path = rel_key.strip_suffix('/').unwrap_or(rel_key);
             if let Err(e) = validate_rel_path(rel_path) {
                 rejected.push((rel_key.to_string(), format!("key cannot be a POSIX path: {e}")));
+                continue;
+            }
+            if path.trim() != path {
+                rejected.push((rel_key.to_string(), UNADDRESSABLE.into()));
                 continue;
             }
             if is_dir && md.content_length() > 0 && md.is_file() {
@@ -532,7 +546,7 @@ impl ObjectRoot {
         E: From<Error>,
         Fut: std::future::Future<Output = std::result::Result<(), E>>,
     {
-        let root = self.dir_key("");
+        let root = self.dir_path("")?;
         let ctx = || format!("list {}", self.display);
         let opts = ListOptions { recursive: true, ..Default::default() };
         let mut lister = self.op.lister_options(&root, opts).await.map_err(|e| Error::store(ctx(), e))?;
@@ -553,6 +567,7 @@ impl ObjectRoot {
                 continue;
             }
             match validate_rel_path(rel_path) {
+                Ok(()) if path.trim() != path => rejected.push((rel_key.to_string(), UNADDRESSABLE.into())),
                 Ok(()) => entries.push(entry_from_listing(rel_path, is_dir || md.is_dir(), &md)),
                 Err(e) => rejected.push((rel_key.to_string(), format!("key cannot be a POSIX path: {e}"))),
             }
@@ -569,14 +584,14 @@ impl ObjectRoot {
 
     /// HEAD the object and fill in its attributes.
     pub async fn stat(&self, rel: &str) -> Result<Option<(Entry, Vec<String>)>> {
-        self.stat_key(&self.op, &self.key(rel), rel, false).await
+        self.stat_key(&self.op, &self.path(rel)?, rel, false).await
     }
 
     /// The attributes stored on a directory's marker object; `None` when the
     /// directory has no marker (it exists only through the keys below it).
     pub async fn stat_dir(&self, rel: &str) -> Result<Option<(Entry, Vec<String>)>> {
         let op = if self.markers_carry_metadata() { &self.markers } else { &self.op };
-        self.stat_key(op, &self.dir_key(rel), rel, true).await
+        self.stat_key(op, &self.dir_path(rel)?, rel, true).await
     }
 
     async fn stat_key(
@@ -636,7 +651,7 @@ impl ObjectRoot {
         };
         let reader = self
             .op
-            .reader_options(&self.key(&entry.path), opts)
+            .reader_options(&self.path(&entry.path)?, opts)
             .await
             .map_err(|e| Error::store(ctx.clone(), e))?;
         let stream =
@@ -655,7 +670,7 @@ impl ObjectRoot {
         };
         let reader = self
             .op
-            .reader_options(&self.key(&entry.path), opts)
+            .reader_options(&self.path(&entry.path)?, opts)
             .await
             .map_err(|e| Error::store(ctx.clone(), e))?;
         let stream = reader.into_bytes_stream(range).await.map_err(|e| Error::store(ctx.clone(), e))?;
@@ -672,8 +687,11 @@ impl ObjectRoot {
             content_length_hint: Some(entry.size),
             ..Default::default()
         };
-        let reader =
-            self.op.reader_options(&self.key(&entry.path), opts).await.map_err(|e| Error::store(ctx(), e))?;
+        let reader = self
+            .op
+            .reader_options(&self.path(&entry.path)?, opts)
+            .await
+            .map_err(|e| Error::store(ctx(), e))?;
         let body = reader.read(0..entry.size).await.map_err(|e| Error::store(ctx(), e))?.to_bytes();
         if body.len() as u64 != entry.size {
             return Err(Error::SizeMismatch { expected: entry.size, got: body.len() as u64 });
@@ -699,7 +717,7 @@ impl ObjectRoot {
     pub async fn read_small(&self, rel: &str) -> Result<Bytes> {
         let buf = self
             .op
-            .read(&self.key(rel))
+            .read(&self.path(rel)?)
             .await
             .map_err(|e| Error::store(format!("read {}/{rel}", self.display), e))?;
         Ok(buf.to_bytes())
@@ -713,7 +731,7 @@ impl ObjectRoot {
         crc32c: Option<u32>,
         size_hint: u64,
     ) -> Result<opendal::Writer> {
-        let key = if kind == EntryKind::Dir { self.dir_key(rel) } else { self.key(rel) };
+        let key = if kind == EntryKind::Dir { self.dir_path(rel)? } else { self.path(rel)? };
         let big = size_hint > self.parts.chunk as u64;
         let opts = WriteOptions {
             user_metadata: Some(self.user_metadata(kind, meta, crc32c)),
@@ -745,7 +763,7 @@ impl ObjectRoot {
         meta: &PosixMeta,
         since: SystemTime,
     ) -> Option<Option<String>> {
-        let md = self.op.stat(&self.key(rel)).await.ok()?;
+        let md = self.op.stat(&self.path(rel).ok()?).await.ok()?;
         let stored: SystemTime = md.last_modified()?.into();
         let mut e = entry_from_listing(rel, false, &md);
         apply_user_metadata(&mut e, &md);
@@ -757,7 +775,7 @@ impl ObjectRoot {
     /// Create a directory: on object stores, a `dir/` marker object carrying
     /// the directory's attributes (as FSx for Lustre and s3fs write them).
     pub async fn create_dir(&self, rel: &str, meta: &PosixMeta) -> Result<()> {
-        let key = self.dir_key(rel);
+        let key = self.dir_path(rel)?;
         let ctx = || format!("create {}/{rel}/", self.display);
         if !self.markers_carry_metadata() {
             self.op.create_dir(&key).await.map_err(|e| Error::store(ctx(), e))?;
@@ -811,14 +829,29 @@ impl ObjectRoot {
         let res = if kind == EntryKind::Dir {
             self.op
                 .delete_options(
-                    &self.dir_key(rel),
+                    &self.dir_path(rel)?,
                     opendal::options::DeleteOptions { recursive: true, ..Default::default() },
                 )
                 .await
         } else {
-            self.op.delete(&self.key(rel)).await
+            self.op.delete(&self.path(rel)?).await
         };
         res.map_err(|e| Error::store(format!("delete {}/{rel}", self.display), e))
+    }
+}
+
+/// Why a key cannot be used: OpenDAL trims white space from both ends of
+/// every path it is given, so it would read, write or delete another object
+/// (`x ` as `x`). Such keys are refused and reported, never mapped.
+const UNADDRESSABLE: &str = "an object key that begins or ends with white space cannot be used: \
+     the storage library (OpenDAL) trims it and would address another key; rename it";
+
+/// `key`, when OpenDAL addresses it as it is.
+fn addressable(key: String) -> Result<String> {
+    if key.trim() == key {
+        Ok(key)
+    } else {
+        Err(Error::InvalidName { name: key, reason: UNADDRESSABLE.into() })
     }
 }
 

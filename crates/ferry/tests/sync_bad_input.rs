@@ -124,3 +124,57 @@ async fn copy_links_follows_links_but_not_loops() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("--files-from"), "{}", r.stderr);
 }
+
+/// OpenDAL trims white space from both ends of every object path, so a key
+/// ending in a space would be read, written or deleted as another key. Such
+/// names are refused and reported, never mapped onto their neighbours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_ending_in_white_space_are_refused_not_mapped_onto_others() {
+    let s3 = S3Server::start(&["bkt"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    for (name, body) in [("x", "plain"), ("x ", "spaced"), ("tab\t", "tab"), ("d/ lead", "inner")] {
+        std::fs::write(src.join(name), body).unwrap();
+    }
+    let bucket = s3.root().join("bkt");
+
+    // Up: the two names ending in white space fail; `x` keeps its own content.
+    let r = ferry(&state, &s3.env(), &["sync", src.to_str().unwrap(), "s3://bkt/p", "--json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!((j["failed"].as_u64(), j["transferred"].as_u64()), (Some(2), Some(3)), "{j}");
+    let failures = j["failures"].to_string();
+    assert!(failures.contains(r#""path":"x ""#) && failures.contains(r#""path":"tab\t""#), "{failures}");
+    assert!(failures.contains("white space"), "{failures}");
+    assert_eq!(std::fs::read(bucket.join("p/x")).unwrap(), b"plain");
+    assert_eq!(std::fs::read(bucket.join("p/d/ lead")).unwrap(), b"inner");
+    assert!(!bucket.join("p/x ").exists() && !bucket.join("p/tab").exists());
+
+    // Down: a bucket holding both `x` and `x ` gives `x` its own content and
+    // reports `x `, never writing one object's content under the other's name.
+    std::fs::create_dir_all(bucket.join("q")).unwrap();
+    std::fs::write(bucket.join("q/x"), "plain").unwrap();
+    std::fs::write(bucket.join("q/x "), "spaced").unwrap();
+    let out = tmp.path().join("out");
+    let r = ferry(&state, &s3.env(), &["sync", "s3://bkt/q", out.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!((j["failed"].as_u64(), j["transferred"].as_u64()), (Some(1), Some(1)), "{j}");
+    assert!(j["failures"].to_string().contains("white space"), "{j}");
+    assert_eq!(std::fs::read(out.join("x")).unwrap(), b"plain");
+    assert!(!out.join("x ").exists());
+
+    // --delete: `x ` is extraneous but cannot be addressed; deleting it
+    // would delete `x`. It is left alone with a warning, and `x` stays.
+    let only_x = tmp.path().join("only-x");
+    std::fs::create_dir(&only_x).unwrap();
+    std::fs::write(only_x.join("x"), "plain").unwrap();
+    let r = ferry(&state, &s3.env(), &["sync", only_x.to_str().unwrap(), "s3://bkt/q", "--delete", "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(j["deleted"].as_u64(), Some(0), "{j}");
+    assert!(j["warnings"].to_string().contains("white space"), "{j}");
+    assert_eq!(std::fs::read(bucket.join("q/x")).unwrap(), b"plain");
+    assert_eq!(std::fs::read(bucket.join("q/x ")).unwrap(), b"spaced");
+}
