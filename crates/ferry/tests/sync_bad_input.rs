@@ -88,6 +88,20 @@ async fn an_unusable_source_item_fails_alone() {
     assert!(r.stderr.contains("pipe") && r.stderr.contains("fifo"), "{}", r.stderr);
     assert_eq!(std::fs::read(dst.join("good")).unwrap(), b"ok");
     assert!(!dst.join("pipe").exists());
+
+    // With --delete, one failed item (the listings were fine) is enough for
+    // no deletion at all: the extraneous file stays, and the report says why.
+    std::fs::write(dst.join("extra"), "keep").unwrap();
+    let r = ferry(&state, &[], &["sync", src.to_str().unwrap(), dst.to_str().unwrap(), "--delete", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let j = r.json();
+    assert_eq!((j["failed"].as_u64(), j["deleted"].as_u64()), (Some(1), Some(0)), "{j}");
+    let why = j["delete_skipped"].as_str().unwrap_or_default();
+    assert!(why.contains("1 item(s) failed") && why.contains("none of the 1 extraneous"), "{j}");
+    assert_eq!(std::fs::read(dst.join("extra")).unwrap(), b"keep");
+    // Counters add up: listed = transferred + skipped + failed + excluded.
+    let n = |k: &str| j[k].as_u64().unwrap();
+    assert_eq!(n("listed"), n("transferred") + n("skipped") + n("failed") + n("excluded"), "{j}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
