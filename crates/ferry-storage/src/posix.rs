@@ -669,4 +669,23 @@ mod tests {
         fs::OpenOptions::new().append(true).open(dir.path().join("f")).unwrap().write_all(b"6").unwrap();
         assert!(matches!(r.check_unchanged(), Err(Error::SourceChanged(_))));
     }
+
+    /// A rewrite in place that keeps the size and puts the mtime back (as
+    /// `cp -p` or a careless tool does) still moves the ctime.
+    #[test]
+    fn reader_detects_a_same_size_rewrite_with_its_mtime_put_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, b"12345").unwrap();
+        let root = PosixRoot::open(dir.path(), false, false).unwrap();
+        let e = root.stat("f").unwrap().unwrap();
+        let r = root.open_read(&e).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+        fs::OpenOptions::new().write(true).open(&path).unwrap().write_all(b"54321").unwrap();
+        fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+        let now = root.stat("f").unwrap().unwrap();
+        assert_eq!((now.size, now.mtime_ns), (e.size, e.mtime_ns), "size and mtime look unchanged");
+        assert!(matches!(r.check_unchanged(), Err(Error::SourceChanged(_))));
+    }
 }
