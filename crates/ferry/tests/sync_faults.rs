@@ -107,6 +107,9 @@ async fn kill_and_resume(dst_of: impl Fn(&std::path::Path) -> String, env: Vec<(
     let tmp = tempfile::tempdir().unwrap();
     let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
     many_files(&src, 240, 40_000);
+    // One file that takes seconds at the rate limit: the kill finds it half written.
+    std::fs::write(src.join("big.bin"), (0..6u32 << 20).map(|i| (i % 253) as u8).collect::<Vec<u8>>())
+        .unwrap();
     let dst = dst_of(tmp.path());
     let mut child = ferry_cmd(&state, &env)
         .args(["sync", src.to_str().unwrap(), &dst, "--bwlimit", "2M", "--threads", "8", "--quiet"])
@@ -116,6 +119,10 @@ async fn kill_and_resume(dst_of: impl Fn(&std::path::Path) -> String, env: Vec<(
     assert!(child.try_wait().unwrap().is_none(), "still running when killed");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+    if !dst.starts_with("s3://") {
+        let left = complete_under_final_names(&src, std::path::Path::new(&dst));
+        assert!(left > 0, "the kill came after some files were written");
+    }
 
     let r = ferry(&state, &env, &["sync", src.to_str().unwrap(), &dst, "--json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
@@ -135,6 +142,28 @@ async fn kill_and_resume(dst_of: impl Fn(&std::path::Path) -> String, env: Vec<(
     assert!(all_names(&check).iter().all(|p| !p.to_string_lossy().contains(".ferry-tmp.")), "no temp files");
 }
 
+/// Right after a kill, before any rerun: every file under its final name in
+/// `dst` is whole and equal to its source (anything partial is under a
+/// temporary name). Returns how many there are.
+fn complete_under_final_names(src: &std::path::Path, dst: &std::path::Path) -> usize {
+    let mut whole = 0;
+    for p in all_names(dst) {
+        let name = p.to_string_lossy();
+        if name.contains(".ferry-tmp.") || !std::fs::symlink_metadata(&p).unwrap().is_file() {
+            continue;
+        }
+        let rel = p.strip_prefix(dst).unwrap();
+        let want = std::fs::read(src.join(rel)).unwrap();
+        assert!(
+            std::fs::read(&p).unwrap() == want,
+            "{} is under its final name but not whole",
+            rel.display()
+        );
+        whole += 1;
+    }
+    whole
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_then_rerun_to_local() {
     kill_and_resume(|t| t.join("dst").to_str().unwrap().to_string(), Vec::new()).await;
@@ -144,6 +173,48 @@ async fn kill_9_then_rerun_to_local() {
 async fn kill_9_then_rerun_to_s3() {
     let s3 = S3Server::start(&["bkt-kill"]).await;
     kill_and_resume(|_| "s3://bkt-kill/run".to_string(), s3.env()).await;
+}
+
+/// A large object downloaded in ranges (written at offsets into a
+/// temporary file) when the run is killed: nothing is at its final name
+/// until it is whole; the rerun completes it and leaves no temporary file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_ranged_download_then_rerun() {
+    let s3 = S3Server::start(&["bkt-kdl"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (tmp.path().join("src"), tmp.path().join("dst"), tmp.path().join("state"));
+    std::fs::create_dir_all(&src).unwrap();
+    let body: Vec<u8> = (0..24u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(src.join("big.bin"), &body).unwrap();
+    let env = s3.env();
+    assert_eq!(ferry(&state, &env, &["sync", src.to_str().unwrap(), "s3://bkt-kdl/p", "--quiet"]).code, 0);
+
+    let mut child = ferry_cmd(&state, &env)
+        .args(["sync", "s3://bkt-kdl/p", dst.to_str().unwrap(), "--bwlimit", "4M", "--quiet"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let partial = || {
+        std::fs::read_dir(&dst)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+    };
+    while !partial() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before the download began");
+        assert!(std::time::Instant::now() < deadline, "no download began");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!dst.join("big.bin").exists(), "a partial download is never under its final name");
+
+    let r = ferry(&state, &env, &["sync", "s3://bkt-kdl/p", dst.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(std::fs::read(dst.join("big.bin")).unwrap() == body, "the rerun's copy is whole");
+    assert!(all_names(&dst).iter().all(|p| !p.to_string_lossy().contains(".ferry-tmp.")), "no temp files");
 }
 
 /// Start a sync of `src` to `dst` slowly enough to be caught writing a
