@@ -107,9 +107,6 @@ async fn kill_and_resume(dst_of: impl Fn(&std::path::Path) -> String, env: Vec<(
     let tmp = tempfile::tempdir().unwrap();
     let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
     many_files(&src, 240, 40_000);
-    // One file that takes seconds at the rate limit: the kill finds it half written.
-    std::fs::write(src.join("big.bin"), (0..6u32 << 20).map(|i| (i % 253) as u8).collect::<Vec<u8>>())
-        .unwrap();
     let dst = dst_of(tmp.path());
     let mut child = ferry_cmd(&state, &env)
         .args(["sync", src.to_str().unwrap(), &dst, "--bwlimit", "2M", "--threads", "8", "--quiet"])
