@@ -1232,10 +1232,12 @@ impl Run {
                 Entry { etag: None, crc32c: None, md5: None, meta_loaded: true, local: None, ..s.clone() };
             let (got, _) = self.checksum(&self.dst, &written, false, None).await?;
             if got != crc {
-                return Err(StorageError::InvalidName {
-                    name: s.path.clone(),
-                    reason: format!("verification failed: wrote crc32c {crc:08x}, read back {got:08x}"),
-                });
+                // Never leave a copy known to be wrong: its size and mtime
+                // are right, so a later run would take it as up to date.
+                if let Err(e) = self.dst.remove(&s.path, s.kind).await {
+                    self.progress.warn(format!("{}: a copy that failed verification stays: {e}", s.path));
+                }
+                return Err(StorageError::VerifyFailed { wrote: crc, read: got });
             }
         }
         Ok((n, version))

@@ -43,6 +43,10 @@ pub enum Error {
     /// `expected` and `got` name the kind of checksum with the value.
     #[error("checksum mismatch reading {path}: stored {expected}, read {got}")]
     ChecksumMismatch { path: String, expected: String, got: String },
+    /// A copy read back after it was written (`--verify transferred`) is
+    /// not what was written. The copy is removed and written again.
+    #[error("verification failed: written with crc32c {wrote:08x}, read back {read:08x}")]
+    VerifyFailed { wrote: u32, read: u32 },
     /// A path inside a local root is, or goes through, a symlink.
     #[error("refusing to write through symlink {0}")]
     SymlinkInPath(String),
@@ -88,7 +92,10 @@ impl Error {
             }
             Error::Http { status, .. } => *status == 429 || *status >= 500,
             Error::Connect { .. } => true,
-            Error::SizeMismatch { .. } | Error::SourceChanged(_) | Error::ChecksumMismatch { .. } => true,
+            Error::SizeMismatch { .. }
+            | Error::SourceChanged(_)
+            | Error::ChecksumMismatch { .. }
+            | Error::VerifyFailed { .. } => true,
             _ => false,
         }
     }

@@ -179,7 +179,8 @@ them and why), 2 on usage or fatal errors.";
 pub enum VerifyArg {
     /// Check sizes; compute a CRC32C while streaming.
     None,
-    /// Read back every transferred item and compare its CRC32C.
+    /// Read back every transferred item and compare its CRC32C; a copy that
+    /// reads back wrong is removed and written again.
     Transferred,
     /// At the end, compare every file on both sides by CRC32C.
     All,

@@ -1030,6 +1030,35 @@ async fn a_body_changed_on_the_way_up_is_refused_and_sent_again() {
         assert_eq!(s3.faults().uploads_corrupted(), corrupted);
         assert_eq!(stored_changed(prefix, src), 1, "{prefix}: the changed body was stored");
     }
+    // --verify transferred reads every copy back: the changed one is removed
+    // and written again, so none stays (a later run would take it, with its
+    // right size and mtime, as up to date).
+    for (src, prefix) in [(&small, "verified-small"), (&large, "verified-large")] {
+        s3.faults().corrupt_uploads(1);
+        let dst = format!("s3://bkt-up/{prefix}?checksum=none");
+        let args =
+            ["sync", src.to_str().unwrap(), &dst, "--part-size", "5M", "--verify", "transferred", "--json"];
+        let r = ferry(&state, &env, &args);
+        assert_eq!((r.code, r.json()["failed"].as_u64()), (0, Some(0)), "{}\n{}", r.stdout, r.stderr);
+        corrupted += 1;
+        assert_eq!(s3.faults().uploads_corrupted(), corrupted);
+        assert_eq!(stored_changed(prefix, src), 0, "{prefix}: the changed copy was written again");
+    }
+    // Every copy changed: the items fail, with the reason, and no copy stays.
+    let one = tmp.path().join("one");
+    std::fs::create_dir_all(&one).unwrap();
+    std::fs::write(one.join("f.bin"), vec![7u8; 3000]).unwrap();
+    s3.faults().corrupt_uploads(1000);
+    let dst = "s3://bkt-up/never?checksum=none";
+    let r = ferry(&state, &env, &["sync", one.to_str().unwrap(), dst, "--verify", "transferred", "--json"]);
+    s3.faults().corrupt_uploads(0);
+    assert_eq!((r.code, r.json()["failed"].as_u64()), (1, Some(1)), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.json()["failures"][0]["reason"].as_str().unwrap().contains("verification failed"),
+        "{}",
+        r.stdout
+    );
+    assert!(!s3.root().join("bkt-up/never/f.bin").exists(), "no copy known to be wrong stays");
     let back = tmp.path().join("back");
     let r = ferry(&state, &env, &["sync", "s3://bkt-up/unchecked-small", back.to_str().unwrap(), "--json"]);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
