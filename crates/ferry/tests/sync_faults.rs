@@ -1317,6 +1317,48 @@ async fn retries_are_quiet_and_carry_no_backtrace() {
 /// `--unreachable-limit`, the run stops (exit 2) instead of failing every
 /// item left after its retries, and the rerun, with the store back,
 /// completes the copy.
+/// Connections reset in the middle of uploads (a store restarting: every
+/// connection closed, new ones refused for a moment): the requests caught
+/// are sent again and the run ends in a whole, correct copy, with no
+/// multipart upload left open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_reset_mid_upload_end_in_a_correct_copy() {
+    let s3 = S3Server::start(&["bkt-reset"]).await;
+    let (proxy, proxied) = ferry_testkit::TcpProxy::in_front_of(&s3.endpoint()).await;
+    let mut env = s3.env();
+    env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL".into(), proxied));
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, back, state) = (tmp.path().join("src"), tmp.path().join("back"), tmp.path().join("state"));
+    many_files(&src, 60, 20_000);
+    let body: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+    std::fs::write(src.join("big.bin"), &body).unwrap();
+    s3.faults().set_delay(ferry_testkit::OpClass::Put, Duration::from_millis(400));
+    let child = ferry_cmd(&state, &env)
+        .args(["sync", src.to_str().unwrap(), "s3://bkt-reset/p", "--part-size", "5M", "--json", "-v"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Every upload request waits 400 ms at the store: the resets find
+    // them on the wire (each is 300 ms of refused connections).
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        proxy.restart(Duration::from_millis(300)).await;
+    }
+    s3.faults().set_delay(ferry_testkit::OpClass::Put, Duration::ZERO);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let r = Run::of(out);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!((j["failed"].as_u64(), j["resumed"].as_bool()), (Some(0), Some(false)), "{j}");
+    assert!(r.stderr.contains("retrying write"), "the resets caught uploads in flight: {}", r.stderr);
+    assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
+    assert!(std::fs::read(s3.root().join("bkt-reset/p/big.bin")).unwrap() == body);
+    assert_eq!(ferry(&state, &s3.env(), &["sync", "s3://bkt-reset/p", back.to_str().unwrap()]).code, 0);
+    assert_same(&snapshot(&src, false), &snapshot(&back, false));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_gone_away_stops_the_run_and_a_rerun_completes_it() {
     let s3 = S3Server::start(&["bkt"]).await;
