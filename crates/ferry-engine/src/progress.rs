@@ -31,7 +31,11 @@ pub struct Progress {
     /// Items found identical at the destination.
     pub skipped: AtomicU64,
     pub skipped_bytes: AtomicU64,
+    /// Listed source items (or directories whose listing failed) that failed.
     pub failed: AtomicU64,
+    /// Failures that are not of a listed source item: deletions of
+    /// extraneous items, the `--max-delete` refusal.
+    pub other_failed: AtomicU64,
     /// Items not tried because the run stopped.
     pub not_tried: AtomicU64,
     /// Items left out by filters.
@@ -56,9 +60,20 @@ impl Progress {
         let _ = self.journal.set(journal);
     }
 
+    /// A listed source item failed.
     pub(crate) fn fail(&self, path: &str, reason: impl Into<String>) {
         self.failed.fetch_add(1, Relaxed);
-        let failure = Failure { path: path.to_string(), reason: reason.into() };
+        self.report_failure(path, reason.into());
+    }
+
+    /// A failure that is not of a listed source item (see `other_failed`).
+    pub(crate) fn fail_other(&self, path: &str, reason: impl Into<String>) {
+        self.other_failed.fetch_add(1, Relaxed);
+        self.report_failure(path, reason.into());
+    }
+
+    fn report_failure(&self, path: &str, reason: String) {
+        let failure = Failure { path: path.to_string(), reason };
         if let Some(j) = self.journal.get() {
             j.failure(&failure);
         }
@@ -126,7 +141,7 @@ pub struct PlanLine {
 }
 
 /// The outcome of a run. Counters reconcile:
-/// `listed = transferred + skipped + failed + excluded`.
+/// `listed = transferred + skipped + failed + excluded + not_tried`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub source: String,
@@ -136,7 +151,12 @@ pub struct Report {
     pub transferred: u64,
     pub transferred_bytes: u64,
     pub skipped: u64,
+    /// Listed source items that failed (each is in `failures`).
     pub failed: u64,
+    /// Failures that are not of a listed source item (each is in
+    /// `failures` too): deletions of extraneous items, the `--max-delete`
+    /// refusal, files found different by `--verify all`.
+    pub other_failures: u64,
     pub excluded: u64,
     /// Extraneous destination items removed (by a dry run: planned for removal).
     pub deleted: u64,
@@ -172,6 +192,6 @@ pub struct Report {
 
 impl Report {
     pub fn success(&self) -> bool {
-        self.failed == 0 && self.stopped.is_none()
+        self.failed == 0 && self.other_failures == 0 && self.stopped.is_none()
     }
 }

@@ -205,7 +205,10 @@ impl Sync {
         }
 
         let stopped = run.stopped.get().cloned();
-        let success = p.failed.load(Relaxed) == 0 && verify_failed == 0 && stopped.is_none();
+        let success = p.failed.load(Relaxed) == 0
+            && p.other_failed.load(Relaxed) == 0
+            && verify_failed == 0
+            && stopped.is_none();
         let mut run = Arc::try_unwrap(run).ok().expect("run still shared after completion");
         if let Some(trouble) = run.recorder.as_mut().map(|rec| rec.finish(success)) {
             if let Some(warning) = trouble.await {
@@ -229,7 +232,8 @@ impl Sync {
         let failures = std::mem::take(&mut *p.failures.lock().expect("lock"));
         let warnings = std::mem::take(&mut *p.warnings.lock().expect("lock"));
         let plan = std::mem::take(&mut *p.plan.lock().expect("lock"));
-        let failed = p.failed.load(Relaxed) + verify_failed;
+        let failed = p.failed.load(Relaxed);
+        let other_failures = p.other_failed.load(Relaxed) + verify_failed;
         let report = Report {
             source: src_name,
             destination: dst_name,
@@ -239,6 +243,7 @@ impl Sync {
             transferred_bytes: p.transferred_bytes.load(Relaxed),
             skipped: p.skipped.load(Relaxed),
             failed,
+            other_failures,
             excluded: p.excluded.load(Relaxed),
             deleted: p.deleted.load(Relaxed),
             elapsed_seconds: start.elapsed().as_secs_f64(),
@@ -248,7 +253,7 @@ impl Sync {
             source_missing: run.source_missing.load(Relaxed),
             not_tried: p.not_tried.load(Relaxed),
             stopped,
-            failures_omitted: failed.saturating_sub(failures.len() as u64),
+            failures_omitted: (failed + other_failures).saturating_sub(failures.len() as u64),
             failures,
             warnings,
             hard_links,
@@ -1522,7 +1527,7 @@ impl Run {
                     "{} extraneous destination item(s) exceed --max-delete {max}; nothing was deleted",
                     victims.len()
                 );
-                p.fail("", msg.clone());
+                p.fail_other("", msg.clone());
                 return Some(msg);
             }
         }
@@ -1542,7 +1547,7 @@ impl Run {
                     Ok(()) => {
                         p.deleted.fetch_add(1, Relaxed);
                     }
-                    Err(e) => p.fail(&v.path, format!("delete failed: {e}")),
+                    Err(e) => p.fail_other(&v.path, format!("delete failed: {e}")),
                 }
             })
             .await;

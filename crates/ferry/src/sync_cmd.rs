@@ -225,7 +225,7 @@ fn print_text(r: &Report, quiet: bool, failures_csv: Option<&std::path::Path>) {
     if !quiet {
         let rate = r.transferred_bytes as f64 / r.elapsed_seconds.max(0.001);
         println!(
-            "{}{} item(s), {} transferred in {:.1}s ({}/s); {} unchanged, {} excluded, {} deleted, {} failed{}",
+            "{}{} item(s), {} transferred in {:.1}s ({}/s); {} unchanged, {} excluded, {} deleted, {} failed{}{}",
             if r.dry_run { "dry run: would transfer " } else { "transferred " },
             r.transferred,
             human(r.transferred_bytes as f64),
@@ -235,6 +235,10 @@ fn print_text(r: &Report, quiet: bool, failures_csv: Option<&std::path::Path>) {
             r.excluded,
             r.deleted,
             r.failed,
+            match r.other_failures {
+                0 => String::new(),
+                n => format!(" (and {n} other failure(s): deletions, --max-delete, --verify all)"),
+            },
             if r.resumed { " (resumed from checkpoint)" } else { "" },
         );
         if r.aborted_uploads > 0 {

@@ -99,9 +99,7 @@ async fn an_unusable_source_item_fails_alone() {
     let why = j["delete_skipped"].as_str().unwrap_or_default();
     assert!(why.contains("1 item(s) failed") && why.contains("none of the 1 extraneous"), "{j}");
     assert_eq!(std::fs::read(dst.join("extra")).unwrap(), b"keep");
-    // Counters add up: listed = transferred + skipped + failed + excluded.
-    let n = |k: &str| j[k].as_u64().unwrap();
-    assert_eq!(n("listed"), n("transferred") + n("skipped") + n("failed") + n("excluded"), "{j}");
+    assert_reconciles(&j);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1413,6 +1413,7 @@ async fn a_store_gone_away_stops_the_run_and_a_rerun_completes_it() {
     assert!(done > 0 && failed > 0 && not_tried > 0, "{j}");
     assert!(failed <= 4, "only the items in flight failed, not all {}: {j}", 300 - done);
     assert!(j["stopped"].as_str().unwrap().contains("and nothing succeeded for"), "{j}");
+    assert_reconciles(&j);
     assert!(started.elapsed() < Duration::from_secs(30), "stopped after {:?}", started.elapsed());
 
     // The store back (here: reached directly), the rerun resumes and completes.

@@ -522,6 +522,11 @@ async fn change_detection_filters_delete_and_dry_run() {
     let r = ferry(&state, &[], &["sync", s, d, "--delete", "--max-delete", "1"]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("--max-delete"), "{}", r.stderr);
+    assert!(r.stdout.contains("0 failed (and 1 other failure(s)"), "{}", r.stdout);
+    let r = ferry(&state, &[], &["sync", s, d, "--delete", "--max-delete", "1", "--json"]);
+    let j = r.json();
+    assert_eq!((r.code, j["failed"].as_u64(), j["other_failures"].as_u64()), (1, Some(0), Some(1)), "{j}");
+    assert_reconciles(&j);
     assert!(dst.join("old1").exists() && dst.join("old2").exists());
     let r = ferry(&state, &[], &["sync", s, d, "--delete", "--json"]).json();
     assert_eq!(r["deleted"], 2, "{r}");
@@ -581,6 +586,9 @@ async fn verify_modes_and_update() {
     let r = ferry(&state, &[], &["sync", s, d, "--verify", "all", "--json"]);
     assert_eq!(r.code, 1, "{}", r.stdout);
     assert!(r.stdout.contains("plain.txt"), "{}", r.stdout);
+    let j = r.json();
+    assert_eq!((j["failed"].as_u64(), j["other_failures"].as_u64()), (Some(0), Some(1)), "{j}");
+    assert_reconciles(&j);
     // --update leaves a newer destination alone.
     std::fs::write(dst.join("with space.txt"), b"newer at destination").unwrap();
     let r = ferry(&state, &[], &["sync", s, d, "--update", "--json"]).json();
