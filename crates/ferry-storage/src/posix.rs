@@ -571,9 +571,11 @@ impl PosixWriter {
     pub fn commit(mut self, meta: &PosixMeta) -> Result<()> {
         let f = self.file.take().expect("commit twice");
         let ctx = |what: &str| format!("{what} {}", self.tmp.display());
-        f.sync_data().map_err(|e| Error::io(ctx("fsync"), e))?;
         let mode_meta = PosixMeta { mode: Some(meta.mode.unwrap_or(0o644)), ..*meta };
         apply_meta(&f, &mode_meta, self.chown, true).map_err(|e| Error::io(ctx("set attributes of"), e))?;
+        // Content and attributes durable before the name is: a file found
+        // under its final name after a power loss has its mode and mtime too.
+        f.sync_all().map_err(|e| Error::io(ctx("fsync"), e))?;
         drop(f);
         if let Ok(md) = fs::symlink_metadata(&self.final_path) {
             if md.is_dir() {

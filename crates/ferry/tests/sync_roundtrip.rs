@@ -1330,3 +1330,47 @@ async fn an_object_key_as_the_source_is_one_file_and_a_missing_prefix_is_refused
         assert!(keep.join("mine.txt").is_file(), "{from}: --delete ran from an empty listing");
     }
 }
+
+/// DESIGN invariant 3, durable before done, as the system calls show it
+/// (`strace -f -y`): each file's attributes are set and its content and
+/// attributes fsynced under the temporary name before the rename to its
+/// final name, and the directory is fsynced after the rename.
+#[test]
+fn local_copies_are_fsynced_before_their_rename_and_the_directory_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, state, log) =
+        (tmp.path().join("src"), tmp.path().join("dst"), tmp.path().join("state"), tmp.path().join("trace"));
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("a"), "small").unwrap();
+    std::fs::write(src.join("d/b"), vec![3u8; 20 << 20]).unwrap();
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-y", "-qq", "-o", log.to_str().unwrap()])
+        .args(["-e", "trace=fsync,fdatasync,fchmod,rename,renameat,renameat2"])
+        .arg(env!("CARGO_BIN_EXE_ferry"))
+        .args(["sync", src.to_str().unwrap(), dst.to_str().unwrap(), "--quiet", "--no-checkpoint"])
+        .env("FERRY_STATE_DIR", &state)
+        .output()
+        .expect("strace (apt-get install strace) runs ferry");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let trace = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = trace.lines().collect();
+    let find = |from: usize, pred: &dyn Fn(&str) -> bool| (from..lines.len()).find(|&i| pred(lines[i]));
+    for rel in ["a", "d/b"] {
+        let fin = dst.join(rel).to_string_lossy().into_owned();
+        let dir = dst.join(rel).parent().unwrap().to_string_lossy().into_owned();
+        let renamed = find(0, &|l| l.contains("rename") && l.contains(&format!("\"{fin}\"")))
+            .unwrap_or_else(|| panic!("no rename to {fin}:\n{trace}"));
+        let tmp_name = lines[renamed].split('"').nth(1).unwrap().to_string();
+        assert!(tmp_name.contains(".ferry-tmp."), "{}", lines[renamed]);
+        let on_tmp = |call: &'static str| {
+            let tag = format!("<{tmp_name}>");
+            find(0, &move |l| l.contains(&format!("{call}(")) && l.contains(&tag))
+        };
+        let chmod = on_tmp("fchmod").unwrap_or_else(|| panic!("no fchmod of {tmp_name}:\n{trace}"));
+        let synced = on_tmp("fsync").unwrap_or_else(|| panic!("no fsync of {tmp_name}:\n{trace}"));
+        assert!(chmod < synced && synced < renamed, "{rel}: fchmod, fsync, then rename:\n{trace}");
+        let dir_tag = format!("<{dir}>");
+        let dir_synced = find(renamed, &|l| l.contains("fsync(") && l.contains(&dir_tag));
+        assert!(dir_synced.is_some(), "{rel}: its directory fsynced after the rename:\n{trace}");
+    }
+}
