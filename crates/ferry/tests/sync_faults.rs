@@ -99,6 +99,31 @@ async fn a_listing_error_fails_the_run_and_deletes_nothing() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.json()["deleted"], 1);
     assert!(!object.exists());
+
+    // One level of 2,500 keys (three listing pages), its second page failing
+    // for good: the items of the first page were compared, the rest of the
+    // level is unknown, so the run fails and deletes nothing.
+    let flat = tmp.path().join("flat");
+    std::fs::create_dir_all(&flat).unwrap();
+    for i in 0..2500 {
+        std::fs::write(flat.join(format!("k{i:05}")), "x").unwrap();
+    }
+    let f = flat.to_str().unwrap();
+    assert_eq!(ferry(&state, &env, &["sync", f, "s3://bkt-list/flat", "--quiet"]).code, 0);
+    std::fs::remove_file(flat.join("k00007")).unwrap();
+    let extra = s3.root().join("bkt-list/flat/k00007");
+    let lists_before = s3.counts().list;
+    // The first two listings (the start-of-run check, page 1) are answered.
+    s3.faults().fail_list_after_pages(Some(2));
+    let r = ferry(&state, &env, &["sync", f, "s3://bkt-list/flat", "--delete", "--retries", "1", "--json"]);
+    s3.faults().clear();
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert!(j["failures"].to_string().contains("listing"), "{j}");
+    assert_eq!(j["deleted"], 0, "{j}");
+    assert!(extra.exists(), "nothing deleted after a listing error on page 2");
+    assert!(s3.counts().list - lists_before >= 3, "page 2 was asked for after page 1");
+    assert_reconciles(&j);
 }
 
 /// Kill the process mid-run, then rerun: the result equals an uninterrupted
