@@ -142,7 +142,7 @@ pub struct PlanLine {
 
 /// The outcome of a run. Counters reconcile:
 /// `listed = transferred + skipped + failed + excluded + not_tried`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub source: String,
     pub destination: String,

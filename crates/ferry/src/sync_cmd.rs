@@ -248,21 +248,77 @@ fn print_text(r: &Report, quiet: bool, failures_csv: Option<&std::path::Path>) {
             println!("warning: {w}");
         }
     }
-    if let Some(why) = &r.delete_skipped {
-        eprintln!("deletions skipped: {why}");
+    for line in failure_lines(r, failures_csv) {
+        eprintln!("{line}");
     }
-    if !r.failures.is_empty() {
-        eprintln!("failed items:");
-        for f in &r.failures {
-            eprintln!("  {}: {}", if f.path.is_empty() { "(run)" } else { &f.path }, f.reason);
-        }
-        if r.failures_omitted > 0 {
-            match failures_csv {
-                Some(path) => {
-                    eprintln!("  … and {} more, all listed in {}", r.failures_omitted, path.display())
-                }
-                None => eprintln!("  … and {} more (--failures-csv FILE lists them all)", r.failures_omitted),
-            }
-        }
+}
+
+/// Failures shown when a run stopped early (--unreachable-limit): the items
+/// in flight then (up to --threads) all failed for the same reason, which
+/// the closing error line gives.
+const SHOWN_WHEN_STOPPED: usize = 10;
+
+/// What goes to stderr after the summary: skipped deletions and failures.
+fn failure_lines(r: &Report, failures_csv: Option<&std::path::Path>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(why) = &r.delete_skipped {
+        out.push(format!("deletions skipped: {why}"));
+    }
+    if r.failures.is_empty() {
+        return out;
+    }
+    out.push("failed items:".into());
+    let shown = if r.stopped.is_some() { SHOWN_WHEN_STOPPED.min(r.failures.len()) } else { r.failures.len() };
+    for f in &r.failures[..shown] {
+        out.push(format!("  {}: {}", if f.path.is_empty() { "(run)" } else { &f.path }, f.reason));
+    }
+    let more = r.failures_omitted + (r.failures.len() - shown) as u64;
+    if more > 0 {
+        out.push(match failures_csv {
+            Some(path) => format!("  … and {more} more, all listed in {}", path.display()),
+            None => format!("  … and {more} more (--failures-csv FILE lists them all)"),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_engine::Failure;
+
+    use super::*;
+
+    fn report(failures: usize, omitted: u64) -> Report {
+        let failures = (0..failures)
+            .map(|i| Failure { path: format!("f{i}"), reason: "cannot connect to the store".into() })
+            .collect();
+        Report { failed: 3 + omitted, failures, failures_omitted: omitted, ..Default::default() }
+    }
+
+    #[test]
+    fn every_kept_failure_is_shown_with_what_was_left_out() {
+        let lines = failure_lines(&report(3, 0), None);
+        assert_eq!(
+            lines,
+            [
+                "failed items:",
+                "  f0: cannot connect to the store",
+                "  f1: cannot connect to the store",
+                "  f2: cannot connect to the store"
+            ]
+        );
+        let lines = failure_lines(&report(3, 5), Some(std::path::Path::new("/tmp/f.csv")));
+        assert_eq!(lines.last().unwrap(), "  … and 5 more, all listed in /tmp/f.csv");
+    }
+
+    /// A stopped run's in-flight items all failed alike: ten of them, then a count.
+    #[test]
+    fn a_stopped_run_shows_ten_failures_and_counts_the_rest() {
+        let r = Report { stopped: Some("gone".into()), ..report(300, 2) };
+        let lines = failure_lines(&r, None);
+        assert_eq!(lines.len(), 1 + SHOWN_WHEN_STOPPED + 1, "{lines:?}");
+        assert_eq!(lines.last().unwrap(), "  … and 292 more (--failures-csv FILE lists them all)");
+        let r = Report { stopped: Some("gone".into()), ..report(4, 0) };
+        assert_eq!(failure_lines(&r, None).len(), 5, "no count line when all are shown");
     }
 }
