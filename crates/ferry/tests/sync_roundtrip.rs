@@ -1374,3 +1374,32 @@ fn local_copies_are_fsynced_before_their_rename_and_the_directory_after() {
         assert!(dir_synced.is_some(), "{rel}: its directory fsynced after the rename:\n{trace}");
     }
 }
+
+/// Attributes in an object's metadata are untrusted input: a setuid bit
+/// or an impossible owner never reaches the copy, and the report says what
+/// was dropped (RELIABILITY: hostile object metadata).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_object_metadata_is_dropped_and_reported() {
+    let s3 = S3Server::start(&["bkt-hostile"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (back, state) = (tmp.path().join("back"), tmp.path().join("state"));
+    let op = s3_operator(&s3, "bkt-hostile", false);
+    let meta = std::collections::HashMap::from([
+        ("file-permissions".to_string(), "0104755".to_string()),
+        ("file-owner".to_string(), "4294967295".to_string()),
+        ("file-mtime".to_string(), "1600000000000000000ns".to_string()),
+    ]);
+    let opts = opendal::options::WriteOptions { user_metadata: Some(meta), ..Default::default() };
+    op.write_options("p/tool", b"#!/bin/sh\n".to_vec(), opts).await.unwrap();
+    let r = ferry(&state, &s3.env(), &["sync", "s3://bkt-hostile/p", back.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    let warnings = j["warnings"].to_string();
+    assert!(warnings.contains("tool") && warnings.contains("4294967295"), "{j}");
+    assert!(warnings.contains("0104755"), "the setuid bit is reported: {j}");
+    let md = std::fs::metadata(back.join("tool")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(md.mode() & 0o7777, 0o755, "setuid dropped, the rest kept");
+    assert_ne!(md.uid(), 4294967295);
+    assert_eq!(md.mtime(), 1_600_000_000, "sane values are kept");
+}
