@@ -257,6 +257,30 @@ impl PosixRoot {
         Ok(dir)
     }
 
+    /// The directory that holds `rel`, opened one component at a time from
+    /// the root without following a symlink: writes through this handle go
+    /// to the directory [`Self::checked_parent`] checked, even if a path to
+    /// it is swapped for a symlink meanwhile.
+    fn open_parent_beneath(&self, rel: &str) -> Result<rustix::fd::OwnedFd> {
+        use rustix::fs::{open, openat, Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mut fd = open(&self.root, flags, Mode::empty())
+            .map_err(|e| Error::io(format!("open {}", self.root.display()), e.into()))?;
+        let mut dir = self.root.clone();
+        let parts: Vec<&str> = rel.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            dir.push(part);
+            fd = match openat(&fd, *part, flags | OFlags::NOFOLLOW, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                    return Err(Error::SymlinkInPath(dir.display().to_string()))
+                }
+                Err(e) => return Err(Error::io(format!("open {}", dir.display()), e.into())),
+            };
+        }
+        Ok(fd)
+    }
+
     /// Start writing a file of `size` bytes; nothing appears under `rel`
     /// before `commit`.
     ///
@@ -267,16 +291,19 @@ impl PosixRoot {
     /// its ranges arrive out of order. File systems that cannot reserve
     /// space take it as it is written.
     pub fn create_file(&self, rel: &str, size: u64) -> Result<PosixWriter> {
+        use rustix::fs::{openat, Mode, OFlags};
         let dir = self.checked_parent(rel)?;
+        let dir_fd = self.open_parent_beneath(rel)?;
         let final_path = self.abs(rel);
-        let tmp = dir.join(temp_name());
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
-        let writer = PosixWriter { file: Some(file), tmp, final_path, dir, chown: self.chown };
+        let name = rel.rsplit('/').next().unwrap_or(rel).to_string();
+        let tmp_name = temp_name();
+        let tmp = dir.join(&tmp_name);
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+        let file = openat(&dir_fd, tmp_name.as_str(), flags, Mode::from_raw_mode(0o600))
+            .map(File::from)
+            .map_err(|e| Error::io(format!("create {}", tmp.display()), e.into()))?;
+        let writer =
+            PosixWriter { file: Some(file), tmp, tmp_name, name, final_path, dir_fd, chown: self.chown };
         if size >= PREALLOCATE_FROM {
             writer.reserve(size)?;
         }
@@ -533,9 +560,15 @@ impl PositionalFile {
 /// A file being written under a temporary name.
 pub struct PosixWriter {
     file: Option<File>,
+    /// The temporary file's path, for messages; empty once committed.
     tmp: PathBuf,
+    /// Its name and the final name, in `dir_fd`.
+    tmp_name: String,
+    name: String,
     final_path: PathBuf,
-    dir: PathBuf,
+    /// The directory both names are in: renames and the directory's fsync
+    /// go through it, never through a path that could be swapped.
+    dir_fd: rustix::fd::OwnedFd,
     chown: bool,
 }
 
@@ -577,25 +610,27 @@ impl PosixWriter {
         // under its final name after a power loss has its mode and mtime too.
         f.sync_all().map_err(|e| Error::io(ctx("fsync"), e))?;
         drop(f);
-        if let Ok(md) = fs::symlink_metadata(&self.final_path) {
-            if md.is_dir() {
+        use rustix::fs::{fsync, renameat, statat, AtFlags, FileType};
+        if let Ok(st) = statat(&self.dir_fd, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                 return Err(Error::InvalidName {
                     name: self.final_path.display().to_string(),
                     reason: "a directory of that name is in the way".into(),
                 });
             }
         }
-        fs::rename(&self.tmp, &self.final_path)
-            .map_err(|e| Error::io(format!("rename to {}", self.final_path.display()), e))?;
+        renameat(&self.dir_fd, self.tmp_name.as_str(), &self.dir_fd, self.name.as_str())
+            .map_err(|e| Error::io(format!("rename to {}", self.final_path.display()), e.into()))?;
         self.tmp.clear();
-        sync_dir(&self.dir)
+        fsync(&self.dir_fd)
+            .map_err(|e| Error::io(format!("fsync directory of {}", self.final_path.display()), e.into()))
     }
 }
 
 impl Drop for PosixWriter {
     fn drop(&mut self) {
         if !self.tmp.as_os_str().is_empty() {
-            let _ = fs::remove_file(&self.tmp);
+            let _ = rustix::fs::unlinkat(&self.dir_fd, self.tmp_name.as_str(), rustix::fs::AtFlags::empty());
         }
     }
 }
@@ -670,6 +705,30 @@ mod tests {
         r.check_unchanged().unwrap();
         fs::OpenOptions::new().append(true).open(dir.path().join("f")).unwrap().write_all(b"6").unwrap();
         assert!(matches!(r.check_unchanged(), Err(Error::SourceChanged(_))));
+    }
+
+    /// A directory of the destination swapped for a symlink to elsewhere
+    /// while a file is being written into it (a user of the share racing
+    /// ferry, which runs as root), with a file planted under the temporary
+    /// name on the other side: the commit still lands in the directory that
+    /// was checked, and nothing outside the root is renamed or written.
+    #[test]
+    fn a_parent_swapped_for_a_symlink_mid_write_cannot_redirect_the_commit() {
+        let top = tempfile::tempdir().unwrap();
+        let (root_dir, outside) = (top.path().join("root"), top.path().join("outside"));
+        fs::create_dir_all(root_dir.join("d")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        let root = PosixRoot::open(&root_dir, false, false).unwrap();
+        let mut w = root.create_file("d/f", 4).unwrap();
+        w.write(b"mine").unwrap();
+        let tmp_name = fs::read_dir(root_dir.join("d")).unwrap().next().unwrap().unwrap().file_name();
+        fs::rename(root_dir.join("d"), root_dir.join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, root_dir.join("d")).unwrap();
+        fs::write(outside.join(&tmp_name), b"planted").unwrap();
+        let _ = w.commit(&PosixMeta::default());
+        assert!(!outside.join("f").exists(), "the commit followed the symlink out of the root");
+        assert_eq!(fs::read(outside.join(&tmp_name)).unwrap(), b"planted", "left as it was");
+        assert_eq!(fs::read(root_dir.join("moved/f")).unwrap(), b"mine", "committed where it was written");
     }
 
     /// A rewrite in place that keeps the size and puts the mtime back (as

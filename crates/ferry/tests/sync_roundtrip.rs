@@ -1358,9 +1358,15 @@ fn local_copies_are_fsynced_before_their_rename_and_the_directory_after() {
     for rel in ["a", "d/b"] {
         let fin = dst.join(rel).to_string_lossy().into_owned();
         let dir = dst.join(rel).parent().unwrap().to_string_lossy().into_owned();
-        let renamed = find(0, &|l| l.contains("rename") && l.contains(&format!("\"{fin}\"")))
-            .unwrap_or_else(|| panic!("no rename to {fin}:\n{trace}"));
-        let tmp_name = lines[renamed].split('"').nth(1).unwrap().to_string();
+        // rename(2) by paths, or renameat(2) in the directory's descriptor.
+        let name = rel.rsplit('/').next().unwrap();
+        let to_it = |l: &str| {
+            l.contains("rename")
+                && (l.contains(&format!("\"{fin}\"")) || l.contains(&format!("<{dir}>, \"{name}\")")))
+        };
+        let renamed = find(0, &to_it).unwrap_or_else(|| panic!("no rename to {fin}:\n{trace}"));
+        let first = lines[renamed].split('"').nth(1).unwrap();
+        let tmp_name = if first.starts_with('/') { first.to_string() } else { format!("{dir}/{first}") };
         assert!(tmp_name.contains(".ferry-tmp."), "{}", lines[renamed]);
         let on_tmp = |call: &'static str| {
             let tag = format!("<{tmp_name}>");
