@@ -386,19 +386,31 @@ impl PosixRoot {
 
     /// Create (or replace) a symlink atomically.
     pub fn create_symlink(&self, rel: &str, target: &str, meta: &PosixMeta) -> Result<()> {
+        use rustix::fs::{
+            chownat, fsync, renameat, symlinkat, unlinkat, utimensat, AtFlags, Gid, Timespec, Timestamps,
+            Uid, UTIME_OMIT,
+        };
         let dir = self.checked_parent(rel)?;
-        let tmp = dir.join(temp_name());
-        std::os::unix::fs::symlink(target, &tmp)
-            .map_err(|e| Error::io(format!("create symlink {}", tmp.display()), e))?;
+        // Everything through the directory's descriptor, as for files.
+        let dir_fd = self.open_parent_beneath(rel)?;
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        let tmp_name = temp_name();
+        let tmp = dir.join(&tmp_name);
+        let tmp_name = tmp_name.as_str();
+        let discard = |e: std::io::Error, what: String| {
+            let _ = unlinkat(&dir_fd, tmp_name, AtFlags::empty());
+            Error::io(what, e)
+        };
+        symlinkat(target, &dir_fd, tmp_name)
+            .map_err(|e| Error::io(format!("create symlink {}", tmp.display()), e.into()))?;
         if self.chown && (meta.uid.is_some() || meta.gid.is_some()) {
-            if let Err(e) = std::os::unix::fs::lchown(&tmp, meta.uid, meta.gid) {
-                let _ = fs::remove_file(&tmp);
-                return Err(Error::io(format!("chown {}", tmp.display()), e));
+            let (uid, gid) = (meta.uid.map(Uid::from_raw), meta.gid.map(Gid::from_raw));
+            if let Err(e) = chownat(&dir_fd, tmp_name, uid, gid, AtFlags::SYMLINK_NOFOLLOW) {
+                return Err(discard(e.into(), format!("chown {}", tmp.display())));
             }
         }
         // The link's own times (std can only set a link target's).
         if let Some(ns) = meta.mtime_ns {
-            use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD, UTIME_OMIT};
             let spec = |ns: i64| Timespec {
                 tv_sec: ns.div_euclid(1_000_000_000),
                 tv_nsec: ns.rem_euclid(1_000_000_000) as _,
@@ -407,17 +419,14 @@ impl PosixRoot {
                 last_access: meta.atime_ns.map_or(Timespec { tv_sec: 0, tv_nsec: UTIME_OMIT }, spec),
                 last_modification: spec(ns),
             };
-            if let Err(e) = utimensat(CWD, &tmp, &times, AtFlags::SYMLINK_NOFOLLOW) {
-                let _ = fs::remove_file(&tmp);
-                return Err(Error::io(format!("set mtime of {}", tmp.display()), e.into()));
+            if let Err(e) = utimensat(&dir_fd, tmp_name, &times, AtFlags::SYMLINK_NOFOLLOW) {
+                return Err(discard(e.into(), format!("set mtime of {}", tmp.display())));
             }
         }
-        let abs = self.abs(rel);
-        if let Err(e) = fs::rename(&tmp, &abs) {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::io(format!("rename to {}", abs.display()), e));
+        if let Err(e) = renameat(&dir_fd, tmp_name, &dir_fd, name) {
+            return Err(discard(e.into(), format!("rename to {}", self.abs(rel).display())));
         }
-        sync_dir(&dir)
+        fsync(&dir_fd).map_err(|e| Error::io(format!("fsync directory {}", dir.display()), e.into()))
     }
 
     /// Remove a file, symlink or whole directory tree (never following symlinks).
@@ -470,12 +479,6 @@ fn apply_meta(f: &File, meta: &PosixMeta, chown: bool, set_mtime: bool) -> std::
         }
     }
     Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("fsync directory {}", dir.display()), e))
 }
 
 /// Reads a file and, at the end, checks that it did not change meanwhile.
