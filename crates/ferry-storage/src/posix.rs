@@ -227,58 +227,49 @@ impl PosixRoot {
     }
 
     /// Check that every directory above `rel` is a real directory inside the
-    /// root (creating missing ones), and return the parent's absolute path.
-    fn checked_parent(&self, rel: &str) -> Result<PathBuf> {
+    /// root (creating missing ones), and return the parent's absolute path
+    /// with a descriptor of it. The walk goes one component at a time from
+    /// the root, never following a symlink, so writes through the
+    /// descriptor go to the directory checked even if a path to it is
+    /// swapped for a symlink meanwhile.
+    fn checked_parent(&self, rel: &str) -> Result<(PathBuf, rustix::fd::OwnedFd)> {
+        use rustix::fs::{mkdirat, open, openat, statat, AtFlags, FileType, Mode, OFlags};
+        use rustix::io::Errno;
         validate_rel_path(rel)
             .map_err(|e| Error::InvalidName { name: rel.to_string(), reason: e.to_string() })?;
-        let mut dir = self.root.clone();
-        let parts: Vec<&str> = rel.split('/').collect();
-        for part in &parts[..parts.len() - 1] {
-            dir.push(part);
-            match fs::symlink_metadata(&dir) {
-                Ok(md) if md.file_type().is_symlink() => {
-                    return Err(Error::SymlinkInPath(dir.display().to_string()))
-                }
-                Ok(md) if md.is_dir() => {}
-                Ok(_) => {
-                    return Err(Error::InvalidName {
-                        name: rel.to_string(),
-                        reason: format!("{} is not a directory", dir.display()),
-                    })
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::create_dir(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(Error::io(format!("create {}", dir.display()), e)),
-                },
-                Err(e) => return Err(Error::io(format!("stat {}", dir.display()), e)),
-            }
-        }
-        Ok(dir)
-    }
-
-    /// The directory that holds `rel`, opened one component at a time from
-    /// the root without following a symlink: writes through this handle go
-    /// to the directory [`Self::checked_parent`] checked, even if a path to
-    /// it is swapped for a symlink meanwhile.
-    fn open_parent_beneath(&self, rel: &str) -> Result<rustix::fd::OwnedFd> {
-        use rustix::fs::{open, openat, Mode, OFlags};
+        // The root itself may be reached through a symlink (it is configured).
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let mut fd = open(&self.root, flags, Mode::empty())
             .map_err(|e| Error::io(format!("open {}", self.root.display()), e.into()))?;
+        let flags = flags | OFlags::NOFOLLOW;
         let mut dir = self.root.clone();
         let parts: Vec<&str> = rel.split('/').collect();
         for part in &parts[..parts.len() - 1] {
             dir.push(part);
-            fd = match openat(&fd, *part, flags | OFlags::NOFOLLOW, Mode::empty()) {
-                Ok(fd) => fd,
-                Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
-                    return Err(Error::SymlinkInPath(dir.display().to_string()))
+            let mut opened = openat(&fd, *part, flags, Mode::empty());
+            if matches!(opened, Err(Errno::NOENT)) {
+                match mkdirat(&fd, *part, Mode::from_raw_mode(0o777)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(Error::io(format!("create {}", dir.display()), e.into())),
+                }
+                opened = openat(&fd, *part, flags, Mode::empty());
+            }
+            fd = match opened {
+                Ok(next) => next,
+                Err(Errno::LOOP | Errno::NOTDIR) => {
+                    let st = statat(&fd, *part, AtFlags::SYMLINK_NOFOLLOW);
+                    if st.is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink) {
+                        return Err(Error::SymlinkInPath(dir.display().to_string()));
+                    }
+                    return Err(Error::InvalidName {
+                        name: rel.to_string(),
+                        reason: format!("{} is not a directory", dir.display()),
+                    });
                 }
                 Err(e) => return Err(Error::io(format!("open {}", dir.display()), e.into())),
             };
         }
-        Ok(fd)
+        Ok((dir, fd))
     }
 
     /// Start writing a file of `size` bytes; nothing appears under `rel`
@@ -292,8 +283,7 @@ impl PosixRoot {
     /// space take it as it is written.
     pub fn create_file(&self, rel: &str, size: u64) -> Result<PosixWriter> {
         use rustix::fs::{openat, Mode, OFlags};
-        let dir = self.checked_parent(rel)?;
-        let dir_fd = self.open_parent_beneath(rel)?;
+        let (dir, dir_fd) = self.checked_parent(rel)?;
         let final_path = self.abs(rel);
         let name = rel.rsplit('/').next().unwrap_or(rel).to_string();
         let tmp_name = temp_name();
@@ -390,9 +380,8 @@ impl PosixRoot {
             chownat, fsync, renameat, symlinkat, unlinkat, utimensat, AtFlags, Gid, Timespec, Timestamps,
             Uid, UTIME_OMIT,
         };
-        let dir = self.checked_parent(rel)?;
         // Everything through the directory's descriptor, as for files.
-        let dir_fd = self.open_parent_beneath(rel)?;
+        let (dir, dir_fd) = self.checked_parent(rel)?;
         let name = rel.rsplit('/').next().unwrap_or(rel);
         let tmp_name = temp_name();
         let tmp = dir.join(&tmp_name);
