@@ -7,9 +7,9 @@
 //! checked component by component so that a symlink inside the tree never
 //! redirects a write outside it.
 
-use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
+use std::fs::{self, File, FileTimes, Permissions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -106,28 +106,40 @@ impl PosixRoot {
     }
 
     /// Stream one directory's entries to `f` in directory order; names that
-    /// cannot be used go to `rejected`.
+    /// cannot be used go to `rejected`. The directory is reached through
+    /// [`Self::open_dir`] and its entries are read and stat'ed through its
+    /// descriptor, so a directory swapped for a symlink meanwhile is
+    /// refused, never listed.
     pub fn list_level(
         &self,
         rel: &str,
         mut f: impl FnMut(Entry) -> Result<()>,
         rejected: &mut Vec<(String, String)>,
     ) -> Result<()> {
-        let dir = self.abs(rel);
-        let read = fs::read_dir(&dir).map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
+        use rustix::fs::{unlinkat, AtFlags, Dir};
+        let (dir, fd) = self.open_dir(rel, false)?;
+        let list_err = |e: rustix::io::Errno| Error::io(format!("list {}", dir.display()), e.into());
+        let read = Dir::read_from(&fd).map_err(list_err)?;
         for item in read {
-            let item = item.map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
-            let os_name = item.file_name();
-            let Some(name) = os_name.to_str() else {
-                rejected.push((join_path(rel, &os_name.to_string_lossy()), "name is not valid UTF-8".into()));
+            let item = item.map_err(list_err)?;
+            let raw = item.file_name();
+            let bytes = raw.to_bytes();
+            if bytes == b"." || bytes == b".." {
+                continue;
+            }
+            let Ok(name) = std::str::from_utf8(bytes) else {
+                rejected.push((
+                    join_path(rel, &String::from_utf8_lossy(bytes)),
+                    "name is not valid UTF-8".into(),
+                ));
                 continue;
             };
             if name.starts_with(TEMP_PREFIX) {
-                let _ = fs::remove_file(item.path());
+                let _ = unlinkat(&fd, raw, AtFlags::empty());
                 continue;
             }
             let path = join_path(rel, name);
-            match self.entry_of(&item.path(), path.clone(), item.metadata()) {
+            match self.entry_at(&fd, raw, &dir.join(name), path.clone()) {
                 Ok(Some(e)) => f(e)?,
                 Ok(None) => {}
                 Err(e) => rejected.push((path, e.to_string())),
@@ -138,74 +150,50 @@ impl PosixRoot {
 
     /// The entry at `rel`, or `None` when nothing is there.
     pub fn stat(&self, rel: &str) -> Result<Option<Entry>> {
-        self.stat_path(&self.abs(rel), rel.to_string())
+        use rustix::fs::{fstat, FileType};
+        if rel.is_empty() {
+            let (dir, fd) = self.open_dir("", false)?;
+            let st = fstat(&fd).map_err(|e| Error::io(format!("stat {}", dir.display()), e.into()))?;
+            debug_assert_eq!(FileType::from_raw_mode(st.st_mode), FileType::Directory);
+            return entry_of(String::new(), &st).map(Some);
+        }
+        let (fd, name) = match self.parent_of(rel) {
+            Ok(found) => found,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        self.entry_at(&fd, name, &self.abs(rel), rel.to_string())
     }
 
-    fn stat_path(&self, abs: &Path, path: String) -> Result<Option<Entry>> {
-        self.entry_of(abs, path, fs::symlink_metadata(abs))
-    }
-
-    /// The entry for `abs` given its `lstat` result. A listing gets that
-    /// from the directory entry (`fstatat` relative to the open directory),
-    /// which spares resolving the whole path again for every file.
-    fn entry_of(&self, abs: &Path, path: String, md: std::io::Result<fs::Metadata>) -> Result<Option<Entry>> {
-        let md = match md {
-            Ok(md) => md,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(format!("stat {}", abs.display()), e)),
+    /// The entry `name` in the directory `fd`, or `None` when nothing is there.
+    fn entry_at(
+        &self,
+        fd: &rustix::fd::OwnedFd,
+        name: impl rustix::path::Arg + Copy,
+        abs: &Path,
+        path: String,
+    ) -> Result<Option<Entry>> {
+        use rustix::fs::{statat, AtFlags, FileType};
+        use rustix::io::Errno;
+        let st = match statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(Error::io(format!("stat {}", abs.display()), e.into())),
         };
-        let md = if md.file_type().is_symlink() && self.follow_links {
-            match fs::metadata(abs) {
-                Ok(target) => target,
-                Err(e) => return Err(Error::io(format!("follow symlink {}", abs.display()), e)),
-            }
+        let st = if FileType::from_raw_mode(st.st_mode) == FileType::Symlink && self.follow_links {
+            statat(fd, name, AtFlags::empty())
+                .map_err(|e| Error::io(format!("follow symlink {}", abs.display()), e.into()))?
         } else {
-            md
+            st
         };
-        let ft = md.file_type();
-        let kind = if ft.is_dir() {
-            EntryKind::Dir
-        } else if ft.is_symlink() {
-            EntryKind::Symlink
-        } else if ft.is_file() {
-            EntryKind::File
-        } else {
-            return Err(Error::InvalidName {
-                name: path,
-                reason: "not a regular file, directory or symlink (device, socket or fifo)".into(),
-            });
-        };
-        let mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
-        Ok(Some(Entry {
-            path,
-            kind,
-            size: if kind == EntryKind::Dir { 0 } else { md.size() },
-            mtime_ns: Some(mtime_ns),
-            mtime_exact: true,
-            meta: PosixMeta {
-                mode: Some(md.mode() & 0o7777),
-                uid: Some(md.uid()),
-                gid: Some(md.gid()),
-                mtime_ns: Some(mtime_ns),
-                atime_ns: Some(md.atime() * 1_000_000_000 + md.atime_nsec()),
-            },
-            meta_loaded: true,
-            etag: None,
-            local: Some(LocalStat {
-                dev: md.dev(),
-                ino: md.ino(),
-                nlink: md.nlink(),
-                ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-            }),
-            crc32c: None,
-            md5: None,
-        }))
+        entry_of(path, &st).map(Some)
     }
 
     pub fn read_link(&self, rel: &str) -> Result<String> {
-        let abs = self.abs(rel);
-        let target = fs::read_link(&abs).map_err(|e| Error::io(format!("read link {}", abs.display()), e))?;
-        target.into_os_string().into_string().map_err(|_| Error::InvalidName {
+        let (fd, name) = self.parent_of(rel)?;
+        let target = rustix::fs::readlinkat(&fd, name, Vec::new())
+            .map_err(|e| Error::io(format!("read link {}", self.abs(rel).display()), e.into()))?;
+        target.into_string().map_err(|_| Error::InvalidName {
             name: rel.to_string(),
             reason: "symlink target is not valid UTF-8".into(),
         })
@@ -215,54 +203,64 @@ impl PosixRoot {
     /// which only the file's owner or root may ask for; others' files are
     /// opened plainly): a copy that touched every atime would defeat purge
     /// and tiering policies that go by it, and the atime stored with the
-    /// object is the one listed.
+    /// object is the one listed. The file is opened through its directory's
+    /// descriptor and never through a symlink (unless `--copy-links` asked
+    /// for them to be followed), so nothing outside the root is read.
     pub fn open_read(&self, entry: &Entry) -> Result<PosixReader> {
+        use rustix::fs::{openat, Mode, OFlags};
+        use rustix::io::Errno;
         let abs = self.abs(&entry.path);
-        let opened = match OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(&abs) {
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(&abs),
+        let (fd, name) = self.parent_of(&entry.path)?;
+        let mut flags = OFlags::RDONLY | OFlags::CLOEXEC;
+        if !self.follow_links {
+            flags |= OFlags::NOFOLLOW;
+        }
+        let opened = match openat(&fd, name, flags | OFlags::NOATIME, Mode::empty()) {
+            Err(Errno::PERM) => openat(&fd, name, flags, Mode::empty()),
             other => other,
         };
-        let file = opened.map_err(|e| Error::io(format!("open {}", abs.display()), e))?;
+        let file = File::from(opened.map_err(|e| Error::io(format!("open {}", abs.display()), e.into()))?);
         Ok(PosixReader { file, expect: entry.clone(), abs, pos: 0, eof: false })
     }
 
-    /// Check that every directory above `rel` is a real directory inside the
-    /// root (creating missing ones), and return the parent's absolute path
-    /// with a descriptor of it. The walk goes one component at a time from
-    /// the root, never following a symlink, so writes through the
-    /// descriptor go to the directory checked even if a path to it is
-    /// swapped for a symlink meanwhile.
-    fn checked_parent(&self, rel: &str) -> Result<(PathBuf, rustix::fd::OwnedFd)> {
+    /// Open the directory `rel_dir` (`""` for the root) and return its
+    /// absolute path with a descriptor of it. The walk goes one component at
+    /// a time from the root and never follows a symlink (except to read
+    /// with `--copy-links`, which asks for them to be followed), so what is
+    /// done through the descriptor happens in the directory checked even if
+    /// a path to it is swapped for a symlink meanwhile. With `create`,
+    /// missing directories are made. The root itself may be reached through
+    /// a symlink (it is configured).
+    fn open_dir(&self, rel_dir: &str, create: bool) -> Result<(PathBuf, rustix::fd::OwnedFd)> {
         use rustix::fs::{mkdirat, open, openat, statat, AtFlags, FileType, Mode, OFlags};
         use rustix::io::Errno;
-        validate_rel_path(rel)
-            .map_err(|e| Error::InvalidName { name: rel.to_string(), reason: e.to_string() })?;
-        // The root itself may be reached through a symlink (it is configured).
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let mut fd = open(&self.root, flags, Mode::empty())
             .map_err(|e| Error::io(format!("open {}", self.root.display()), e.into()))?;
-        let flags = flags | OFlags::NOFOLLOW;
+        let flags = if create || !self.follow_links { flags | OFlags::NOFOLLOW } else { flags };
         let mut dir = self.root.clone();
-        let parts: Vec<&str> = rel.split('/').collect();
-        for part in &parts[..parts.len() - 1] {
+        if rel_dir.is_empty() {
+            return Ok((dir, fd));
+        }
+        for part in rel_dir.split('/') {
             dir.push(part);
-            let mut opened = openat(&fd, *part, flags, Mode::empty());
-            if matches!(opened, Err(Errno::NOENT)) {
-                match mkdirat(&fd, *part, Mode::from_raw_mode(0o777)) {
+            let mut opened = openat(&fd, part, flags, Mode::empty());
+            if create && matches!(opened, Err(Errno::NOENT)) {
+                match mkdirat(&fd, part, Mode::from_raw_mode(0o777)) {
                     Ok(()) | Err(Errno::EXIST) => {}
                     Err(e) => return Err(Error::io(format!("create {}", dir.display()), e.into())),
                 }
-                opened = openat(&fd, *part, flags, Mode::empty());
+                opened = openat(&fd, part, flags, Mode::empty());
             }
             fd = match opened {
                 Ok(next) => next,
                 Err(Errno::LOOP | Errno::NOTDIR) => {
-                    let st = statat(&fd, *part, AtFlags::SYMLINK_NOFOLLOW);
+                    let st = statat(&fd, part, AtFlags::SYMLINK_NOFOLLOW);
                     if st.is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink) {
                         return Err(Error::SymlinkInPath(dir.display().to_string()));
                     }
                     return Err(Error::InvalidName {
-                        name: rel.to_string(),
+                        name: rel_dir.to_string(),
                         reason: format!("{} is not a directory", dir.display()),
                     });
                 }
@@ -270,6 +268,24 @@ impl PosixRoot {
             };
         }
         Ok((dir, fd))
+    }
+
+    /// The directory `rel` is in, opened as [`Self::open_dir`] does
+    /// (without creating anything), and `rel`'s name in it.
+    fn parent_of<'a>(&self, rel: &'a str) -> Result<(rustix::fd::OwnedFd, &'a str)> {
+        validate_rel_path(rel)
+            .map_err(|e| Error::InvalidName { name: rel.to_string(), reason: e.to_string() })?;
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        Ok((self.open_dir(parent, false)?.1, name))
+    }
+
+    /// Check that every directory above `rel` is a real directory inside the
+    /// root (creating missing ones), and return the parent's absolute path
+    /// with a descriptor of it, as [`Self::open_dir`] does.
+    fn checked_parent(&self, rel: &str) -> Result<(PathBuf, rustix::fd::OwnedFd)> {
+        validate_rel_path(rel)
+            .map_err(|e| Error::InvalidName { name: rel.to_string(), reason: e.to_string() })?;
+        self.open_dir(rel.rsplit_once('/').map_or("", |(parent, _)| parent), true)
     }
 
     /// Start writing a file of `size` bytes; nothing appears under `rel`
@@ -300,25 +316,28 @@ impl PosixRoot {
         Ok(writer)
     }
 
-    /// Create a directory (or keep an existing one) and apply its attributes.
+    /// Create a directory (or keep an existing one) and apply its
+    /// attributes, through its parent's descriptor.
     pub fn create_dir(&self, rel: &str, meta: &PosixMeta) -> Result<()> {
-        self.checked_parent(rel)?;
+        use rustix::fs::{mkdirat, statat, AtFlags, FileType, Mode};
+        use rustix::io::Errno;
+        let (_, fd) = self.checked_parent(rel)?;
+        let name = last_component(rel);
         let abs = self.abs(rel);
-        match fs::symlink_metadata(&abs) {
-            Ok(md) if md.is_dir() => {}
+        match statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
             Ok(_) => {
                 return Err(Error::InvalidName {
                     name: rel.to_string(),
                     reason: "a file or symlink of that name is in the way".into(),
                 })
             }
-            Err(_) => match fs::create_dir(&abs) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(Error::io(format!("create {}", abs.display()), e)),
+            Err(_) => match mkdirat(&fd, name, Mode::from_raw_mode(0o777)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(Error::io(format!("create {}", abs.display()), e.into())),
             },
         }
-        let f = File::open(&abs).map_err(|e| Error::io(format!("open {}", abs.display()), e))?;
+        let f = open_in(&fd, name, true, &abs)?;
         apply_meta(&f, meta, self.chown, false)
             .map_err(|e| Error::io(format!("set attributes of {}", abs.display()), e))
     }
@@ -327,14 +346,10 @@ impl PosixRoot {
     /// only as root), keeping its content and times. Never follows a
     /// symlink put in its place.
     pub fn set_file_attrs(&self, rel: &str, meta: &PosixMeta) -> Result<()> {
-        self.checked_parent(rel)?;
+        let (_, fd) = self.checked_parent(rel)?;
         let abs = self.abs(rel);
         let ctx = |what: &str| format!("{what} {}", abs.display());
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&abs)
-            .map_err(|e| Error::io(ctx("open"), e))?;
+        let f = open_in(&fd, last_component(rel), false, &abs)?;
         if !f.metadata().map_err(|e| Error::io(ctx("stat"), e))?.is_file() {
             return Err(Error::InvalidName { name: rel.to_string(), reason: "not a regular file".into() });
         }
@@ -349,14 +364,10 @@ impl PosixRoot {
     /// Set a directory's modification time (after its content was written),
     /// unless it already has it. Never follows a symlink put in its place.
     pub fn set_dir_mtime(&self, rel: &str, mtime_ns: i64) -> Result<()> {
-        self.checked_parent(rel)?;
+        let (_, fd) = self.checked_parent(rel)?;
         let abs = self.abs(rel);
         let ctx = |what: &str| format!("{what} {}", abs.display());
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-            .open(&abs)
-            .map_err(|e| Error::io(ctx("open directory"), e))?;
+        let f = open_in(&fd, last_component(rel), true, &abs)?;
         let md = f.metadata().map_err(|e| Error::io(ctx("stat"), e))?;
         if md.mtime() * 1_000_000_000 + md.mtime_nsec() == mtime_ns {
             return Ok(());
@@ -418,18 +429,148 @@ impl PosixRoot {
         fsync(&dir_fd).map_err(|e| Error::io(format!("fsync directory {}", dir.display()), e.into()))
     }
 
-    /// Remove a file, symlink or whole directory tree (never following symlinks).
+    /// Remove a file, symlink or whole directory tree, through its parent's
+    /// descriptor and never following a symlink (one put in place of a
+    /// directory is removed as a link).
     pub fn remove(&self, rel: &str, kind: EntryKind) -> Result<()> {
-        self.checked_parent(rel)?;
-        let abs = self.abs(rel);
+        use rustix::fs::{unlinkat, AtFlags};
+        let (fd, name) = match self.parent_of(rel) {
+            Ok(found) => found,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        };
         let res = match kind {
-            EntryKind::Dir => fs::remove_dir_all(&abs),
-            _ => fs::remove_file(&abs),
+            EntryKind::Dir => remove_tree_at(&fd, name),
+            _ => unlinkat(&fd, name, AtFlags::empty()),
         };
         match res {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(format!("remove {}", abs.display()), e)),
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(Error::io(format!("remove {}", self.abs(rel).display()), e.into())),
+        }
+    }
+}
+
+/// The last component of a relative path.
+fn last_component(rel: &str) -> &str {
+    rel.rsplit('/').next().unwrap_or(rel)
+}
+
+/// Open `name` in the directory `fd` for reading its attributes (a
+/// directory when `dir`), never through a symlink.
+fn open_in(fd: &rustix::fd::OwnedFd, name: &str, dir: bool, abs: &Path) -> Result<File> {
+    use rustix::fs::{openat, Mode, OFlags};
+    let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    if dir {
+        flags |= OFlags::DIRECTORY;
+    }
+    let what = if dir { "open directory" } else { "open" };
+    openat(fd, name, flags, Mode::empty())
+        .map(File::from)
+        .map_err(|e| Error::io(format!("{what} {}", abs.display()), e.into()))
+}
+
+/// Remove the directory `name` in `parent` with everything under it,
+/// through descriptors only: whatever is found in place of a directory
+/// (a symlink put there meanwhile, say) is removed itself, never followed.
+/// (`std::fs::remove_dir_all` takes a path, whose directories could be
+/// swapped between the walk that checked them and the removal.)
+fn remove_tree_at(
+    parent: &rustix::fd::OwnedFd,
+    name: impl rustix::path::Arg + Copy,
+) -> rustix::io::Result<()> {
+    use rustix::fs::{openat, unlinkat, AtFlags, Dir, FileType, Mode, OFlags};
+    use rustix::io::Errno;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match openat(parent, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOTDIR | Errno::LOOP) => return unlinkat(parent, name, AtFlags::empty()),
+        Err(e) => return Err(e),
+    };
+    let entries = Dir::read_from(&fd)?;
+    for entry in entries {
+        let entry = entry?;
+        let child = entry.file_name();
+        if child == c"." || child == c".." {
+            continue;
+        }
+        let res = match entry.file_type() {
+            FileType::Directory | FileType::Unknown => remove_tree_at(&fd, child),
+            _ => unlinkat(&fd, child, AtFlags::empty()),
+        };
+        match res {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    unlinkat(parent, name, AtFlags::REMOVEDIR)
+}
+
+/// The entry for `path` given its `lstat` result.
+fn entry_of(path: String, st: &rustix::fs::Stat) -> Result<Entry> {
+    use rustix::fs::FileType;
+    let st = StatFields::of(st);
+    let kind = match FileType::from_raw_mode(st.mode) {
+        FileType::Directory => EntryKind::Dir,
+        FileType::Symlink => EntryKind::Symlink,
+        FileType::RegularFile => EntryKind::File,
+        _ => {
+            return Err(Error::InvalidName {
+                name: path,
+                reason: "not a regular file, directory or symlink (device, socket or fifo)".into(),
+            })
+        }
+    };
+    Ok(Entry {
+        path,
+        kind,
+        size: if kind == EntryKind::Dir { 0 } else { st.size },
+        mtime_ns: Some(st.mtime_ns),
+        mtime_exact: true,
+        meta: PosixMeta {
+            mode: Some(st.mode & 0o7777),
+            uid: Some(st.uid),
+            gid: Some(st.gid),
+            mtime_ns: Some(st.mtime_ns),
+            atime_ns: Some(st.atime_ns),
+        },
+        meta_loaded: true,
+        etag: None,
+        local: Some(LocalStat { dev: st.dev, ino: st.ino, nlink: st.nlink, ctime_ns: st.ctime_ns }),
+        crc32c: None,
+        md5: None,
+    })
+}
+
+/// The fields of a `stat` result that entries use, in the types entries
+/// use (the kernel's types differ between architectures).
+struct StatFields {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime_ns: i64,
+    atime_ns: i64,
+    ctime_ns: i64,
+    dev: u64,
+    ino: u64,
+    nlink: u64,
+}
+
+impl StatFields {
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    fn of(st: &rustix::fs::Stat) -> Self {
+        let ns = |s: i64, n: i64| s * 1_000_000_000 + n;
+        Self {
+            mode: st.st_mode as u32,
+            uid: st.st_uid as u32,
+            gid: st.st_gid as u32,
+            size: st.st_size as u64,
+            mtime_ns: ns(st.st_mtime as i64, st.st_mtime_nsec as i64),
+            atime_ns: ns(st.st_atime as i64, st.st_atime_nsec as i64),
+            ctime_ns: ns(st.st_ctime as i64, st.st_ctime_nsec as i64),
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            nlink: st.st_nlink as u64,
         }
     }
 }
@@ -721,6 +862,78 @@ mod tests {
         assert!(!outside.join("f").exists(), "the commit followed the symlink out of the root");
         assert_eq!(fs::read(outside.join(&tmp_name)).unwrap(), b"planted", "left as it was");
         assert_eq!(fs::read(root_dir.join("moved/f")).unwrap(), b"mine", "committed where it was written");
+    }
+
+    /// A directory of the source swapped for a symlink to elsewhere after
+    /// the listing saw it, and a file swapped for a symlink to a file
+    /// elsewhere (a user of the share racing ferry, which runs as root):
+    /// nothing outside the root is listed, stat'ed or read.
+    #[test]
+    fn reads_never_follow_a_directory_or_file_swapped_for_a_symlink() {
+        let top = tempfile::tempdir().unwrap();
+        let (root_dir, outside) = (top.path().join("root"), top.path().join("outside"));
+        fs::create_dir_all(root_dir.join("d")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(root_dir.join("d/s"), b"mine").unwrap();
+        fs::write(root_dir.join("f"), b"mine").unwrap();
+        std::os::unix::fs::symlink("x", root_dir.join("d/l")).unwrap();
+        fs::write(outside.join("s"), b"secret").unwrap();
+        std::os::unix::fs::symlink("outside", outside.join("l")).unwrap();
+        let root = PosixRoot::open(&root_dir, false, false).unwrap();
+        let (in_d, f) = (root.stat("d/s").unwrap().unwrap(), root.stat("f").unwrap().unwrap());
+
+        fs::rename(root_dir.join("d"), root_dir.join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, root_dir.join("d")).unwrap();
+        fs::remove_file(root_dir.join("f")).unwrap();
+        std::os::unix::fs::symlink(outside.join("s"), root_dir.join("f")).unwrap();
+
+        assert!(matches!(root.list_dir("d"), Err(Error::SymlinkInPath(_))));
+        assert!(matches!(root.stat("d/s"), Err(Error::SymlinkInPath(_))));
+        assert!(matches!(root.read_link("d/l"), Err(Error::SymlinkInPath(_))));
+        assert!(matches!(root.open_read(&in_d), Err(Error::SymlinkInPath(_))));
+        let opened = root.open_read(&f);
+        assert!(opened.is_err(), "read {:?} through a symlink", opened.unwrap().read_chunk(64));
+        assert_eq!(
+            root.stat("f").unwrap().unwrap().kind,
+            EntryKind::Symlink,
+            "the link itself, not its target"
+        );
+    }
+
+    /// A removal acts through the descriptor of the directory the walk
+    /// checked: that directory swapped for a symlink right after the walk
+    /// (simulated here between the two steps `remove` takes), a directory
+    /// to remove swapped for one after the listing saw it, or one inside the
+    /// tree, leaves what the symlink points to alone.
+    #[test]
+    fn removals_never_follow_a_directory_swapped_for_a_symlink() {
+        let top = tempfile::tempdir().unwrap();
+        let (root_dir, outside) = (top.path().join("root"), top.path().join("outside"));
+        fs::create_dir_all(root_dir.join("d/sub/deeper")).unwrap();
+        fs::write(root_dir.join("d/sub/deeper/f"), b"mine").unwrap();
+        fs::create_dir_all(outside.join("sub")).unwrap();
+        fs::write(outside.join("sub/precious"), b"keep").unwrap();
+        let root = PosixRoot::open(&root_dir, false, false).unwrap();
+
+        let (fd, name) = root.parent_of("d/sub").unwrap();
+        fs::rename(root_dir.join("d"), root_dir.join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, root_dir.join("d")).unwrap();
+        assert!(matches!(root.remove("d/sub", EntryKind::Dir), Err(Error::SymlinkInPath(_))));
+        remove_tree_at(&fd, name).unwrap();
+        assert_eq!(fs::read(outside.join("sub/precious")).unwrap(), b"keep");
+        assert!(!root_dir.join("moved/sub").exists(), "removed where the walk was");
+
+        fs::create_dir_all(root_dir.join("e")).unwrap();
+        std::os::unix::fs::symlink(outside.join("sub"), root_dir.join("e/inner")).unwrap();
+        root.remove("e/inner", EntryKind::Dir).unwrap();
+        assert!(fs::symlink_metadata(root_dir.join("e/inner")).is_err(), "the link itself is removed");
+        assert_eq!(fs::read(outside.join("sub/precious")).unwrap(), b"keep");
+        std::os::unix::fs::symlink(outside.join("sub"), root_dir.join("e/inner")).unwrap();
+        root.remove("e", EntryKind::Dir).unwrap();
+        assert!(!root_dir.join("e").exists());
+        assert_eq!(fs::read(outside.join("sub/precious")).unwrap(), b"keep");
+        root.remove("gone/already", EntryKind::File).unwrap();
+        assert!(!root_dir.join("gone").exists(), "a removal creates nothing");
     }
 
     /// A rewrite in place that keeps the size and puts the mtime back (as
