@@ -917,13 +917,22 @@ impl Run {
                         self.remember(&item, version).await;
                     }
                 }
-                Err(e) if e.is_temporary() && attempt < self.opts.item_attempts => {
+                // A stopped run tries no item again: its stop reason says
+                // what the items left would meet.
+                Err(e)
+                    if e.is_temporary()
+                        && attempt < self.opts.item_attempts
+                        && self.stopped.get().is_none() =>
+                {
                     tracing::debug!(path = %item.src.path, attempt, error = %e, "retrying item");
                     let backoff =
                         Duration::from_millis(100 * (1 << attempt.min(6)) + rand::random_range(0..100));
                     tokio::time::sleep(backoff).await;
-                    attempt += 1;
-                    continue;
+                    if self.stopped.get().is_none() {
+                        attempt += 1;
+                        continue;
+                    }
+                    p.fail(&item.src.path, e.to_string());
                 }
                 Err(e) => {
                     self.stop_if_unreachable(&e);
@@ -944,9 +953,10 @@ impl Run {
         let now = self.started.elapsed();
         let last_ok = Duration::from_millis(self.last_ok_ms.load(Relaxed));
         if now.saturating_sub(last_ok) >= self.opts.unreachable_limit {
-            let _ = self
-                .stopped
-                .set(format!("{e}, and nothing succeeded for {} s", now.saturating_sub(last_ok).as_secs()));
+            let why = format!("{e}, and nothing succeeded for {} s", now.saturating_sub(last_ok).as_secs());
+            if self.stopped.set(why.clone()).is_ok() {
+                tracing::warn!("stopping the run: {why}; the items in flight end with their current attempt");
+            }
         }
     }
 

@@ -78,6 +78,10 @@ impl Endpoint {
     }
 }
 
+/// How long the first request to a store may go unanswered before the
+/// user is told (see [`ObjectRoot::check_reachable`]).
+pub const SLOW_START_NOTICE: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl std::fmt::Debug for ObjectRoot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ObjectRoot").field("display", &self.display).finish()
@@ -422,7 +426,28 @@ impl ObjectRoot {
     }
 
     /// Fail with a clear message when the bucket cannot be listed.
+    ///
+    /// A store that drops connection attempts or never answers would hold
+    /// the run silent for its timeouts times its retries (minutes): after
+    /// [`SLOW_START_NOTICE`] without an answer, a warning says what is
+    /// being waited for, and the check goes on.
     pub async fn check_reachable(&self) -> Result<()> {
+        let check = self.list_one();
+        tokio::pin!(check);
+        tokio::select! {
+            res = &mut check => return res,
+            () = tokio::time::sleep(SLOW_START_NOTICE) => {}
+        }
+        let at = self.endpoint.url.as_deref().map(|u| format!(" at {u}")).unwrap_or_default();
+        tracing::warn!(
+            "no answer from {}{at} for {} s; still trying (-v shows each retry; --retries sets how many)",
+            self.display,
+            SLOW_START_NOTICE.as_secs()
+        );
+        check.await
+    }
+
+    async fn list_one(&self) -> Result<()> {
         let opts = ListOptions { limit: Some(1), ..Default::default() };
         let mut lister =
             self.op.lister_options(&self.dir_path("")?, opts).await.map_err(|e| self.reach_error(e))?;

@@ -1338,10 +1338,6 @@ async fn retries_are_quiet_and_carry_no_backtrace() {
     assert!(!r.stderr.contains("Backtrace") && !r.stderr.contains("backtrace"), "{}", r.stderr);
 }
 
-/// A store that goes away mid-run: once nothing has succeeded for
-/// `--unreachable-limit`, the run stops (exit 2) instead of failing every
-/// item left after its retries, and the rerun, with the store back,
-/// completes the copy.
 /// Connections reset in the middle of uploads (a store restarting: every
 /// connection closed, new ones refused for a moment): the requests caught
 /// are sent again and the run ends in a whole, correct copy, with no
@@ -1384,6 +1380,46 @@ async fn connections_reset_mid_upload_end_in_a_correct_copy() {
     assert_same(&snapshot(&src, false), &snapshot(&back, false));
 }
 
+/// A store that accepts connections and never answers (a partition, a
+/// hung gateway): within seconds the run says what it is waiting for,
+/// instead of staying silent for its timeouts times its retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_never_answers_is_named_within_seconds() {
+    use std::io::BufRead;
+    let s3 = S3Server::start(&["bkt-silent"]).await;
+    let (proxy, proxied) = ferry_testkit::TcpProxy::in_front_of(&s3.endpoint()).await;
+    proxy.partition();
+    let mut env = s3.env();
+    env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL".into(), proxied.clone()));
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    many_files(&src, 3, 100);
+    let started = std::time::Instant::now();
+    let mut child = ferry_cmd(&state, &env)
+        .args(["sync", src.to_str().unwrap(), "s3://bkt-silent/p"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let notice = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stderr).lines().map_while(Result::ok).find(|l| l.contains("no answer from"))
+    });
+    let notice = tokio::time::timeout(Duration::from_secs(30), notice).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let notice = notice.expect("a notice within 30 s").unwrap().expect("a notice before the run ended");
+    assert!(started.elapsed() < Duration::from_secs(15), "notice after {:?}", started.elapsed());
+    assert!(notice.contains("s3://bkt-silent/p") && notice.contains(&proxied), "{notice}");
+    assert!(notice.contains("still trying"), "{notice}");
+    assert_eq!(std::fs::read_dir(s3.root().join("bkt-silent")).unwrap().count(), 0, "nothing written");
+}
+
+/// A store that goes away mid-run: once nothing has succeeded for
+/// `--unreachable-limit`, the run stops (exit 2) instead of failing every
+/// item left after its retries, and the rerun, with the store back,
+/// completes the copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_gone_away_stops_the_run_and_a_rerun_completes_it() {
     let s3 = S3Server::start(&["bkt"]).await;
@@ -1438,6 +1474,7 @@ async fn a_store_gone_away_stops_the_run_and_a_rerun_completes_it() {
     assert!(done > 0 && failed > 0 && not_tried > 0, "{j}");
     assert!(failed <= 4, "only the items in flight failed, not all {}: {j}", 300 - done);
     assert!(j["stopped"].as_str().unwrap().contains("and nothing succeeded for"), "{j}");
+    assert!(r.stderr.contains("stopping the run: "), "the stop is logged when it happens: {}", r.stderr);
     assert_reconciles(&j);
     assert!(started.elapsed() < Duration::from_secs(30), "stopped after {:?}", started.elapsed());
 
