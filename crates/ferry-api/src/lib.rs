@@ -41,7 +41,8 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .nest("/v1/{project_id}/sfs-turbo", routes::sfs_turbo())
         .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(from_fn_with_state(state.clone(), middleware::authenticate));
+        .layer(from_fn_with_state(state.clone(), middleware::authenticate))
+        .layer(from_fn_with_state(state.clone(), middleware::deadline));
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics::render))

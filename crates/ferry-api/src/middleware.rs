@@ -39,6 +39,34 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     resp
 }
 
+/// Answer 503 to a request not done in the configured time
+/// ([`AppState::with_request_timeout`]): a database cut off by a partition
+/// holds every call for as long as TCP does (many minutes), and a client,
+/// or a load balancer in front of several API nodes, is better served by
+/// an answer it can retry. Nothing a request starts outlives it but the
+/// jobs it queued, which run on their own.
+pub async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = state.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::error!(
+                limit_secs = limit.as_secs(),
+                "a request was not done in time; is the database reachable?"
+            );
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                http_error::INTERNAL,
+                format!(
+                    "the request was not done within {} s (the database did not answer); try again",
+                    limit.as_secs()
+                ),
+            )
+            .into_response()
+        }
+    }
+}
+
 /// Error answers that axum makes itself (a path parameter that is not UTF-8
 /// once decoded, a body over [`MAX_BODY`]) are plain text: give them the
 /// API's error body, whose code clients read.

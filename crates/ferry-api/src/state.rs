@@ -11,6 +11,9 @@ use ferry_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
 
+/// How long an API request may take before it is answered 503.
+pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The server's shared state.
 #[derive(Clone)]
 pub struct AppState {
@@ -24,6 +27,8 @@ pub struct AppState {
     pub(crate) usage: Arc<Mutex<HashMap<String, (Instant, u64)>>>,
     /// Renders `/metrics`; without it only the store's gauges are shown.
     pub(crate) metrics: Option<PrometheusHandle>,
+    /// An API request not answered in this time gets 503.
+    pub(crate) request_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -33,7 +38,22 @@ impl AppState {
         object_stores: Arc<ObjectStores>,
         wake: Arc<Notify>,
     ) -> Self {
-        AppState { store, shares_root, object_stores, wake, usage: Default::default(), metrics: None }
+        AppState {
+            store,
+            shares_root,
+            object_stores,
+            wake,
+            usage: Default::default(),
+            metrics: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+
+    /// Answer 503 to an API request not done in `limit` (default
+    /// [`DEFAULT_REQUEST_TIMEOUT`]).
+    pub fn with_request_timeout(mut self, limit: std::time::Duration) -> Self {
+        self.request_timeout = limit;
+        self
     }
 
     /// Serve `/metrics` from this recorder (see [`crate::metrics::install`]).

@@ -9,6 +9,7 @@
 //! | `workers.threads` | `FERRY_WORKERS_THREADS` | 256 |
 //! | `workers.lease_secs` | `FERRY_WORKERS_LEASE_SECS` | 30 |
 //! | `workers.unreachable_secs` | `FERRY_WORKERS_UNREACHABLE_SECS` | 30: a task stops when a store cannot be connected to and nothing succeeded for this long |
+//! | `api.request_timeout_secs` | `FERRY_API_REQUEST_TIMEOUT_SECS` | 30: an API request not answered in this time gets 503 (a database cut off by a partition would hold it for as long as TCP does) |
 //! | `secret_key_file` | `FERRY_SECRET_KEY_FILE` | `<data dir>/secret.key` (created when missing) |
 //! | `object_stores[i].<key>` | `FERRY_OBJECT_STORES_<i>_<KEY>` | one `file` store, endpoint `local`, root `<data dir>/buckets` |
 
@@ -34,7 +35,15 @@ struct FileConfig {
     #[serde(default)]
     workers: WorkersFile,
     #[serde(default)]
+    api: ApiFile,
+    #[serde(default)]
     object_stores: Vec<ObjectStoreConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiFile {
+    request_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -60,6 +69,8 @@ pub struct Config {
     /// A task stops when a store cannot be connected to and nothing
     /// succeeded for this long.
     pub unreachable_limit: std::time::Duration,
+    /// An API request not answered in this time gets 503.
+    pub request_timeout: std::time::Duration,
     /// Whether the database is the embedded SQLite file.
     pub embedded_db: bool,
     /// The key that seals access-key secrets in the database; every node of
@@ -173,6 +184,11 @@ impl Config {
                  at least 1"
             );
         }
+        let request_timeout_secs =
+            env_parse("FERRY_API_REQUEST_TIMEOUT_SECS")?.or(file.api.request_timeout_secs).unwrap_or(30);
+        if request_timeout_secs == 0 {
+            bail!("api: request_timeout_secs must be at least 1");
+        }
         let secret_key_file = env("FERRY_SECRET_KEY_FILE")
             .map(PathBuf::from)
             .or(file.secret_key_file)
@@ -188,6 +204,7 @@ impl Config {
             worker_threads,
             lease_secs,
             unreachable_limit: std::time::Duration::from_secs(unreachable_secs),
+            request_timeout: std::time::Duration::from_secs(request_timeout_secs),
             embedded_db,
         })
     }
@@ -257,6 +274,8 @@ mod tests {
         let file = parse_file(include_str!("../../../ferry.sample.toml")).unwrap();
         assert_eq!(file.listen.as_deref(), Some(DEFAULT_LISTEN));
         assert_eq!(file.workers.lease_secs, Some(30));
+        assert_eq!(file.workers.unreachable_secs, Some(30));
+        assert_eq!(file.api.request_timeout_secs, Some(30));
         let stores = ObjectStores::new(file.object_stores).unwrap();
         assert!(stores.find("http://127.0.0.1:3900").is_some());
         assert!(stores.find(LOCAL_ENDPOINT).is_some());

@@ -37,7 +37,8 @@ pub async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let metrics = ferry_api::metrics::install().context("cannot set up metrics")?;
     let state =
         AppState::new(store, cfg.shares_root.clone(), Arc::new(cfg.object_stores.clone()), wake.clone())
-            .with_metrics(metrics);
+            .with_metrics(metrics)
+            .with_request_timeout(cfg.request_timeout);
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {} (use --listen ADDR)", cfg.listen))?;

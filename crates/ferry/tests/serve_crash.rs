@@ -316,6 +316,35 @@ async fn a_worker_cut_off_from_postgresql_gives_its_task_up() {
     assert_all_files(&dir);
 }
 
+/// An API node cut off from PostgreSQL by a partition (its connections
+/// neither answer nor close) answers 503 with the API's error body once
+/// `api.request_timeout_secs` has passed, instead of holding the request
+/// for as long as TCP does, and answers again once the network heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_api_node_cut_off_from_postgresql_answers_503_in_time() {
+    let Some(db) = postgres("apicut").await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (proxy, proxied) = TcpProxy::in_front_of(db.url().unwrap()).await;
+    let timeout = [("FERRY_API_REQUEST_TIMEOUT_SECS", "2")];
+    let api = Server::start_with_env(&tmp.path().join("data"), None, &Db::Postgres(proxied), &timeout);
+    let c = api.token("p1");
+    assert_eq!(c.get("/shares/detail").await.status, 200);
+
+    proxy.partition();
+    let cut = Instant::now();
+    let a = tokio::time::timeout(Duration::from_secs(30), c.get("/shares/detail")).await.expect("an answer");
+    assert!(cut.elapsed() < Duration::from_secs(5), "answered after {:?}", cut.elapsed());
+    assert_eq!((a.status, a.code()), (503, "SFS.TURBO.0005"), "{}", a.text);
+    assert!(a.body["errMsg"].as_str().unwrap().contains("within 2 s"), "{}", a.text);
+
+    proxy.heal();
+    let healed = Instant::now();
+    while c.get("/shares/detail").await.status != 200 {
+        assert!(healed.elapsed() < Duration::from_secs(20), "no answer after the network healed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A PostgreSQL restart in the middle of an import (every connection
 /// closed, new ones refused for 12 s: longer than the connection pool
 /// waits for one) ends as an uninterrupted import does: the task waits the
