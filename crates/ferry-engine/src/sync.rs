@@ -661,6 +661,11 @@ impl Run {
                     s = full;
                 }
                 Ok(None) => {}
+                // The directory is still made, for what is below it; the
+                // marker's data could not go anywhere.
+                Err(e @ StorageError::MarkerHoldsData { .. }) => {
+                    p.fail_other(&format!("{}/", s.path), e.to_string())
+                }
                 // The content can still be copied: the directory gets
                 // default attributes.
                 Err(e) => p.warn(format!("{}: directory attributes not read: {e}", s.path)),

@@ -47,6 +47,13 @@ pub enum Error {
     /// not what was written. The copy is removed and written again.
     #[error("verification failed: written with crc32c {wrote:08x}, read back {read:08x}")]
     VerifyFailed { wrote: u32, read: u32 },
+    /// A directory marker object (a key ending in `/`) that holds data,
+    /// which a directory cannot keep.
+    #[error(
+        "the object {key} holds {size} bytes, but its key ends with '/', which names a directory: \
+         its data cannot be copied (rename it to a key without the '/')"
+    )]
+    MarkerHoldsData { key: String, size: u64 },
     /// A path inside a local root is, or goes through, a symlink.
     #[error("refusing to write through symlink {0}")]
     SymlinkInPath(String),

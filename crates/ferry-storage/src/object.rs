@@ -619,6 +619,26 @@ impl ObjectRoot {
         self.stat_key(op, &self.dir_path(rel)?, rel, true).await
     }
 
+    /// Fail when the directory marker `key` holds data: S3 allows a key
+    /// ending in `/` to, and such a key names a directory here, as it does
+    /// to every tool that maps keys onto paths, so its data cannot be
+    /// copied. OpenDAL keeps no size for such keys; a marker whose ETag is
+    /// not that of empty content is asked its size with one HEAD (`s3://`
+    /// locations; the markers ferry and others write are empty and cost no
+    /// request).
+    async fn check_marker_is_empty(&self, key: &str, rel: &str, md: &Metadata) -> Result<()> {
+        /// The ETag of an empty object stored in one piece.
+        const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
+        let Some(direct) = &self.direct else { return Ok(()) };
+        if md.etag().is_none_or(|e| e.trim_matches('"') == EMPTY_MD5) {
+            return Ok(());
+        }
+        match direct.stored_size(key, &format!("{}/{rel}/", self.display)).await? {
+            Some(size) if size > 0 => Err(Error::MarkerHoldsData { key: format!("{rel}/"), size }),
+            _ => Ok(()),
+        }
+    }
+
     async fn stat_key(
         &self,
         op: &Operator,
@@ -628,6 +648,9 @@ impl ObjectRoot {
     ) -> Result<Option<(Entry, Vec<String>)>> {
         match op.stat(key).await {
             Ok(md) => {
+                if is_dir {
+                    self.check_marker_is_empty(key, rel, &md).await?;
+                }
                 let mut e = entry_from_listing(rel, is_dir, &md);
                 let warnings = apply_user_metadata(&mut e, &md);
                 Ok(Some((e, warnings)))

@@ -173,6 +173,20 @@ impl S3Direct {
         }
     }
 
+    /// The size of the object stored under `key` (one HEAD), `None` when
+    /// there is none: OpenDAL takes a key ending in `/` for a directory and
+    /// keeps no size for it.
+    pub(crate) async fn stored_size(&self, key: &str, what: &str) -> Result<Option<u64>> {
+        let url = format!("{}/{}", self.base, utf8_percent_encode(key, PATH));
+        match self.call(Method::HEAD, &url, &[], &format!("read the size of {what}")).await {
+            Ok((h, _)) => {
+                Ok(h.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()))
+            }
+            Err(Error::Http { status: 404, .. } | Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether an object's ETag may not be the MD5 of its content although
     /// it looks like one: the object is encrypted with a key the store
     /// manages (SSE-KMS, whose ETags are not MD5s), or the store cannot

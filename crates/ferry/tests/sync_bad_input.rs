@@ -190,3 +190,43 @@ async fn keys_ending_in_white_space_are_refused_not_mapped_onto_others() {
     assert_eq!(std::fs::read(bucket.join("q/x")).unwrap(), b"plain");
     assert_eq!(std::fs::read(bucket.join("q/x ")).unwrap(), b"spaced");
 }
+
+/// A key ending in `/` that holds data (S3 allows it; it names a
+/// directory to every tool that maps keys onto paths): the directory is
+/// made, for what is below it, and the data that cannot go anywhere is
+/// reported (exit 1), not dropped in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_marker_holding_data_is_reported() {
+    let Some(moto) = common::emulators::Moto::start(&["bkt-slash"]).await else { return };
+    let http = reqwest::Client::new();
+    for (key, body) in [("d/", "hello"), ("d/f", "x"), ("e/", "")] {
+        let r = http.put(format!("{}/bkt-slash/{key}", moto.endpoint())).body(body).send().await.unwrap();
+        assert!(r.status().is_success(), "put {key}: {}", r.status());
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (dst, state) = (tmp.path().join("dst"), tmp.path().join("state"));
+    for to in [dst.to_str().unwrap(), "s3://bkt-slash/copy"] {
+        let r =
+            ferry(&state, &moto.env(), &["sync", "s3://bkt-slash/", to, "--json", "--exclude", "copy/**"]);
+        assert_eq!(r.code, 1, "{to}: {}\n{}", r.stdout, r.stderr);
+        let j = r.json();
+        let f = &j["failures"][0];
+        let why = f["reason"].as_str().unwrap_or_default();
+        assert!(f["path"] == "d/" && why.contains("holds 5 bytes"), "{to}: {j}");
+        assert_eq!((j["failed"].as_u64(), j["other_failures"].as_u64()), (Some(0), Some(1)), "{to}: {j}");
+        assert_reconciles(&j);
+    }
+    assert_eq!(std::fs::read(dst.join("d/f")).unwrap(), b"x");
+    assert!(dst.join("e").is_dir(), "an empty marker is a directory");
+    let r = ferry(
+        &state,
+        &moto.env(),
+        &["sync", "s3://bkt-slash/", dst.to_str().unwrap(), "--json", "--exclude", "copy/**"],
+    );
+    assert_eq!(
+        (r.code, r.json()["other_failures"].as_u64()),
+        (1, Some(1)),
+        "a rerun reports it again: {}",
+        r.stdout
+    );
+}
