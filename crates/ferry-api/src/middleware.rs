@@ -43,22 +43,29 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
 /// ([`AppState::with_request_timeout`]): a database cut off by a partition
 /// holds every call for as long as TCP does (many minutes), and a client,
 /// or a load balancer in front of several API nodes, is better served by
-/// an answer it can retry. Nothing a request starts outlives it but the
-/// jobs it queued, which run on their own.
+/// an answer it can act on. The request itself runs on to its end in a
+/// task of its own, so no handler is cut between two writes, and what it
+/// fills (the usage cache of a large share, say) is there for the next.
 pub async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let limit = state.request_timeout;
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(resp) => resp,
+    let mut running = tokio::spawn(next.run(req));
+    match tokio::time::timeout(limit, &mut running).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "a request handler failed");
+            ApiError::internal("internal error; see the server log").into_response()
+        }
         Err(_) => {
             tracing::error!(
                 limit_secs = limit.as_secs(),
-                "a request was not done in time; is the database reachable?"
+                "a request was not done in time; is the database (or the shares' file system) slow or unreachable?"
             );
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 http_error::INTERNAL,
                 format!(
-                    "the request was not done within {} s (the database did not answer); try again",
+                    "the request was not done within {} s: the database or the file system is slow or \
+                     unreachable; it may still complete, so check its effect before sending it again",
                     limit.as_secs()
                 ),
             )

@@ -401,7 +401,9 @@ impl Run {
                 at.push('/');
             }
             at.push_str(part);
-            if !settled.insert(at.clone()) || matches!(self.dst.stat_dir(&at).await, Ok(Some(_))) {
+            // Only a directory surely missing is made: a marker that could
+            // not be read (one holding data, say) is left as it is.
+            if !settled.insert(at.clone()) || !matches!(self.dst.stat_dir(&at).await, Ok(None)) {
                 continue;
             }
             // Unreadable source attributes: the file's copy creates the

@@ -55,7 +55,7 @@ pub enum Error {
     )]
     MarkerHoldsData { key: String, size: u64 },
     /// A path inside a local root is, or goes through, a symlink.
-    #[error("refusing to write through symlink {0}")]
+    #[error("refusing to go through symlink {0}")]
     SymlinkInPath(String),
     #[error("{context}: {source}")]
     Io {

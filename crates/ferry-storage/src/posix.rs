@@ -117,7 +117,7 @@ impl PosixRoot {
         rejected: &mut Vec<(String, String)>,
     ) -> Result<()> {
         use rustix::fs::{unlinkat, AtFlags, Dir};
-        let (dir, fd) = self.open_dir(rel, false)?;
+        let (dir, fd) = self.open_dir(rel, false, self.follow_links)?;
         let list_err = |e: rustix::io::Errno| Error::io(format!("list {}", dir.display()), e.into());
         let read = Dir::read_from(&fd).map_err(list_err)?;
         for item in read {
@@ -152,12 +152,12 @@ impl PosixRoot {
     pub fn stat(&self, rel: &str) -> Result<Option<Entry>> {
         use rustix::fs::{fstat, FileType};
         if rel.is_empty() {
-            let (dir, fd) = self.open_dir("", false)?;
+            let (dir, fd) = self.open_dir("", false, self.follow_links)?;
             let st = fstat(&fd).map_err(|e| Error::io(format!("stat {}", dir.display()), e.into()))?;
             debug_assert_eq!(FileType::from_raw_mode(st.st_mode), FileType::Directory);
             return entry_of(String::new(), &st).map(Some);
         }
-        let (fd, name) = match self.parent_of(rel) {
+        let (fd, name) = match self.parent_of(rel, self.follow_links) {
             Ok(found) => found,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
@@ -190,7 +190,7 @@ impl PosixRoot {
     }
 
     pub fn read_link(&self, rel: &str) -> Result<String> {
-        let (fd, name) = self.parent_of(rel)?;
+        let (fd, name) = self.parent_of(rel, self.follow_links)?;
         let target = rustix::fs::readlinkat(&fd, name, Vec::new())
             .map_err(|e| Error::io(format!("read link {}", self.abs(rel).display()), e.into()))?;
         target.into_string().map_err(|_| Error::InvalidName {
@@ -210,7 +210,7 @@ impl PosixRoot {
         use rustix::fs::{openat, Mode, OFlags};
         use rustix::io::Errno;
         let abs = self.abs(&entry.path);
-        let (fd, name) = self.parent_of(&entry.path)?;
+        let (fd, name) = self.parent_of(&entry.path, self.follow_links)?;
         let mut flags = OFlags::RDONLY | OFlags::CLOEXEC;
         if !self.follow_links {
             flags |= OFlags::NOFOLLOW;
@@ -225,19 +225,19 @@ impl PosixRoot {
 
     /// Open the directory `rel_dir` (`""` for the root) and return its
     /// absolute path with a descriptor of it. The walk goes one component at
-    /// a time from the root and never follows a symlink (except to read
-    /// with `--copy-links`, which asks for them to be followed), so what is
+    /// a time from the root and never follows a symlink unless `follow`
+    /// (reads with `--copy-links`, which asks for them to be followed), so what is
     /// done through the descriptor happens in the directory checked even if
     /// a path to it is swapped for a symlink meanwhile. With `create`,
     /// missing directories are made. The root itself may be reached through
     /// a symlink (it is configured).
-    fn open_dir(&self, rel_dir: &str, create: bool) -> Result<(PathBuf, rustix::fd::OwnedFd)> {
+    fn open_dir(&self, rel_dir: &str, create: bool, follow: bool) -> Result<(PathBuf, rustix::fd::OwnedFd)> {
         use rustix::fs::{mkdirat, open, openat, statat, AtFlags, FileType, Mode, OFlags};
         use rustix::io::Errno;
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let mut fd = open(&self.root, flags, Mode::empty())
             .map_err(|e| Error::io(format!("open {}", self.root.display()), e.into()))?;
-        let flags = if create || !self.follow_links { flags | OFlags::NOFOLLOW } else { flags };
+        let flags = if follow { flags } else { flags | OFlags::NOFOLLOW };
         let mut dir = self.root.clone();
         if rel_dir.is_empty() {
             return Ok((dir, fd));
@@ -272,11 +272,11 @@ impl PosixRoot {
 
     /// The directory `rel` is in, opened as [`Self::open_dir`] does
     /// (without creating anything), and `rel`'s name in it.
-    fn parent_of<'a>(&self, rel: &'a str) -> Result<(rustix::fd::OwnedFd, &'a str)> {
+    fn parent_of<'a>(&self, rel: &'a str, follow: bool) -> Result<(rustix::fd::OwnedFd, &'a str)> {
         validate_rel_path(rel)
             .map_err(|e| Error::InvalidName { name: rel.to_string(), reason: e.to_string() })?;
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        Ok((self.open_dir(parent, false)?.1, name))
+        Ok((self.open_dir(parent, false, follow)?.1, name))
     }
 
     /// Check that every directory above `rel` is a real directory inside the
@@ -285,7 +285,7 @@ impl PosixRoot {
     fn checked_parent(&self, rel: &str) -> Result<(PathBuf, rustix::fd::OwnedFd)> {
         validate_rel_path(rel)
             .map_err(|e| Error::InvalidName { name: rel.to_string(), reason: e.to_string() })?;
-        self.open_dir(rel.rsplit_once('/').map_or("", |(parent, _)| parent), true)
+        self.open_dir(rel.rsplit_once('/').map_or("", |(parent, _)| parent), true, false)
     }
 
     /// Start writing a file of `size` bytes; nothing appears under `rel`
@@ -434,7 +434,7 @@ impl PosixRoot {
     /// directory is removed as a link).
     pub fn remove(&self, rel: &str, kind: EntryKind) -> Result<()> {
         use rustix::fs::{unlinkat, AtFlags};
-        let (fd, name) = match self.parent_of(rel) {
+        let (fd, name) = match self.parent_of(rel, false) {
             Ok(found) => found,
             Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e),
@@ -915,7 +915,7 @@ mod tests {
         fs::write(outside.join("sub/precious"), b"keep").unwrap();
         let root = PosixRoot::open(&root_dir, false, false).unwrap();
 
-        let (fd, name) = root.parent_of("d/sub").unwrap();
+        let (fd, name) = root.parent_of("d/sub", false).unwrap();
         fs::rename(root_dir.join("d"), root_dir.join("moved")).unwrap();
         std::os::unix::fs::symlink(&outside, root_dir.join("d")).unwrap();
         assert!(matches!(root.remove("d/sub", EntryKind::Dir), Err(Error::SymlinkInPath(_))));

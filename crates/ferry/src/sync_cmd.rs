@@ -69,7 +69,9 @@ pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
 
 fn open_options(args: &SyncArgs, is_dst: bool) -> OpenOptions {
     OpenOptions {
-        follow_links: args.copy_links,
+        // Links are followed where they are read from: a destination's
+        // are items to replace or delete, never a way out of it.
+        follow_links: args.copy_links && !is_dst,
         create: is_dst && !args.dry_run,
         may_be_missing: is_dst && args.dry_run,
         parts: PartPolicy {

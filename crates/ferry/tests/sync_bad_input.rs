@@ -102,6 +102,29 @@ async fn an_unusable_source_item_fails_alone() {
     assert_reconciles(&j);
 }
 
+/// `--copy-links` follows the source's links only: a destination
+/// directory that is a symlink to elsewhere is an item to replace, never a
+/// way out, so `--delete` removes nothing it points to.
+#[test]
+fn copy_links_never_follows_the_destination_s_links() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, state) = (tmp.path().join("src"), tmp.path().join("dst"), tmp.path().join("state"));
+    let outside = tmp.path().join("outside");
+    // Nothing to write below `data`: only a deletion could reach the link.
+    std::fs::create_dir_all(src.join("data")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("precious"), "keep").unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    std::os::unix::fs::symlink(&outside, dst.join("data")).unwrap();
+    let r = ferry(
+        &state,
+        &[],
+        &["sync", src.to_str().unwrap(), dst.to_str().unwrap(), "-L", "--delete", "--json"],
+    );
+    assert_eq!(std::fs::read(outside.join("precious")).unwrap(), b"keep", "{}\n{}", r.stdout, r.stderr);
+    assert!(std::fs::symlink_metadata(dst.join("data")).is_ok(), "{}", r.stdout);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_links_follows_links_but_not_loops() {
     let tmp = tempfile::tempdir().unwrap();
@@ -229,4 +252,21 @@ async fn a_directory_marker_holding_data_is_reported() {
         "a rerun reports it again: {}",
         r.stdout
     );
+
+    // As a destination: a file sent below it leaves the marker as it is.
+    let up = tmp.path().join("up");
+    std::fs::create_dir_all(up.join("d")).unwrap();
+    std::fs::write(up.join("d/g"), "g").unwrap();
+    std::fs::write(tmp.path().join("list"), "d/g\n").unwrap();
+    let list = tmp.path().join("list");
+    let args = ["sync", up.to_str().unwrap(), "s3://bkt-slash/", "--files-from", list.to_str().unwrap()];
+    let r = ferry(&state, &moto.env(), &args);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let again = tmp.path().join("again");
+    let r = ferry(
+        &state,
+        &moto.env(),
+        &["sync", "s3://bkt-slash/", again.to_str().unwrap(), "--exclude", "copy/**"],
+    );
+    assert!(r.stderr.contains("holds 5 bytes"), "the marker's data is kept: {}", r.stderr);
 }
