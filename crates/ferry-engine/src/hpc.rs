@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use ferry_model::hpc::{HpcTaskType, TargetAttributes, TargetLifecycle};
 use ferry_model::{Entry, EntryKind, PosixMeta};
-use ferry_storage::{Listing, Location, ObjectRoot, ObjectStores, OpenOptions, PosixRoot, TEMP_PREFIX};
+use ferry_storage::{Listing, Location, ObjectRoot, ObjectStores, OpenOptions, PosixRoot};
 use ferry_store::{CachedStat, EntryState, NsEntry, Store, TargetRow, TaskProgress, TaskRow};
 use tokio::sync::mpsc;
 
@@ -858,30 +858,18 @@ async fn make_dirs(
     Ok(seen)
 }
 
-/// Remove temporary files (`.ferry-tmp.*`) left under `dir` by an interrupted
-/// write; returns how many were removed.
-pub fn sweep_temp_files(dir: &Path) -> usize {
-    let mut removed = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for ent in rd.flatten() {
-            let Ok(ft) = ent.file_type() else { continue };
-            if ft.is_dir() {
-                stack.push(ent.path());
-            } else if ent.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
-                && std::fs::remove_file(ent.path()).is_ok()
-            {
-                removed += 1;
-            }
-        }
-    }
-    removed
+/// Remove temporary files (`.ferry-tmp.*`) left by interrupted writes under
+/// `under` (`""` for all) in the shares directory `shares_root`, never
+/// through a symlink a user of a share put in place of a directory;
+/// returns how many were removed.
+pub fn sweep_temp_files(shares_root: &Path, under: &str) -> usize {
+    PosixRoot::open(shares_root, false, false).map_or(0, |root| root.sweep_temp_files(under))
 }
 
 #[cfg(test)]
 mod tests {
     use ferry_model::hpc::OctalMode;
+    use ferry_storage::TEMP_PREFIX;
 
     use super::*;
 
@@ -925,7 +913,7 @@ mod tests {
         std::fs::create_dir_all(d.path().join("x/y")).unwrap();
         std::fs::write(d.path().join(format!("x/y/{TEMP_PREFIX}abc")), b"partial").unwrap();
         std::fs::write(d.path().join("x/keep"), b"whole").unwrap();
-        assert_eq!(sweep_temp_files(d.path()), 1);
+        assert_eq!(sweep_temp_files(d.path(), ""), 1);
         assert!(d.path().join("x/keep").exists());
         assert!(!d.path().join(format!("x/y/{TEMP_PREFIX}abc")).exists());
     }

@@ -44,7 +44,7 @@ fn now() -> i64 {
 /// shares, and tasks that were being deleted.
 pub async fn recover(env: &TaskEnv) -> Result<(), ferry_store::Error> {
     let root = env.shares_root.clone();
-    let swept = tokio::task::spawn_blocking(move || hpc::sweep_temp_files(&root)).await.unwrap_or(0);
+    let swept = tokio::task::spawn_blocking(move || hpc::sweep_temp_files(&root, "")).await.unwrap_or(0);
     if swept > 0 {
         tracing::info!(swept, "removed temporary files of interrupted writes");
     }
@@ -290,8 +290,9 @@ async fn run_one(env: &Arc<TaskEnv>, cfg: &WorkerConfig, task: TaskRow, claimed:
                 Ok(Ok(Some(t))) if t.status == HpcTaskStatus::Deleting => {
                     // Nobody can claim a task being deleted: leave no
                     // partial file of it.
-                    let dir = hpc::target_dir(&env.shares_root, &task.share_id, &task.src_target);
-                    tokio::task::spawn_blocking(move || hpc::sweep_temp_files(&dir)).await.ok();
+                    let (root, under) =
+                        (env.shares_root.clone(), ferry_model::join_path(&task.share_id, &task.src_target));
+                    tokio::task::spawn_blocking(move || hpc::sweep_temp_files(&root, &under)).await.ok();
                     metered.finished("CANCELLED");
                     let _ = tokio::time::timeout(wait, env.store.delete_task(&task.id)).await;
                     tracing::info!(task = %task.id, "task cancelled and deleted");

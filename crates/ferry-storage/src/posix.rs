@@ -429,6 +429,43 @@ impl PosixRoot {
         fsync(&dir_fd).map_err(|e| Error::io(format!("fsync directory {}", dir.display()), e.into()))
     }
 
+    /// Remove the temporary files ([`TEMP_PREFIX`]) that interrupted writes
+    /// left anywhere under `under` (`""` for the whole root), through
+    /// directory descriptors and never through a symlink, as every other
+    /// change here; returns how many were removed.
+    pub fn sweep_temp_files(&self, under: &str) -> usize {
+        use rustix::fs::{statat, unlinkat, AtFlags, Dir, FileType};
+        let mut removed = 0;
+        let mut stack = vec![under.to_string()];
+        while let Some(rel) = stack.pop() {
+            let Ok((_, fd)) = self.open_dir(&rel, false, false) else { continue };
+            let Ok(entries) = Dir::read_from(&fd) else { continue };
+            for item in entries.flatten() {
+                let raw = item.file_name();
+                let bytes = raw.to_bytes();
+                if bytes == b"." || bytes == b".." {
+                    continue;
+                }
+                let kind = match item.file_type() {
+                    FileType::Unknown => statat(&fd, raw, AtFlags::SYMLINK_NOFOLLOW)
+                        .map_or(FileType::Unknown, |st| FileType::from_raw_mode(st.st_mode)),
+                    kind => kind,
+                };
+                if kind == FileType::Directory {
+                    // Names that are not UTF-8 cannot be walked by path here.
+                    if let Ok(name) = std::str::from_utf8(bytes) {
+                        stack.push(join_path(&rel, name));
+                    }
+                } else if bytes.starts_with(TEMP_PREFIX.as_bytes())
+                    && unlinkat(&fd, raw, AtFlags::empty()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     /// Remove a file, symlink or whole directory tree, through its parent's
     /// descriptor and never following a symlink (one put in place of a
     /// directory is removed as a link).
@@ -934,6 +971,30 @@ mod tests {
         assert_eq!(fs::read(outside.join("sub/precious")).unwrap(), b"keep");
         root.remove("gone/already", EntryKind::File).unwrap();
         assert!(!root_dir.join("gone").exists(), "a removal creates nothing");
+    }
+
+    /// The sweep of temporary files removes them at every depth and never
+    /// goes through a symlink to a directory elsewhere.
+    #[test]
+    fn the_sweep_removes_temporary_files_below_and_nothing_through_links() {
+        let top = tempfile::tempdir().unwrap();
+        let (root_dir, outside) = (top.path().join("root"), top.path().join("outside"));
+        fs::create_dir_all(root_dir.join("x/y")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(root_dir.join(format!("x/y/{TEMP_PREFIX}abc")), b"partial").unwrap();
+        fs::write(root_dir.join(format!("{TEMP_PREFIX}top")), b"partial").unwrap();
+        fs::write(root_dir.join("x/keep"), b"whole").unwrap();
+        fs::write(outside.join(format!("{TEMP_PREFIX}theirs")), b"not ours").unwrap();
+        std::os::unix::fs::symlink(&outside, root_dir.join("x/link")).unwrap();
+        let root = PosixRoot::open(&root_dir, false, false).unwrap();
+        // A directory to sweep that a user swapped for a symlink (a task's
+        // target, say): nothing is swept through it.
+        assert_eq!(root.sweep_temp_files("x/link"), 0);
+        assert_eq!(root.sweep_temp_files("x"), 1, "below x only");
+        assert_eq!(root.sweep_temp_files(""), 1);
+        assert!(root_dir.join("x/keep").exists());
+        assert!(!root_dir.join(format!("x/y/{TEMP_PREFIX}abc")).exists());
+        assert!(outside.join(format!("{TEMP_PREFIX}theirs")).exists(), "not through the link");
     }
 
     /// A rewrite in place that keeps the size and puts the mtime back (as
