@@ -211,7 +211,10 @@ impl PosixRoot {
         use rustix::io::Errno;
         let abs = self.abs(&entry.path);
         let (fd, name) = self.parent_of(&entry.path, self.follow_links)?;
-        let mut flags = OFlags::RDONLY | OFlags::CLOEXEC;
+        // Non-blocking, which changes nothing for a regular file: one
+        // swapped for a FIFO since the listing would otherwise hold the
+        // open until a writer came; now it reads short and fails its item.
+        let mut flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK;
         if !self.follow_links {
             flags |= OFlags::NOFOLLOW;
         }
@@ -995,6 +998,33 @@ mod tests {
         assert!(root_dir.join("x/keep").exists());
         assert!(!root_dir.join(format!("x/y/{TEMP_PREFIX}abc")).exists());
         assert!(outside.join(format!("{TEMP_PREFIX}theirs")).exists(), "not through the link");
+    }
+
+    /// A file swapped for a FIFO after the listing saw it: reading it ends
+    /// at once (short, so the item fails) instead of waiting for a writer.
+    #[test]
+    fn a_file_swapped_for_a_fifo_does_not_hang_its_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, b"12345").unwrap();
+        let root = PosixRoot::open(dir.path(), false, false).unwrap();
+        let e = root.stat("f").unwrap().unwrap();
+        fs::remove_file(&path).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let read = root.open_read(&e).and_then(|mut r| r.read_chunk(1024)).map(|c| c.map(|b| b.len()));
+            let _ = tx.send(read.map_err(|e| e.to_string()));
+        });
+        let read = rx.recv_timeout(Duration::from_secs(5)).expect("the reader returns");
+        assert!(!matches!(read, Ok(Some(5))), "read the listed size from a FIFO: {read:?}");
     }
 
     /// A rewrite in place that keeps the size and puts the mtime back (as
