@@ -276,19 +276,18 @@ impl PosixRoot {
     /// The directory `rel` is in, opened as [`Self::open_dir`] does
     /// (without creating anything), and `rel`'s name in it.
     fn parent_of<'a>(&self, rel: &'a str, follow: bool) -> Result<(rustix::fd::OwnedFd, &'a str)> {
-        validate_rel_path(rel)
-            .map_err(|e| Error::InvalidName { name: rel.to_string(), reason: e.to_string() })?;
-        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let (parent, name) = split_rel(rel)?;
         Ok((self.open_dir(parent, false, follow)?.1, name))
     }
 
     /// Check that every directory above `rel` is a real directory inside the
     /// root (creating missing ones), and return the parent's absolute path
-    /// with a descriptor of it, as [`Self::open_dir`] does.
-    fn checked_parent(&self, rel: &str) -> Result<(PathBuf, rustix::fd::OwnedFd)> {
-        validate_rel_path(rel)
-            .map_err(|e| Error::InvalidName { name: rel.to_string(), reason: e.to_string() })?;
-        self.open_dir(rel.rsplit_once('/').map_or("", |(parent, _)| parent), true, false)
+    /// with a descriptor of it, as [`Self::open_dir`] does, and `rel`'s
+    /// name in it.
+    fn checked_parent<'a>(&self, rel: &'a str) -> Result<(PathBuf, rustix::fd::OwnedFd, &'a str)> {
+        let (parent, name) = split_rel(rel)?;
+        let (dir, fd) = self.open_dir(parent, true, false)?;
+        Ok((dir, fd, name))
     }
 
     /// Start writing a file of `size` bytes; nothing appears under `rel`
@@ -302,9 +301,9 @@ impl PosixRoot {
     /// space take it as it is written.
     pub fn create_file(&self, rel: &str, size: u64) -> Result<PosixWriter> {
         use rustix::fs::{openat, Mode, OFlags};
-        let (dir, dir_fd) = self.checked_parent(rel)?;
+        let (dir, dir_fd, name) = self.checked_parent(rel)?;
         let final_path = self.abs(rel);
-        let name = rel.rsplit('/').next().unwrap_or(rel).to_string();
+        let name = name.to_string();
         let tmp_name = temp_name();
         let tmp = dir.join(&tmp_name);
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
@@ -324,8 +323,7 @@ impl PosixRoot {
     pub fn create_dir(&self, rel: &str, meta: &PosixMeta) -> Result<()> {
         use rustix::fs::{mkdirat, statat, AtFlags, FileType, Mode};
         use rustix::io::Errno;
-        let (_, fd) = self.checked_parent(rel)?;
-        let name = last_component(rel);
+        let (_, fd, name) = self.checked_parent(rel)?;
         let abs = self.abs(rel);
         match statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
@@ -349,10 +347,10 @@ impl PosixRoot {
     /// only as root), keeping its content and times. Never follows a
     /// symlink put in its place.
     pub fn set_file_attrs(&self, rel: &str, meta: &PosixMeta) -> Result<()> {
-        let (_, fd) = self.checked_parent(rel)?;
+        let (_, fd, name) = self.checked_parent(rel)?;
         let abs = self.abs(rel);
         let ctx = |what: &str| format!("{what} {}", abs.display());
-        let f = open_in(&fd, last_component(rel), false, &abs)?;
+        let f = open_in(&fd, name, false, &abs)?;
         if !f.metadata().map_err(|e| Error::io(ctx("stat"), e))?.is_file() {
             return Err(Error::InvalidName { name: rel.to_string(), reason: "not a regular file".into() });
         }
@@ -367,10 +365,10 @@ impl PosixRoot {
     /// Set a directory's modification time (after its content was written),
     /// unless it already has it. Never follows a symlink put in its place.
     pub fn set_dir_mtime(&self, rel: &str, mtime_ns: i64) -> Result<()> {
-        let (_, fd) = self.checked_parent(rel)?;
+        let (_, fd, name) = self.checked_parent(rel)?;
         let abs = self.abs(rel);
         let ctx = |what: &str| format!("{what} {}", abs.display());
-        let f = open_in(&fd, last_component(rel), true, &abs)?;
+        let f = open_in(&fd, name, true, &abs)?;
         let md = f.metadata().map_err(|e| Error::io(ctx("stat"), e))?;
         if md.mtime() * 1_000_000_000 + md.mtime_nsec() == mtime_ns {
             return Ok(());
@@ -395,8 +393,7 @@ impl PosixRoot {
             Uid, UTIME_OMIT,
         };
         // Everything through the directory's descriptor, as for files.
-        let (dir, dir_fd) = self.checked_parent(rel)?;
-        let name = rel.rsplit('/').next().unwrap_or(rel);
+        let (dir, dir_fd, name) = self.checked_parent(rel)?;
         let tmp_name = temp_name();
         let tmp = dir.join(&tmp_name);
         let tmp_name = tmp_name.as_str();
@@ -490,9 +487,12 @@ impl PosixRoot {
     }
 }
 
-/// The last component of a relative path.
-fn last_component(rel: &str) -> &str {
-    rel.rsplit('/').next().unwrap_or(rel)
+/// A relative path checked ([`validate_rel_path`]) and split into its
+/// directory (`""` at the top) and its last component.
+fn split_rel(rel: &str) -> Result<(&str, &str)> {
+    validate_rel_path(rel)
+        .map_err(|e| Error::InvalidName { name: rel.to_string(), reason: e.to_string() })?;
+    Ok(rel.rsplit_once('/').unwrap_or(("", rel)))
 }
 
 /// Open `name` in the directory `fd` for reading its attributes (a
@@ -812,6 +812,16 @@ impl Drop for PosixWriter {
 mod tests {
     use super::*;
 
+    /// A scratch directory holding `root` and `outside` (both made): a root
+    /// to work in and a directory a symlink may lead out to.
+    fn root_and_outside() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+        let top = tempfile::tempdir().unwrap();
+        let (root_dir, outside) = (top.path().join("root"), top.path().join("outside"));
+        fs::create_dir_all(&root_dir).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        (top, root_dir, outside)
+    }
+
     fn meta(mode: u32, mtime_ns: i64) -> PosixMeta {
         PosixMeta { mode: Some(mode), mtime_ns: Some(mtime_ns), ..Default::default() }
     }
@@ -887,10 +897,8 @@ mod tests {
     /// was checked, and nothing outside the root is renamed or written.
     #[test]
     fn a_parent_swapped_for_a_symlink_mid_write_cannot_redirect_the_commit() {
-        let top = tempfile::tempdir().unwrap();
-        let (root_dir, outside) = (top.path().join("root"), top.path().join("outside"));
+        let (_top, root_dir, outside) = root_and_outside();
         fs::create_dir_all(root_dir.join("d")).unwrap();
-        fs::create_dir_all(&outside).unwrap();
         let root = PosixRoot::open(&root_dir, false, false).unwrap();
         let mut w = root.create_file("d/f", 4).unwrap();
         w.write(b"mine").unwrap();
@@ -910,10 +918,8 @@ mod tests {
     /// nothing outside the root is listed, stat'ed or read.
     #[test]
     fn reads_never_follow_a_directory_or_file_swapped_for_a_symlink() {
-        let top = tempfile::tempdir().unwrap();
-        let (root_dir, outside) = (top.path().join("root"), top.path().join("outside"));
+        let (_top, root_dir, outside) = root_and_outside();
         fs::create_dir_all(root_dir.join("d")).unwrap();
-        fs::create_dir_all(&outside).unwrap();
         fs::write(root_dir.join("d/s"), b"mine").unwrap();
         fs::write(root_dir.join("f"), b"mine").unwrap();
         std::os::unix::fs::symlink("x", root_dir.join("d/l")).unwrap();
@@ -947,8 +953,7 @@ mod tests {
     /// tree, leaves what the symlink points to alone.
     #[test]
     fn removals_never_follow_a_directory_swapped_for_a_symlink() {
-        let top = tempfile::tempdir().unwrap();
-        let (root_dir, outside) = (top.path().join("root"), top.path().join("outside"));
+        let (_top, root_dir, outside) = root_and_outside();
         fs::create_dir_all(root_dir.join("d/sub/deeper")).unwrap();
         fs::write(root_dir.join("d/sub/deeper/f"), b"mine").unwrap();
         fs::create_dir_all(outside.join("sub")).unwrap();
@@ -980,10 +985,8 @@ mod tests {
     /// goes through a symlink to a directory elsewhere.
     #[test]
     fn the_sweep_removes_temporary_files_below_and_nothing_through_links() {
-        let top = tempfile::tempdir().unwrap();
-        let (root_dir, outside) = (top.path().join("root"), top.path().join("outside"));
+        let (_top, root_dir, outside) = root_and_outside();
         fs::create_dir_all(root_dir.join("x/y")).unwrap();
-        fs::create_dir_all(&outside).unwrap();
         fs::write(root_dir.join(format!("x/y/{TEMP_PREFIX}abc")), b"partial").unwrap();
         fs::write(root_dir.join(format!("{TEMP_PREFIX}top")), b"partial").unwrap();
         fs::write(root_dir.join("x/keep"), b"whole").unwrap();

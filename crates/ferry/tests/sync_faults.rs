@@ -1346,9 +1346,7 @@ async fn retries_are_quiet_and_carry_no_backtrace() {
 async fn connections_reset_mid_upload_end_in_a_correct_copy() {
     let s3 = S3Server::start(&["bkt-reset"]).await;
     let (proxy, proxied) = ferry_testkit::TcpProxy::in_front_of(&s3.endpoint()).await;
-    let mut env = s3.env();
-    env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
-    env.push(("AWS_ENDPOINT_URL".into(), proxied));
+    let env = env_via(&s3, &proxied);
     let tmp = tempfile::tempdir().unwrap();
     let (src, back, state) = (tmp.path().join("src"), tmp.path().join("back"), tmp.path().join("state"));
     many_files(&src, 60, 20_000);
@@ -1389,9 +1387,7 @@ async fn a_store_that_never_answers_is_named_within_seconds() {
     let s3 = S3Server::start(&["bkt-silent"]).await;
     let (proxy, proxied) = ferry_testkit::TcpProxy::in_front_of(&s3.endpoint()).await;
     proxy.partition();
-    let mut env = s3.env();
-    env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
-    env.push(("AWS_ENDPOINT_URL".into(), proxied.clone()));
+    let env = env_via(&s3, &proxied);
     let tmp = tempfile::tempdir().unwrap();
     let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
     many_files(&src, 3, 100);
@@ -1424,9 +1420,7 @@ async fn a_store_that_never_answers_is_named_within_seconds() {
 async fn a_store_gone_away_stops_the_run_and_a_rerun_completes_it() {
     let s3 = S3Server::start(&["bkt"]).await;
     let (proxy, proxied) = ferry_testkit::TcpProxy::in_front_of(&s3.endpoint()).await;
-    let mut through_proxy = s3.env();
-    through_proxy.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
-    through_proxy.push(("AWS_ENDPOINT_URL".into(), proxied));
+    let through_proxy = env_via(&s3, &proxied);
     let tmp = tempfile::tempdir().unwrap();
     let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
     many_files(&src, 300, 1000);

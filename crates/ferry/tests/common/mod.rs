@@ -43,6 +43,15 @@ impl Run {
     }
 }
 
+/// `s3`'s environment with its endpoint replaced by `endpoint` (a proxy
+/// in front of it).
+pub fn env_via(s3: &S3Server, endpoint: &str) -> Vec<(String, String)> {
+    let mut env = s3.env();
+    env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL".into(), endpoint.to_string()));
+    env
+}
+
 pub fn ferry_cmd(state: &Path, env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     for k in
