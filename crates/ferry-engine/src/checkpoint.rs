@@ -124,7 +124,7 @@ impl Recorder {
         let Some(run_id) = spec.store.find_run(key).await? else { return Ok(None) };
         Ok(Some(Self {
             store: spec.store.clone(),
-            checkpoint: Checkpoint { run_id, resumed: false, interrupted: None },
+            checkpoint: Checkpoint { run_id, resumed: false, interrupted: None, generation: 0 },
             tx: None,
             task: None,
             lock: None,
@@ -396,6 +396,7 @@ mod tests {
                 mtime_ns: 1,
                 ctime_ns: None,
                 dst_version: None,
+                transferred_gen: None,
             })
             .collect();
         store.record_done(rec.checkpoint.run_id, &items).await.unwrap();
@@ -406,7 +407,13 @@ mod tests {
         for i in (0..n).step_by(3) {
             assert_eq!(
                 c.get(&format!("n{i:06}")).await,
-                Some(Known { size: i, mtime_ns: 1, ctime_ns: None, dst_version: None }),
+                Some(Known {
+                    size: i,
+                    mtime_ns: 1,
+                    ctime_ns: None,
+                    dst_version: None,
+                    transferred_gen: None
+                }),
                 "n{i:06}"
             );
         }
@@ -489,6 +496,7 @@ mod tests {
                 mtime_ns: 1,
                 ctime_ns: None,
                 dst_version: None,
+                transferred_gen: None,
             })
             .collect()
     }

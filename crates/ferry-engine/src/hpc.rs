@@ -249,6 +249,7 @@ async fn transfer(
         threads: env.threads,
         unreachable_limit: env.unreachable_limit,
         update_attributes: false,
+        count_earlier_attempts: true,
         ..Default::default()
     };
     let mut exported = None;

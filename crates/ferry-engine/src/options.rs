@@ -73,6 +73,10 @@ pub struct SyncOptions {
     /// in line with their source (in place locally, by writing objects
     /// again). Off where another record decides what changed (exports).
     pub update_attributes: bool,
+    /// A resumed run counts the items its interrupted attempts copied as
+    /// transferred, not skipped: a task's counters span its attempts (the
+    /// service), where a rerun of the CLI reports what it did itself.
+    pub count_earlier_attempts: bool,
 }
 
 /// Attributes that replace the source's on everything a run writes; the
@@ -107,6 +111,7 @@ impl Default for SyncOptions {
             copy_links: false,
             attributes: None,
             update_attributes: true,
+            count_earlier_attempts: false,
         }
     }
 }

@@ -462,6 +462,7 @@ impl Run {
         }
         let mut done = self.recorder.as_ref().map(|r| r.done_in_dir(&dir));
         let resumed = self.recorder.as_ref().is_some_and(|r| r.checkpoint.resumed);
+        let generation = self.recorder.as_ref().map_or(0, |r| r.checkpoint.generation);
         // A listing read back from temporary files can still fail midway:
         // then nothing more of this level is compared, and --delete is off.
         let broken = |side: &str, e: StorageError| {
@@ -552,8 +553,13 @@ impl Run {
                     Compare::SizeMtime | Compare::IgnoreExisting => true,
                 };
                 if src_same && dst_same && mode_allows {
-                    p.skipped.fetch_add(1, Relaxed);
-                    p.skipped_bytes.fetch_add(size, Relaxed);
+                    if resumed && self.opts.count_earlier_attempts && k.transferred_gen == Some(generation) {
+                        p.transferred.fetch_add(1, Relaxed);
+                        p.transferred_bytes.fetch_add(size, Relaxed);
+                    } else {
+                        p.skipped.fetch_add(1, Relaxed);
+                        p.skipped_bytes.fetch_add(size, Relaxed);
+                    }
                     continue;
                 }
             }
@@ -749,6 +755,7 @@ impl Run {
                 mtime_ns: s.mtime_ns.unwrap_or(0),
                 ctime_ns: s.local.map(|l| l.ctime_ns),
                 dst_version: None,
+                transferred_gen: None,
             })
             .await;
         }
@@ -910,7 +917,7 @@ impl Run {
                     p.skipped.fetch_add(1, Relaxed);
                     p.skipped_bytes.fetch_add(item.src.size, Relaxed);
                     if version.is_some() {
-                        self.remember(&item, version).await;
+                        self.remember(&item, version, false).await;
                     }
                 }
                 Ok(Outcome::Excluded) => {
@@ -921,7 +928,7 @@ impl Run {
                     p.transferred.fetch_add(1, Relaxed);
                     p.transferred_bytes.fetch_add(bytes, Relaxed);
                     if !self.opts.dry_run {
-                        self.remember(&item, version).await;
+                        self.remember(&item, version, true).await;
                     }
                 }
                 // A stopped run tries no item again: its stop reason says
@@ -967,8 +974,9 @@ impl Run {
         }
     }
 
-    /// Record an item as up to date in the checkpoint.
-    async fn remember(&self, item: &Item, dst_version: Option<String>) {
+    /// Record an item as up to date in the checkpoint, and whether this
+    /// run copied it.
+    async fn remember(&self, item: &Item, dst_version: Option<String>, transferred: bool) {
         if let Some(rec) = &self.recorder {
             rec.record(DoneItem {
                 dir: item.dir.clone(),
@@ -977,6 +985,7 @@ impl Run {
                 mtime_ns: item.src.mtime_ns.unwrap_or(0),
                 ctime_ns: item.src.local.map(|l| l.ctime_ns),
                 dst_version,
+                transferred_gen: transferred.then_some(rec.checkpoint.generation),
             })
             .await;
         }

@@ -125,6 +125,9 @@ pub struct Checkpoint {
     /// milliseconds since the epoch from the first start to the last sign
     /// of life (see [`Store::touch_run`]).
     pub interrupted: Option<(i64, i64)>,
+    /// Which run of the pair this is: one more than the last finished
+    /// run's; a resumed run keeps the generation of its interrupted attempts.
+    pub generation: i64,
 }
 
 /// A claim on a sync pair, held while its run is in progress; see
@@ -230,6 +233,9 @@ pub struct DoneItem {
     pub ctime_ns: Option<i64>,
     /// The destination's version (ETag or listed mtime) once known.
     pub dst_version: Option<String>,
+    /// The generation of the run that transferred it; `None` when it was
+    /// found up to date rather than copied.
+    pub transferred_gen: Option<i64>,
 }
 
 /// What the store knows of one item.
@@ -241,10 +247,12 @@ pub struct Known {
     pub ctime_ns: Option<i64>,
     /// The destination's version (ETag or listed mtime) once known.
     pub dst_version: Option<String>,
+    /// The generation of the run that transferred it, if one did.
+    pub transferred_gen: Option<i64>,
 }
 
 /// The migrations of one back-end, in order: (version, description, SQL).
-fn migrations(kind: &str) -> [(i64, &'static str, &'static str); 5] {
+fn migrations(kind: &str) -> [(i64, &'static str, &'static str); 6] {
     match kind {
         "sqlite" => [
             (1, "sync checkpoints", include_str!("../migrations/sqlite/0001_sync_checkpoints.sql")),
@@ -252,6 +260,7 @@ fn migrations(kind: &str) -> [(i64, &'static str, &'static str); 5] {
             (3, "hpc cache", include_str!("../migrations/sqlite/0003_hpc_cache.sql")),
             (4, "done names bytewise", include_str!("../migrations/sqlite/0004_done_names_bytewise.sql")),
             (5, "done source ctime", include_str!("../migrations/sqlite/0005_done_source_ctime.sql")),
+            (6, "done by generation", include_str!("../migrations/sqlite/0006_done_by_generation.sql")),
         ],
         _ => [
             (1, "sync checkpoints", include_str!("../migrations/postgres/0001_sync_checkpoints.sql")),
@@ -259,6 +268,7 @@ fn migrations(kind: &str) -> [(i64, &'static str, &'static str); 5] {
             (3, "hpc cache", include_str!("../migrations/postgres/0003_hpc_cache.sql")),
             (4, "done names bytewise", include_str!("../migrations/postgres/0004_done_names_bytewise.sql")),
             (5, "done source ctime", include_str!("../migrations/postgres/0005_done_source_ctime.sql")),
+            (6, "done by generation", include_str!("../migrations/postgres/0006_done_by_generation.sql")),
         ],
     }
 }
@@ -442,16 +452,29 @@ impl Store {
 
     pub async fn begin_run(&self, run_key: &str, src: &str, dst: &str) -> Result<Checkpoint> {
         let now = now_ms();
-        let q = sql(self, "SELECT id, finished, started_at, updated_at FROM sync_runs WHERE run_key = ?");
-        let existing: Option<(i64, bool, i64, i64)> = match &self.backend {
+        let q = sql(
+            self,
+            "SELECT id, finished, started_at, updated_at, generation FROM sync_runs WHERE run_key = ?",
+        );
+        let existing: Option<(i64, bool, i64, i64, i64)> = match &self.backend {
             Backend::Sqlite(p) => sqlx::query_as(&q).bind(run_key).fetch_optional(p).await?,
             Backend::Postgres(p) => sqlx::query_as(&q).bind(run_key).fetch_optional(p).await?,
         };
-        if let Some((run_id, finished, started, seen)) = existing {
-            let q = sql(self, "UPDATE sync_runs SET updated_at = ?, finished = FALSE WHERE id = ?");
-            self.exec(q, |q| q.bind(now).bind(run_id)).await?;
-            let interrupted = (!finished).then_some((started, seen));
-            return Ok(Checkpoint { run_id, resumed: !finished, interrupted });
+        if let Some((run_id, finished, started, seen, generation)) = existing {
+            if !finished {
+                let q = sql(self, "UPDATE sync_runs SET updated_at = ? WHERE id = ?");
+                self.exec(q, |q| q.bind(now).bind(run_id)).await?;
+                let interrupted = Some((started, seen));
+                return Ok(Checkpoint { run_id, resumed: true, interrupted, generation });
+            }
+            // A new run of a finished pair: its own start, its own generation.
+            let q = sql(
+                self,
+                "UPDATE sync_runs SET started_at = ?, updated_at = ?, finished = FALSE, generation = ? \
+                 WHERE id = ?",
+            );
+            self.exec(q, |q| q.bind(now).bind(now).bind(generation + 1).bind(run_id)).await?;
+            return Ok(Checkpoint { run_id, resumed: false, interrupted: None, generation: generation + 1 });
         }
         let insert = sql(
             self,
@@ -477,7 +500,7 @@ impl Store {
                 .await?
                 .get(0),
         };
-        Ok(Checkpoint { run_id, resumed: false, interrupted: None })
+        Ok(Checkpoint { run_id, resumed: false, interrupted: None, generation: 0 })
     }
 
     /// Up to `limit` done items of one directory whose names sort after
@@ -492,10 +515,10 @@ impl Store {
     ) -> Result<Vec<(String, Known)>> {
         let q = sql(
             self,
-            "SELECT name, size, mtime_ns, src_ctime_ns, dst_version FROM sync_done \
+            "SELECT name, size, mtime_ns, src_ctime_ns, dst_version, transferred_gen FROM sync_done \
              WHERE run_id = ? AND dir = ? AND name > ? ORDER BY name LIMIT ?",
         );
-        type Row = (String, i64, i64, Option<i64>, Option<String>);
+        type Row = (String, i64, i64, Option<i64>, Option<String>, Option<i64>);
         let rows: Vec<Row> = match &self.backend {
             Backend::Sqlite(p) => {
                 sqlx::query_as(&q).bind(run_id).bind(dir).bind(after).bind(limit).fetch_all(p).await?
@@ -506,8 +529,8 @@ impl Store {
         };
         Ok(rows
             .into_iter()
-            .map(|(n, size, mtime_ns, ctime_ns, dst_version)| {
-                (n, Known { size: size as u64, mtime_ns, ctime_ns, dst_version })
+            .map(|(n, size, mtime_ns, ctime_ns, dst_version, transferred_gen)| {
+                (n, Known { size: size as u64, mtime_ns, ctime_ns, dst_version, transferred_gen })
             })
             .collect())
     }
@@ -532,7 +555,8 @@ impl Store {
                 let mut tx = $pool.begin().await?;
                 for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO sync_done (run_id, dir, name, size, mtime_ns, src_ctime_ns, dst_version) ",
+                        "INSERT INTO sync_done \
+                         (run_id, dir, name, size, mtime_ns, src_ctime_ns, dst_version, transferred_gen) ",
                     );
                     q.push_values(chunk, |mut row, it| {
                         row.push_bind(run_id)
@@ -541,12 +565,13 @@ impl Store {
                             .push_bind(it.size as i64)
                             .push_bind(it.mtime_ns)
                             .push_bind(it.ctime_ns)
-                            .push_bind(&it.dst_version);
+                            .push_bind(&it.dst_version)
+                            .push_bind(it.transferred_gen);
                     });
                     q.push(
                         " ON CONFLICT (run_id, dir, name) DO UPDATE SET size = excluded.size, \
                          mtime_ns = excluded.mtime_ns, src_ctime_ns = excluded.src_ctime_ns, \
-                         dst_version = excluded.dst_version",
+                         dst_version = excluded.dst_version, transferred_gen = excluded.transferred_gen",
                     );
                     q.build().persistent(chunk.len() == ROWS_PER_STATEMENT).execute(&mut *tx).await?;
                 }

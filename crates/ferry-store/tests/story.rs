@@ -34,7 +34,7 @@ async fn story(store: &Store) {
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     store.touch_run(cp.run_id).await.unwrap();
     let again = store.begin_run("key-1", "/src", "s3://b/p").await.unwrap();
-    assert_eq!((again.run_id, again.resumed), (cp.run_id, true));
+    assert_eq!((again.run_id, again.resumed, again.generation), (cp.run_id, true, cp.generation));
     let (started, seen) = again.interrupted.expect("an unfinished run knows when it was active");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     assert!(started + 20 <= seen && seen <= now && now - started < 60_000, "{started} {seen} {now}");
@@ -53,6 +53,7 @@ async fn story(store: &Store) {
             mtime_ns: 1_700_000_000_000_000_000 + i as i64,
             ctime_ns: None,
             dst_version: (i % 3 == 0).then(|| format!("\"etag-{i}\"")),
+            transferred_gen: (i % 4 == 0).then_some(cp.generation),
         })
         .collect();
     store.record_done(cp.run_id, &items).await.unwrap();
@@ -67,6 +68,7 @@ async fn story(store: &Store) {
                 mtime_ns: 9,
                 ctime_ns: Some(11),
                 dst_version: None,
+                transferred_gen: None,
             }],
         )
         .await
@@ -77,6 +79,9 @@ async fn story(store: &Store) {
     assert_eq!(root["file-0"], k(7, 9, Some(11), None));
     assert_eq!(root["file-2"], k(2, 1_700_000_000_000_000_002, None, None));
     assert_eq!(root["file-6"], k(6, 1_700_000_000_000_000_006, None, Some("\"etag-6\"")));
+    // Which run copied an item (none: found up to date) is kept, and recorded again.
+    assert_eq!(root["file-4"].transferred_gen, Some(cp.generation));
+    assert_eq!(root["file-0"].transferred_gen, None, "{:?}", root["file-0"]);
     let sub = all_done(store, cp.run_id, "sub/dir").await.unwrap();
     assert_eq!(sub.len(), 300);
     assert!(all_done(store, other.run_id, "").await.unwrap().is_empty(), "runs are separate");
@@ -88,6 +93,7 @@ async fn story(store: &Store) {
         mtime_ns: 3,
         ctime_ns: None,
         dst_version: None,
+        transferred_gen: None,
     };
     store.record_done(cp.run_id, &[twice(40), items[5].clone(), twice(41)]).await.unwrap();
     assert_eq!(all_done(store, cp.run_id, "sub/dir").await.unwrap()["file-1"], k(41, 3, None, None));
@@ -104,6 +110,7 @@ async fn story(store: &Store) {
             mtime_ns: 1,
             ctime_ns: None,
             dst_version: None,
+            transferred_gen: None,
         })
         .collect();
     store.record_done(other.run_id, &items).await.unwrap();
@@ -121,6 +128,7 @@ async fn story(store: &Store) {
         mtime_ns: 1,
         ctime_ns: Some(-5),
         dst_version: Some("v'1".into()),
+        transferred_gen: None,
     };
     store.record_done(other.run_id, std::slice::from_ref(&odd)).await.unwrap();
     assert_eq!(
@@ -128,13 +136,25 @@ async fn story(store: &Store) {
         k(1, 1, Some(-5), Some("v'1"))
     );
 
-    // A finished run is not resumed, but its known state stays.
+    // A finished run is not resumed, but its known state stays; the next
+    // run is a generation of its own, started now.
     store.finish_run(cp.run_id).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let next = store.begin_run("key-1", "/src", "s3://b/p").await.unwrap();
-    assert_eq!(next, ferry_store::Checkpoint { run_id: cp.run_id, resumed: false, interrupted: None });
+    let want = ferry_store::Checkpoint {
+        run_id: cp.run_id,
+        resumed: false,
+        interrupted: None,
+        generation: cp.generation + 1,
+    };
+    assert_eq!(next, want);
     assert_eq!(store.done_count(cp.run_id).await.unwrap(), 600);
-    // ... and a run that starts again without finishing is resumed next time.
-    assert!(store.begin_run("key-1", "/src", "s3://b/p").await.unwrap().resumed);
+    // ... and a run that starts again without finishing is resumed next
+    // time, in its generation, active since its own start.
+    let resumed = store.begin_run("key-1", "/src", "s3://b/p").await.unwrap();
+    assert_eq!((resumed.resumed, resumed.generation), (true, next.generation));
+    let (second_start, _) = resumed.interrupted.unwrap();
+    assert!(second_start >= started + 20, "the window starts at the second run: {second_start} {started}");
     store.forget_run(cp.run_id).await.unwrap();
     assert_eq!(store.done_count(cp.run_id).await.unwrap(), 0);
     assert!(!store.begin_run("key-1", "/src", "s3://b/p").await.unwrap().resumed);
@@ -183,7 +203,7 @@ async fn story_on_postgres() {
 }
 
 fn k(size: u64, mtime_ns: i64, ctime_ns: Option<i64>, dst_version: Option<&str>) -> Known {
-    Known { size, mtime_ns, ctime_ns, dst_version: dst_version.map(str::to_string) }
+    Known { size, mtime_ns, ctime_ns, dst_version: dst_version.map(str::to_string), transferred_gen: None }
 }
 
 /// A directory's done set read page by page (7 at a time), checking that

@@ -109,6 +109,21 @@ async fn wait_done(c: &Client, share: &str, task: &str, n: u64) -> Value {
     }
 }
 
+/// A task taken over after a crash counts what its first attempt copied,
+/// as an uninterrupted run would: its files done are those the second
+/// attempt copied (`redone` requests) and those the first one recorded in
+/// its checkpoint (all it had done when seen `before` the crash, but for
+/// those copied and not yet recorded: they count as found up to date).
+fn assert_counts_span_attempts(t: &Value, before: &Value, redone: u64) {
+    let (p, n) = (&t["progress"], |v: &Value, k: &str| v[k].as_u64().unwrap());
+    let done_before = n(&before["progress"], "done_files");
+    assert!(
+        n(p, "done_files") >= redone + done_before / 2,
+        "{done_before} done before, {redone} redone: {p}"
+    );
+    assert_eq!(n(p, "done_files") + n(p, "skipped_files") + n(p, "failed_files"), n(p, "total_files"), "{p}");
+}
+
 async fn finish(c: &Client, share: &str, task: &str) -> Value {
     c.poll(&format!("/{share}/hpc-cache/task/{task}"), |b| b["status"] != "DOING").await
 }
@@ -128,7 +143,7 @@ async fn kill_during_preload_and_export_then_restart() {
         // kill surely comes before the end).
         s3.faults().set_delay(OpClass::Get, Duration::from_millis(20));
         let task = start_task(&c, &share, "preload").await;
-        wait_done(&c, &share, &task, FILES as u64 / 3).await;
+        let before = wait_done(&c, &share, &task, FILES as u64 / 3).await;
         server.kill9();
         s3.faults().clear();
         let gets_before = s3.counts().get;
@@ -139,6 +154,7 @@ async fn kill_during_preload_and_export_then_restart() {
         assert_all_files(&dir);
         let refetched = s3.counts().get - gets_before;
         assert!(refetched < FILES as u64 * 9 / 10, "the rerun redid too much: {refetched} GETs");
+        assert_counts_span_attempts(&t, &before, refetched);
 
         // Export of a changed tree, killed a third of the way.
         for i in 0..FILES {
@@ -147,13 +163,15 @@ async fn kill_during_preload_and_export_then_restart() {
         }
         s3.faults().set_delay(OpClass::Put, Duration::from_millis(20));
         let task = start_task(&c, &share, "export").await;
-        wait_done(&c, &share, &task, FILES as u64 / 3).await;
+        let before = wait_done(&c, &share, &task, FILES as u64 / 3).await;
         server.kill9();
         s3.faults().clear();
+        let puts_before = s3.counts().put;
         server.restart();
         let c = c.at(&server.url);
         let t = finish(&c, &share, &task).await;
         assert_eq!(t["status"], "SUCCESS", "{t}");
+        assert_counts_span_attempts(&t, &before, s3.counts().put - puts_before);
         for i in (0..FILES).step_by(97) {
             let obj = s3.root().join(format!("bkt/d{}/f{i:05}.txt", i % 10));
             assert_eq!(fs::read(obj).unwrap(), [content(i), b"changed\n".to_vec()].concat());
