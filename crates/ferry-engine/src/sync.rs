@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use ferry_model::{validate_rel_path, Entry, EntryKind, PosixMeta};
 use ferry_storage::{
-    Error as StorageError, Location, Md5Check, ObjectRoot, PartCrcs, Sink, SortedLevel, StoredCrc,
+    Error as StorageError, Location, Marker, Md5Check, ObjectRoot, PartCrcs, Sink, SortedLevel, StoredCrc,
 };
 use ferry_store::DoneItem;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -432,11 +432,17 @@ impl Run {
         };
         if dir.is_empty()
             && self.src.empty_means_missing()
-            && !src_list.marker
+            && !src_list.marker.exists()
             && src_list.rejected.is_empty()
             && src_list.peek().is_none()
         {
             self.source_missing.store(true, Relaxed);
+        }
+        if dir.is_empty() && src_list.marker == Marker::MayHoldData {
+            // The marker of the listed prefix itself: no parent level settles it.
+            if let Err(e @ StorageError::MarkerHoldsData { .. }) = self.src.stat_dir("").await {
+                p.fail_other("/", e.to_string());
+            }
         }
         if let Some(s) = walk.src {
             if !self.settle_dir(s, walk.dst, walk.dst_meta, src_list.marker, walk.known).await {
@@ -596,7 +602,7 @@ impl Run {
             || self.source_missing.load(Relaxed)
             || src_list.peek().is_some()
             || !src_list.rejected.is_empty()
-            || dst_list.marker
+            || dst_list.marker.exists()
             || dst_list.peek().is_some()
         {
             return;
@@ -655,12 +661,15 @@ impl Run {
         mut s: Entry,
         dst: WalkDst,
         dst_meta: Option<PosixMeta>,
-        marker: bool,
+        marker: Marker,
         known: bool,
     ) -> bool {
         let p = &self.progress;
         let wanted = dst == WalkDst::Create || (dst == WalkDst::Exists && self.note_dir_times());
-        if marker && wanted && !s.meta_loaded {
+        // A marker that may hold data is looked at on every run: its data
+        // is reported each time, as it is never copied.
+        let look = wanted || marker == Marker::MayHoldData;
+        if marker.exists() && look && !s.meta_loaded {
             match self.src.stat_dir(&s.path).await {
                 Ok(Some((full, warnings))) => {
                     for w in warnings {

@@ -128,17 +128,37 @@ pub struct SortedLevel {
     peeked: Option<Option<Result<Entry>>>,
     /// Names that were skipped, with the reason (listing and merge).
     pub rejected: Vec<(String, String)>,
-    /// The directory has a marker object of its own.
-    pub marker: bool,
+    /// The directory's marker object, if it has one of its own.
+    pub marker: Marker,
+}
+
+/// A directory's own marker object (a key ending in `/`), as its listing saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Marker {
+    /// No marker: the directory exists through the keys below it (or is
+    /// not an object store's).
+    #[default]
+    Absent,
+    /// A marker whose ETag is that of empty content, or that has none.
+    Empty,
+    /// A marker whose ETag is not that of empty content: it may hold data,
+    /// which a look at it tells (see `ObjectRoot::stat_dir`).
+    MayHoldData,
+}
+
+impl Marker {
+    pub fn exists(self) -> bool {
+        self != Marker::Absent
+    }
 }
 
 impl SortedLevel {
-    pub fn new(entries: Entries, rejected: Vec<(String, String)>, marker: bool) -> Self {
+    pub fn new(entries: Entries, rejected: Vec<(String, String)>, marker: Marker) -> Self {
         Self { entries, raw: None, peeked: None, rejected, marker }
     }
 
     pub fn empty() -> Self {
-        Self::new(Box::new(std::iter::empty()), Vec::new(), false)
+        Self::new(Box::new(std::iter::empty()), Vec::new(), Marker::Absent)
     }
 
     fn pull(&mut self) -> Option<Result<Entry>> {
@@ -234,7 +254,7 @@ mod tests {
         for e in [entry("b", EntryKind::File), entry("a", EntryKind::Dir), entry("a", EntryKind::File)] {
             s.push(e).unwrap();
         }
-        let mut level = SortedLevel::new(s.finish().unwrap(), Vec::new(), false);
+        let mut level = SortedLevel::new(s.finish().unwrap(), Vec::new(), Marker::Absent);
         assert_eq!(level.peek().unwrap().as_ref().unwrap().path, "a");
         assert!(level.next_if(|e| e.path == "zzz").is_none());
         let kinds: Vec<_> = level.by_ref().map(|e| e.unwrap()).map(|e| (e.path, e.kind)).collect();

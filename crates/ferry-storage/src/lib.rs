@@ -22,7 +22,7 @@ use futures::Stream;
 pub use crc::{Md5Check, PartCrcs, StoredCrc};
 pub use endpoints::{check_bucket_name, ObjectStoreConfig, ObjectStores, Provider};
 pub use error::{Error, Result};
-pub use level::{LevelSorter, SortedLevel};
+pub use level::{LevelSorter, Marker, SortedLevel};
 pub use location::{build_object_root, Env, LocationSpec, ObjectSpec, ProcessEnv, Scheme, UploadChecksum};
 pub use object::{ObjectRoot, PartPolicy};
 pub use posix::{PositionalFile, PosixReader, PosixRoot, PosixWriter, TEMP_PREFIX};
@@ -141,7 +141,7 @@ impl Location {
                     let mut sorter = LevelSorter::new(in_memory);
                     let mut rejected = Vec::new();
                     p.list_level(&rel, |e| sorter.push(e), &mut rejected)?;
-                    Ok(SortedLevel::new(sorter.finish()?, rejected, false))
+                    Ok(SortedLevel::new(sorter.finish()?, rejected, Marker::Absent))
                 })
                 .await
             }

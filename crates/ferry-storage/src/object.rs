@@ -15,6 +15,7 @@ use opendal::{Metadata, Operator};
 
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::level::Marker;
 use crate::ReadStream;
 
 /// Largest ranged read of one object.
@@ -488,14 +489,14 @@ impl ObjectRoot {
     }
 
     /// Stream one "directory" level to `f`, in the store's order; keys that
-    /// cannot be POSIX names go to `rejected`. Returns whether the directory
-    /// has a marker object of its own.
+    /// cannot be POSIX names go to `rejected`. Returns the directory's own
+    /// marker object, if it has one.
     pub async fn list_level(
         &self,
         rel: &str,
         mut f: impl FnMut(Entry) -> Result<()>,
         rejected: &mut Vec<(String, String)>,
-    ) -> Result<bool> {
+    ) -> Result<Marker> {
         let dir_key = self.dir_path(rel)?;
         let ctx = || format!("list {}/{rel}", self.display);
         let mut lister = self
@@ -503,7 +504,7 @@ impl ObjectRoot {
             .lister_options(&dir_key, ListOptions::default())
             .await
             .map_err(|e| Error::store(ctx(), e))?;
-        let mut marker = false;
+        let mut marker = Marker::Absent;
         let mut order = self.list_order();
         let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() };
         while let Some(item) = lister.next().await {
@@ -513,7 +514,11 @@ impl ObjectRoot {
             if path == dir_key.trim_start_matches('/') {
                 // The bucket's root is listed as `/` whether or not anything
                 // is stored; any other directory only through its marker.
-                marker = !path.is_empty();
+                marker = match path.is_empty() {
+                    true => Marker::Absent,
+                    false if etag_of_empty_content(&md) => Marker::Empty,
+                    false => Marker::MayHoldData,
+                };
                 continue;
             }
             order.check(path).map_err(|e| Error::Listing(format!("{}: {e}", ctx())))?;
@@ -627,14 +632,16 @@ impl ObjectRoot {
     /// locations; the markers ferry and others write are empty and cost no
     /// request).
     async fn check_marker_is_empty(&self, key: &str, rel: &str, md: &Metadata) -> Result<()> {
-        /// The ETag of an empty object stored in one piece.
-        const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
         let Some(direct) = &self.direct else { return Ok(()) };
-        if md.etag().is_none_or(|e| e.trim_matches('"') == EMPTY_MD5) {
+        if etag_of_empty_content(md) {
             return Ok(());
         }
         match direct.stored_size(key, &format!("{}/{rel}/", self.display)).await? {
-            Some(size) if size > 0 => Err(Error::MarkerHoldsData { key: format!("{rel}/"), size }),
+            Some(size) if size > 0 => {
+                // The listed prefix's own marker is named in full.
+                let key = if rel.is_empty() { format!("{}/", self.display) } else { format!("{rel}/") };
+                Err(Error::MarkerHoldsData { key, size })
+            }
             _ => Ok(()),
         }
     }
@@ -914,6 +921,13 @@ enum Md5Verdict {
     /// The ETag is no MD5 of this content (SSE-KMS), or its parts are not
     /// laid out as the check assumed: with why, when it is worth a warning.
     Unknown(Option<&'static str>),
+}
+
+/// Whether an object's ETag is that of empty content stored in one piece
+/// (or it has none): what a directory marker that holds nothing has.
+fn etag_of_empty_content(md: &Metadata) -> bool {
+    const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
+    md.etag().is_none_or(|e| e.trim_matches('"') == EMPTY_MD5)
 }
 
 fn entry_from_listing(rel: &str, is_dir: bool, md: &Metadata) -> Entry {

@@ -241,17 +241,22 @@ async fn a_directory_marker_holding_data_is_reported() {
     }
     assert_eq!(std::fs::read(dst.join("d/f")).unwrap(), b"x");
     assert!(dst.join("e").is_dir(), "an empty marker is a directory");
-    let r = ferry(
-        &state,
-        &moto.env(),
-        &["sync", "s3://bkt-slash/", dst.to_str().unwrap(), "--json", "--exclude", "copy/**"],
-    );
-    assert_eq!(
-        (r.code, r.json()["other_failures"].as_u64()),
-        (1, Some(1)),
-        "a rerun reports it again: {}",
-        r.stdout
-    );
+    for to in [dst.to_str().unwrap(), "s3://bkt-slash/copy"] {
+        let r =
+            ferry(&state, &moto.env(), &["sync", "s3://bkt-slash/", to, "--json", "--exclude", "copy/**"]);
+        let j = r.json();
+        assert_eq!(
+            (r.code, j["other_failures"].as_u64()),
+            (1, Some(1)),
+            "a rerun to {to} reports it again: {j}"
+        );
+    }
+    // The marker of the listed prefix itself.
+    let r =
+        ferry(&state, &moto.env(), &["sync", "s3://bkt-slash/d/", tmp.path().join("d").to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let said = format!("{}{}", r.stdout, r.stderr);
+    assert!(said.contains("s3://bkt-slash/d/ holds 5 bytes"), "{said}");
 
     // As a destination: a file sent below it leaves the marker as it is.
     let up = tmp.path().join("up");
