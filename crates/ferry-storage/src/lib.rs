@@ -251,6 +251,35 @@ impl Location {
         }
     }
 
+    /// Write a whole file held in memory at `rel`, as [`Self::create_file`],
+    /// [`Sink::write`] and [`Sink::commit`] would. A local file is written in
+    /// one trip to a blocking thread: one trip per step cost a download of
+    /// small files a third of its CPU time in thread hand-offs.
+    pub async fn write_file(
+        &self,
+        rel: &str,
+        meta: &PosixMeta,
+        crc32c: Option<u32>,
+        data: Bytes,
+    ) -> Result<Option<String>> {
+        if let Location::Posix(p) = self {
+            let (p, rel, meta) = (p.clone(), rel.to_string(), *meta);
+            return blocking(move || {
+                let mut w = p.create_file(&rel, data.len() as u64)?;
+                w.write(&data)?;
+                w.commit(&meta)
+            })
+            .await
+            .map(|()| None);
+        }
+        let mut sink = self.create_file(rel, meta, crc32c, data.len() as u64).await?;
+        if let Err(e) = sink.write(data).await {
+            sink.abort().await;
+            return Err(e);
+        }
+        sink.commit(meta).await
+    }
+
     /// Start writing a file at `rel`. Attributes go with the data and become
     /// visible only when [`Sink::commit`] succeeds.
     pub async fn create_file(
