@@ -231,7 +231,10 @@ impl Sync {
         }
         let failures = std::mem::take(&mut *p.failures.lock().expect("lock"));
         let warnings = std::mem::take(&mut *p.warnings.lock().expect("lock"));
-        let plan = std::mem::take(&mut *p.plan.lock().expect("lock"));
+        let mut plan = std::mem::take(&mut *p.plan.lock().expect("lock"));
+        // Items end in any order: the plan reads in path order, with the
+        // deletions (which come after the copies) last.
+        plan.sort_by(|a, b| (a.action == "delete", &a.path).cmp(&(b.action == "delete", &b.path)));
         let failed = p.failed.load(Relaxed);
         let other_failures = p.other_failed.load(Relaxed) + verify_failed;
         let report = Report {
