@@ -1003,15 +1003,22 @@ mod tests {
         assert!(outside.join(format!("{TEMP_PREFIX}theirs")).exists(), "not through the link");
     }
 
-    /// A file swapped for a FIFO after the listing saw it: reading it ends
-    /// at once (short, so the item fails) instead of waiting for a writer.
-    #[test]
-    fn a_file_swapped_for_a_fifo_does_not_hang_its_reader() {
+    /// A root holding one file `f` of 5 bytes: the scratch directory, the
+    /// file's path, the root, and the file as stat saw it.
+    fn root_with_file_f() -> (tempfile::TempDir, std::path::PathBuf, PosixRoot, Entry) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         fs::write(&path, b"12345").unwrap();
         let root = PosixRoot::open(dir.path(), false, false).unwrap();
         let e = root.stat("f").unwrap().unwrap();
+        (dir, path, root, e)
+    }
+
+    /// A file swapped for a FIFO after the listing saw it: reading it ends
+    /// at once (short, so the item fails) instead of waiting for a writer.
+    #[test]
+    fn a_file_swapped_for_a_fifo_does_not_hang_its_reader() {
+        let (_dir, path, root, e) = root_with_file_f();
         fs::remove_file(&path).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
@@ -1034,11 +1041,7 @@ mod tests {
     /// `cp -p` or a careless tool does) still moves the ctime.
     #[test]
     fn reader_detects_a_same_size_rewrite_with_its_mtime_put_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        fs::write(&path, b"12345").unwrap();
-        let root = PosixRoot::open(dir.path(), false, false).unwrap();
-        let e = root.stat("f").unwrap().unwrap();
+        let (_dir, path, root, e) = root_with_file_f();
         let r = root.open_read(&e).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         let mtime = fs::metadata(&path).unwrap().modified().unwrap();
