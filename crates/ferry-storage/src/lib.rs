@@ -94,7 +94,7 @@ impl Location {
                 Ok(Location::Posix(root))
             }
             LocationSpec::Object(spec) => {
-                let root = build_object_root(&spec, env, opts.parts, opts.retries, opts.create)?;
+                let root = build_object_root(&spec, env, &opts)?;
                 root.check_reachable().await?;
                 Ok(Location::Object(root))
             }

@@ -16,8 +16,9 @@ use opendal::{services, Operator};
 use url::Url;
 
 use crate::error::{Error, Result};
-use crate::object::{ObjectRoot, PartPolicy};
+use crate::object::ObjectRoot;
 use crate::s3direct::{Keys, S3Direct};
+use crate::OpenOptions;
 
 /// Which object store a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,14 +266,11 @@ fn need(env: &dyn Env, keys: &[&str], what: &str, display: &str) -> Result<Strin
 }
 
 /// Build an operator for an object location, with retry and timeout layers.
-/// `create` makes a missing `file://` directory (a destination).
-pub fn build_object_root(
-    spec: &ObjectSpec,
-    env: &dyn Env,
-    parts: PartPolicy,
-    retries: usize,
-    create: bool,
-) -> Result<ObjectRoot> {
+/// `opts.create` makes a missing `file://` directory (a destination);
+/// `opts.may_be_missing` reads one as an empty store and makes nothing (a
+/// dry run's destination).
+pub fn build_object_root(spec: &ObjectSpec, env: &dyn Env, opts: &OpenOptions) -> Result<ObjectRoot> {
+    let OpenOptions { create, may_be_missing, parts, retries, .. } = *opts;
     let d = spec.display.as_str();
     let cfg_err = |e: opendal::Error| Error::Config(format!("cannot configure {d}: {e}"));
     let mut direct = None;
@@ -401,24 +399,30 @@ pub fn build_object_root(
                 std::fs::create_dir_all(&root)
                     .map_err(|e| Error::io(format!("create directory {} of {d}", root.display()), e))?;
             }
-            if !root.is_dir() {
+            let missing = !root.exists();
+            if missing && may_be_missing {
+                // OpenDAL's Fs service would make the directory to open it.
+                Operator::new(services::Memory::default()).map_err(cfg_err)?
+            } else if !root.is_dir() {
                 return Err(Error::Missing {
                     what: format!("directory {} of {d}", root.display()),
                     fix: "create it first, or check the path",
                 });
+            } else {
+                // Writes go through the staging directory and are renamed into
+                // place. OpenDAL creates it to open the store, and again before
+                // each write: one that only reads (a source) leaves none behind.
+                let staging = root.join(crate::FILE_STAGING_DIR);
+                let existed = staging.exists();
+                let b =
+                    services::Fs::default().root(&spec.bucket).atomic_write_dir(&staging.to_string_lossy());
+                let op = Operator::new(b).map_err(cfg_err)?;
+                if !existed {
+                    // Only when empty: another run may be writing through it.
+                    let _ = std::fs::remove_dir(&staging);
+                }
+                op
             }
-            // Writes go through the staging directory and are renamed into
-            // place. OpenDAL creates it to open the store, and again before
-            // each write: one that only reads (a source) leaves none behind.
-            let staging = root.join(crate::FILE_STAGING_DIR);
-            let existed = staging.exists();
-            let b = services::Fs::default().root(&spec.bucket).atomic_write_dir(&staging.to_string_lossy());
-            let op = Operator::new(b).map_err(cfg_err)?;
-            if !existed {
-                // Only when empty: another run may be writing through it.
-                let _ = std::fs::remove_dir(&staging);
-            }
-            op
         }
         Scheme::Memory => Operator::new(services::Memory::default()).map_err(cfg_err)?,
     };
@@ -490,6 +494,10 @@ mod tests {
 
     use super::*;
 
+    fn retry_once() -> OpenOptions {
+        OpenOptions { retries: 1, ..OpenOptions::default() }
+    }
+
     struct MapEnv(HashMap<&'static str, &'static str>);
     impl Env for MapEnv {
         fn var(&self, key: &str) -> Option<String> {
@@ -556,7 +564,7 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let spec = obj(&format!("s3://bkt/p?endpoint=http://127.0.0.1:{port}"));
         let env = MapEnv(HashMap::from([("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]));
-        let root = build_object_root(&spec, &env, PartPolicy::default(), 0, false).unwrap();
+        let root = build_object_root(&spec, &env, &OpenOptions::default()).unwrap();
         let e = root.check_reachable().await.unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -583,7 +591,7 @@ mod tests {
         }
         let spec = obj(&format!("s3://bkt/p?endpoint=http://{addr}"));
         let env = MapEnv(HashMap::from([("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]));
-        let root = build_object_root(&spec, &env, PartPolicy::default(), 0, false).unwrap();
+        let root = build_object_root(&spec, &env, &OpenOptions::default()).unwrap();
         let started = std::time::Instant::now();
         let e = root.check_reachable().await.unwrap_err().to_string();
         assert!(e.starts_with(&format!("cannot connect to http://{addr} (the connection timed out)")), "{e}");
@@ -594,18 +602,17 @@ mod tests {
     fn missing_credentials_name_the_variable() {
         let spec = obj("s3://bkt/p?endpoint=http://127.0.0.1:1");
         let env = MapEnv(HashMap::new());
-        let e = build_object_root(&spec, &env, PartPolicy::default(), 1, false).unwrap_err().to_string();
+        let e = build_object_root(&spec, &env, &retry_once()).unwrap_err().to_string();
         assert!(e.contains("AWS_ACCESS_KEY_ID"), "{e}");
         let env = MapEnv(HashMap::from([("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]));
-        build_object_root(&spec, &env, PartPolicy::default(), 1, false).unwrap();
+        build_object_root(&spec, &env, &retry_once()).unwrap();
         for url in ["obs://b/p", "oss://b/p", "cos://b/p"] {
-            let e =
-                build_object_root(&obj(url), &env, PartPolicy::default(), 1, false).unwrap_err().to_string();
+            let e = build_object_root(&obj(url), &env, &retry_once()).unwrap_err().to_string();
             assert!(e.contains("endpoint"), "{url}: {e}");
         }
-        let e = build_object_root(&obj("gcs://b/p"), &env, PartPolicy::default(), 1, false).unwrap_err();
+        let e = build_object_root(&obj("gcs://b/p"), &env, &retry_once()).unwrap_err();
         assert!(e.to_string().contains("GOOGLE_APPLICATION_CREDENTIALS"), "{e}");
         // A public bucket needs no credentials.
-        build_object_root(&obj("gcs://b/p?anonymous=true"), &env, PartPolicy::default(), 1, false).unwrap();
+        build_object_root(&obj("gcs://b/p?anonymous=true"), &env, &retry_once()).unwrap();
     }
 }

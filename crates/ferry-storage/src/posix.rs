@@ -783,17 +783,18 @@ impl PosixWriter {
         // under its final name after a power loss has its mode and mtime too.
         f.sync_all().map_err(|e| Error::io(ctx("fsync"), e))?;
         drop(f);
-        use rustix::fs::{fsync, renameat, statat, AtFlags, FileType};
-        if let Ok(st) = statat(&self.dir_fd, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                return Err(Error::InvalidName {
+        use rustix::fs::{fsync, renameat};
+        renameat(&self.dir_fd, self.tmp_name.as_str(), &self.dir_fd, self.name.as_str()).map_err(|e| {
+            // A file never replaces a directory: rename(2) refuses with EISDIR.
+            if e == rustix::io::Errno::ISDIR {
+                Error::InvalidName {
                     name: self.final_path.display().to_string(),
                     reason: "a directory of that name is in the way".into(),
-                });
+                }
+            } else {
+                Error::io(format!("rename to {}", self.final_path.display()), e.into())
             }
-        }
-        renameat(&self.dir_fd, self.tmp_name.as_str(), &self.dir_fd, self.name.as_str())
-            .map_err(|e| Error::io(format!("rename to {}", self.final_path.display()), e.into()))?;
+        })?;
         self.tmp.clear();
         fsync(&self.dir_fd)
             .map_err(|e| Error::io(format!("fsync directory of {}", self.final_path.display()), e.into()))
@@ -850,6 +851,22 @@ mod tests {
         w.write(b"partial").unwrap();
         drop(w);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_directory_made_in_place_meanwhile_fails_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = PosixRoot::open(dir.path(), false, false).unwrap();
+        let mut w = root.create_file("x", 0).unwrap();
+        w.write(b"data").unwrap();
+        fs::create_dir(dir.path().join("x")).unwrap();
+        match w.commit(&meta(0o644, 0)) {
+            Err(Error::InvalidName { reason, .. }) => assert!(reason.contains("directory"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["x"], "the directory stays, no temporary file left");
+        assert!(dir.path().join("x").is_dir());
     }
 
     #[test]

@@ -483,6 +483,12 @@ async fn change_detection_filters_delete_and_dry_run() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.json()["transferred"], 5, "{}", r.stdout);
     assert!(!dst.exists());
+    // The same into a bucket emulated by a directory not made yet.
+    let bucket = format!("file://{d}");
+    let r = common::ferry(&state, &[], &["sync", s, &bucket, "--dry-run", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["transferred"], 5, "{}", r.stdout);
+    assert!(!dst.exists());
     let ferry = |state: &std::path::Path, env: &[(String, String)], args: &[&str]| {
         let mut all = args.to_vec();
         all.extend(["--exclude", "*.tmp", "--exclude", "logs/**"]);
