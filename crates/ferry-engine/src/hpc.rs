@@ -147,7 +147,7 @@ pub async fn run_task(env: &TaskEnv, task: &TaskRow, progress: Arc<Progress>) ->
         HpcTaskType::Preload => transfer(env, task, &progress, Direction::Preload).await,
         HpcTaskType::Export => transfer(env, task, &progress, Direction::Export).await,
     };
-    let failures = progress.failures.lock().expect("failures lock").clone();
+    let failures = progress.failures.lock().expect("failures lock").lines();
     TaskOutcome { progress: task_progress(&progress), failures, fatal: result.err() }
 }
 
@@ -255,7 +255,7 @@ async fn transfer(
     let mut exported = None;
     if dir == Direction::Export {
         let t0 = Instant::now();
-        let (changed, unchanged) = changed_files(env, &target, &sub, &root).await?;
+        let Found { changed, unchanged, rejected } = changed_files(env, &target, &sub, &root).await?;
         let elapsed_ms = t0.elapsed().as_millis() as u64;
         tracing::debug!(changed = changed.len(), unchanged, elapsed_ms, "export change detection");
         // Unchanged files cost no request; when most files changed, one
@@ -263,6 +263,12 @@ async fn transfer(
         if changed.len() <= 10_000 && changed.len() as u64 <= unchanged {
             progress.listed.fetch_add(unchanged, Relaxed);
             progress.skipped.fetch_add(unchanged, Relaxed);
+            // Names the run below will not see (it copies the changed files
+            // only); a full run lists them again and fails them itself.
+            progress.listed.fetch_add(rejected.len() as u64, Relaxed);
+            for (path, reason) in rejected {
+                progress.fail(&path, reason);
+            }
             if changed.is_empty() {
                 return Ok(());
             }
@@ -295,7 +301,10 @@ async fn transfer(
     if let Some(why) = report.stopped {
         // Items were left untried: none is recorded as exported or cached
         // (the export list holds them too); a rerun resumes from the checkpoint.
-        return Err(format!("the run stopped early: {why}"));
+        return Err(format!(
+            "the run stopped early: {why}; {} item(s) not tried: a new task of this kind on the same target resumes from here",
+            report.not_tried
+        ));
     }
     match exported {
         // The stat seen before the upload: a file changed since is exported again next time.
@@ -332,12 +341,22 @@ const LIST_PARALLELISM: usize = 8;
 /// index rows of up to [`DIRS_PER_QUERY`] listed directories are read in one
 /// query and compared. A tree of many small directories thus costs a few
 /// queries, not one each, and the walk never waits for the database.
+/// What an export's walk of the target found.
+struct Found {
+    /// Files new or changed since the index saw them.
+    changed: Vec<Entry>,
+    /// Files as the index saw them.
+    unchanged: u64,
+    /// Names that cannot be exported (not UTF-8), with the reason.
+    rejected: Vec<(String, String)>,
+}
+
 async fn changed_files(
     env: &TaskEnv,
     target: &TargetRow,
     sub: &str,
     root: &PosixRoot,
-) -> Result<(Vec<Entry>, u64), String> {
+) -> Result<Found, String> {
     use futures::StreamExt;
 
     // Bounded: memory holds at most a few batches of listed directories.
@@ -367,7 +386,7 @@ async fn changed_files(
             Ok::<_, String>((dirs, full_dirs, rows, t0.elapsed()))
         })
         .buffered(QUERIES_IN_FLIGHT));
-    let (mut changed, mut unchanged) = (Vec::new(), 0u64);
+    let (mut changed, mut unchanged, mut rejected) = (Vec::new(), 0u64, Vec::new());
     let (mut query_time, mut compare_time) = (Duration::ZERO, Duration::ZERO);
     while let Some(res) = queried.next().await {
         let (dirs, full_dirs, rows, took) = res?;
@@ -376,6 +395,7 @@ async fn changed_files(
         let known: HashMap<(&str, &str), &CachedStat> =
             rows.iter().map(|row| ((row.dir.as_str(), row.name.as_str()), row)).collect();
         for ((_, listing), full_dir) in dirs.into_iter().zip(&full_dirs) {
+            rejected.extend(listing.rejected);
             for e in listing.entries {
                 if e.kind == EntryKind::Dir {
                     continue;
@@ -398,7 +418,7 @@ async fn changed_files(
         compare_ms = compare_time.as_millis() as u64,
         "export change detection: index reads and comparison"
     );
-    Ok((changed, unchanged))
+    Ok(Found { changed, unchanged, rejected })
 }
 
 /// List every directory under `root` (paths relative to it), a few at a

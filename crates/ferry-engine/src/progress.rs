@@ -46,9 +46,9 @@ pub struct Progress {
     pub to_transfer_bytes: AtomicU64,
     /// The scan has finished.
     pub scan_done: AtomicBool,
-    pub(crate) failures: Mutex<Vec<Failure>>,
+    pub(crate) failures: Mutex<Kept<Failure>>,
     pub(crate) warnings: Mutex<Vec<String>>,
-    pub(crate) plan: Mutex<Vec<PlanLine>>,
+    pub(crate) plan: Mutex<Kept<PlanLine>>,
     /// Plan lines made, kept or not.
     pub(crate) planned: AtomicU64,
     pub(crate) journal: OnceLock<Arc<dyn Journal>>,
@@ -77,10 +77,7 @@ impl Progress {
         if let Some(j) = self.journal.get() {
             j.failure(&failure);
         }
-        let mut f = self.failures.lock().expect("failures lock");
-        if f.len() < REPORT_LIMIT {
-            f.push(failure);
-        }
+        self.failures.lock().expect("failures lock").push(failure);
     }
 
     pub(crate) fn warn(&self, msg: impl Into<String>) {
@@ -97,14 +94,55 @@ impl Progress {
         if let Some(j) = self.journal.get() {
             j.plan(&line);
         }
-        let mut p = self.plan.lock().expect("plan lock");
-        if p.len() < REPORT_LIMIT {
-            p.push(line);
-        }
+        self.plan.lock().expect("plan lock").push(line);
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// The [`REPORT_LIMIT`] first lines in their order, whatever order they
+/// come in: items end in any order, and the report of a run with more
+/// lines than it keeps names the same ones every time.
+#[derive(Debug)]
+pub(crate) struct Kept<T: Ord> {
+    lines: Vec<T>,
+}
+
+impl<T: Ord> Default for Kept<T> {
+    fn default() -> Self {
+        Self { lines: Vec::new() }
+    }
+}
+
+impl<T: Ord> Kept<T> {
+    pub(crate) fn push(&mut self, line: T) {
+        self.lines.push(line);
+        if self.lines.len() >= 2 * REPORT_LIMIT {
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        self.lines.sort_unstable();
+        self.lines.truncate(REPORT_LIMIT);
+    }
+
+    /// The lines kept, in order; none are left.
+    pub(crate) fn take(&mut self) -> Vec<T> {
+        self.trim();
+        std::mem::take(&mut self.lines)
+    }
+
+    /// The lines kept, in order; they stay kept.
+    pub(crate) fn lines(&mut self) -> Vec<T>
+    where
+        T: Clone,
+    {
+        self.trim();
+        self.lines.clone()
+    }
+}
+
+/// In path order, a failure of the whole run first.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Failure {
     /// Empty for a failure of the whole run.
     pub path: String,
@@ -138,6 +176,22 @@ pub struct PlanLine {
     /// Bytes of the file; `None` for a directory.
     pub size: Option<u64>,
     pub reason: &'static str,
+}
+
+/// In path order, deletions (which come after the copies) last.
+impl Ord for PlanLine {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let deletion = |l: &Self| l.action == "delete";
+        (deletion(self).cmp(&deletion(other))).then_with(|| self.path.cmp(&other.path)).then_with(|| {
+            (self.action, self.size, self.reason).cmp(&(other.action, other.size, other.reason))
+        })
+    }
+}
+
+impl PartialOrd for PlanLine {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// The outcome of a run. Counters reconcile:
@@ -177,14 +231,15 @@ pub struct Report {
     pub stopped: Option<String>,
     /// Items not tried because the run stopped.
     pub not_tried: u64,
-    /// The first failures (up to 10,000).
+    /// The first failures in path order (up to 10,000).
     pub failures: Vec<Failure>,
     /// Failures beyond those listed in `failures`.
     pub failures_omitted: u64,
     pub warnings: Vec<String>,
     /// Groups of source paths that are hard links to the same file (copied as separate files).
     pub hard_links: Vec<Vec<String>>,
-    /// The first planned actions of a dry run (up to 10,000).
+    /// The first planned actions of a dry run in path order, deletions
+    /// last (up to 10,000).
     pub plan: Vec<PlanLine>,
     /// Planned actions beyond those listed in `plan`.
     pub plan_omitted: u64,
@@ -193,5 +248,27 @@ pub struct Report {
 impl Report {
     pub fn success(&self) -> bool {
         self.failed == 0 && self.other_failures == 0 && self.stopped.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_keeps_the_first_lines_in_path_order_whatever_order_they_end_in() {
+        let p = Progress::default();
+        let n = 3 * REPORT_LIMIT;
+        p.plan("delete", "a-extraneous", Some(1), "not in source");
+        for i in (0..n).rev() {
+            p.plan("copy", &format!("f{i:06}"), Some(1), "missing");
+            p.fail(&format!("f{i:06}"), "refused");
+        }
+        let plan = p.plan.lock().unwrap().take();
+        let failures = p.failures.lock().unwrap().take();
+        let want: Vec<String> = (0..REPORT_LIMIT).map(|i| format!("f{i:06}")).collect();
+        assert_eq!(plan.iter().map(|l| l.path.clone()).collect::<Vec<_>>(), want, "deletions come last");
+        assert_eq!(failures.iter().map(|f| f.path.clone()).collect::<Vec<_>>(), want);
+        assert_eq!(p.planned.load(Relaxed), n as u64 + 1);
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::checkpoint::{self, CheckpointSpec, Recorder};
 use crate::options::{Compare, SyncOptions, Verify};
-use crate::progress::{Progress, Report, REPORT_LIMIT};
+use crate::progress::{Progress, Report};
 use crate::ratelimit::RateLimit;
 use crate::Result;
 
@@ -229,12 +229,10 @@ impl Sync {
         for group in &hard_links {
             p.warn(format!("hard links copied as separate files: {}", group.join(", ")));
         }
-        let failures = std::mem::take(&mut *p.failures.lock().expect("lock"));
+        // Left in the progress too: a task reports them from there.
+        let failures = p.failures.lock().expect("lock").lines();
         let warnings = std::mem::take(&mut *p.warnings.lock().expect("lock"));
-        let mut plan = std::mem::take(&mut *p.plan.lock().expect("lock"));
-        // Items end in any order: the plan reads in path order, with the
-        // deletions (which come after the copies) last.
-        plan.sort_by(|a, b| (a.action == "delete", &a.path).cmp(&(b.action == "delete", &b.path)));
+        let plan = p.plan.lock().expect("lock").take();
         let failed = p.failed.load(Relaxed);
         let other_failures = p.other_failed.load(Relaxed) + verify_failed;
         let report = Report {
@@ -1655,10 +1653,9 @@ impl Run {
         }
         check.clone().scan_and_transfer().await;
         // Already in the journal: only the report gets them from here.
-        let failures = std::mem::take(&mut *check.progress.failures.lock().expect("lock"));
+        let failures = check.progress.failures.lock().expect("lock").take();
         let mut kept = self.progress.failures.lock().expect("lock");
-        let room = REPORT_LIMIT.saturating_sub(kept.len());
-        kept.extend(failures.into_iter().take(room));
+        failures.into_iter().for_each(|f| kept.push(f));
         check.progress.failed.load(Relaxed)
     }
 }

@@ -5,11 +5,13 @@
 mod common;
 
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use common::server::{Auth, Client, Db, Server};
 use common::S3Server;
+use ferry_testkit::OpClass;
 use serde_json::{json, Value};
 
 const PROJECT: &str = "proj1";
@@ -172,6 +174,31 @@ async fn story(db: Db) {
     assert_eq!(s3.counts().put, before.put, "nothing changed, nothing uploaded");
     assert_eq!(s3.counts().total(), before.total(), "no request at all: {before:?} -> {:?}", s3.counts());
 
+    // Files that cannot be exported fail the task, which names them in its
+    // message and in its failure report: a name that is not UTF-8 (seen by
+    // the walk for changes) and a file the store refuses (by the upload).
+    let bad = target_dir.join(std::ffi::OsStr::from_bytes(b"ds/not-utf8-\xff"));
+    fs::write(&bad, b"x").unwrap();
+    fs::write(target_dir.join("ds/refused.txt"), b"y").unwrap();
+    s3.faults().set_error_rate(OpClass::Put, 1000, 403);
+    let t = c.run_task(&share, "export", "data", Some("ds/")).await;
+    s3.faults().clear();
+    assert_eq!(
+        (t["status"].as_str(), t["progress"]["failed_files"].as_u64()),
+        (Some("FAIL"), Some(2)),
+        "{t}"
+    );
+    assert!(t["message"].as_str().unwrap().starts_with("2 of 5 items failed, first: not-utf8-"), "{t}");
+    let id = t["task_id"].as_str().unwrap();
+    let report = c.get(&format!("/{share}/hpc-cache/task/{id}/failures")).await;
+    assert_eq!(report.status, 200, "{}", report.text);
+    let rows: Vec<&str> = report.text.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{}", report.text);
+    assert!(rows[0].ends_with(",FAIL,ITEM_FAILED,name is not valid UTF-8"), "{}", report.text);
+    assert!(rows[1].starts_with("refused.txt,FAIL,ITEM_FAILED,"), "{}", report.text);
+    fs::remove_file(&bad).unwrap();
+    fs::remove_file(target_dir.join("ds/refused.txt")).unwrap();
+
     // Another share imports what was exported: attributes restored, then bytes.
     let share2 = create_share(&c, "share-two").await;
     let target2 = link_target(&c, &share2, "copy", &ep, "bucket1", json!({})).await;
@@ -194,6 +221,7 @@ async fn story(db: Db) {
     };
     assert_eq!(sample(r#"ferry_tasks_finished_total{type="export",status="SUCCESS"}"#), 2.0);
     assert_eq!(sample(r#"ferry_tasks_finished_total{type="import_metadata",status="SUCCESS"}"#), 1.0);
+    assert_eq!(sample(r#"ferry_tasks_finished_total{type="export",status="FAIL"}"#), 1.0);
     assert!(sample(r#"ferry_task_bytes_total{type="preload"}"#) >= (5 + (3 << 20)) as f64);
     assert_eq!(sample(r#"ferry_task_files_total{type="export",result="done"}"#), 2.0);
     assert_eq!(sample(r#"ferry_tasks{status="SUCCESS"}"#), 6.0, "two shares' tasks");
@@ -209,7 +237,7 @@ async fn story(db: Db) {
 
     // Listing with filters and count.
     let all = c.get(&format!("/{share}/hpc-cache/tasks")).await;
-    assert_eq!(all.body["count"], 5, "{}", all.text);
+    assert_eq!(all.body["count"], 6, "{}", all.text);
     let exports =
         c.get(&format!("/{share}/hpc-cache/tasks?type=export&status=SUCCESS&limit=1&offset=1")).await;
     assert_eq!(

@@ -261,6 +261,18 @@ async fn a_store_gone_away_stops_the_task() {
     assert!(started.elapsed() < Duration::from_secs(30), "stopped after {:?}", started.elapsed());
     let done = t["progress"]["done_files"].as_u64().unwrap_or(0);
     assert!(done < FILES as u64, "stopped before the end: {t}");
+    // The counters and the items left untried add up to what was listed.
+    let not_tried: u64 = message
+        .split("; ")
+        .find_map(|part| {
+            part.strip_suffix(
+                " item(s) not tried: a new task of this kind on the same target resumes from here",
+            )
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the message names the items not tried: {t}"));
+    let n = |k: &str| t["progress"][k].as_u64().unwrap();
+    assert_eq!(n("done_files") + n("skipped_files") + n("failed_files") + not_tried, n("total_files"), "{t}");
 }
 
 /// The test PostgreSQL (a schema of its own), or `None` when

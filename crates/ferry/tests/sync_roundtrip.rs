@@ -1091,6 +1091,7 @@ async fn failure_list_and_dry_run_plan_go_past_the_report_limit() {
     assert!(planned.contains(&"would copy f10049 (1 B, missing)"), "{:?}", &planned[..3]);
     let j = ferry(&state, &[], &["sync", s, f, "--dry-run", "--json"]).json();
     assert_eq!((j["plan"].as_array().unwrap().len(), j["plan_omitted"].as_u64()), (10_000, Some(50)));
+    assert_eq!(j["plan"][9_999]["path"], "f09999", "the first lines in path order are kept");
 
     let csv = tmp.path().join("failures.csv");
     let c = csv.to_str().unwrap();
@@ -1099,6 +1100,7 @@ async fn failure_list_and_dry_run_plan_go_past_the_report_limit() {
     let j = r.json();
     assert_eq!(j["failed"].as_u64(), Some(BLOCKED as u64), "{}", j["failed"]);
     assert_eq!((j["failures"].as_array().unwrap().len(), j["failures_omitted"].as_u64()), (10_000, Some(20)));
+    assert_eq!(j["failures"][9_999]["path"], "f09999", "the first failures in path order are kept");
     let text = std::fs::read_to_string(&csv).unwrap();
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("path,status,error_code,message"));
