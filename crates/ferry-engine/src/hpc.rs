@@ -71,8 +71,8 @@ impl TaskOutcome {
         if let Some(f) = &self.fatal {
             return Some(f.clone());
         }
+        let first = self.failures.first().map(|f| format!(", first: {}: {}", f.path, f.reason));
         if self.progress.failed_files > 0 {
-            let first = self.failures.first().map(|f| format!(", first: {}: {}", f.path, f.reason));
             return Some(format!(
                 "{} of {} items failed{}",
                 self.progress.failed_files,
@@ -80,7 +80,9 @@ impl TaskOutcome {
                 first.unwrap_or_default()
             ));
         }
-        None
+        // Failures that are not of an item (a directory marker holding
+        // data, a file found different by verification).
+        first.map(|first| format!("{} problem(s) besides the items{first}", self.failures.len()))
     }
 
     /// The failure report: CSV `path,status,error_code,message`.
@@ -253,6 +255,14 @@ async fn transfer(
         ..Default::default()
     };
     let mut exported = None;
+    if dir == Direction::Preload {
+        // Files created or changed in the share since its last export are
+        // the user's: a preload neither replaces them nor calls them clean.
+        let found = changed_files(env, &target, &sub, &root).await?;
+        if !found.changed.is_empty() {
+            opts.keep = Some(Arc::new(found.changed.into_iter().map(|e| e.path).collect()));
+        }
+    }
     if dir == Direction::Export {
         let t0 = Instant::now();
         let Found { changed, unchanged, rejected } = changed_files(env, &target, &sub, &root).await?;
@@ -285,6 +295,7 @@ async fn transfer(
         }
         Direction::Export => (local.clone(), bucket),
     };
+    let opts_keep = opts.keep.clone();
     let sync = Sync::with_progress(src, dst, opts, progress.clone())
         // Two tasks of one target and prefix take turns.
         .with_checkpoint(CheckpointSpec { store: env.store.clone(), wait_for_pair: true });
@@ -306,20 +317,37 @@ async fn transfer(
             report.not_tried
         ));
     }
+    // Failed files are not recorded as clean, nor are files below a
+    // directory that failed (its listing, its creation). When the report
+    // does not name every failure, nothing is: each file is looked at
+    // again by the next task, at the cost of a request.
+    if report.failures_omitted > 0 {
+        return Ok(());
+    }
+    let failed: HashSet<&str> = report.failures.iter().map(|f| f.path.as_str()).collect();
+    let clean = |path: &str| !failed_or_below(&failed, path);
     match exported {
         // The stat seen before the upload: a file changed since is exported again next time.
         Some(mut entries) => {
-            let failed: HashSet<&str> = report.failures.iter().map(|f| f.path.as_str()).collect();
-            entries.retain(|e| !failed.contains(e.path.as_str()));
+            entries.retain(|e| clean(&e.path));
             record_entries(env, &target, &sub, &entries).await
         }
         None => {
             let t0 = Instant::now();
-            record_cached(env, &target, &sub, root).await?;
+            let keep = opts_keep.unwrap_or_default();
+            record_cached(env, &target, &sub, root, |path| clean(path) && !keep.contains(path)).await?;
             tracing::debug!(elapsed_ms = t0.elapsed().as_millis() as u64, "preloaded files indexed");
             Ok(())
         }
     }
+}
+
+/// Whether `path` or a directory above it is among `failed` (paths of a
+/// report's failures; the empty path is a failure of the whole run).
+fn failed_or_below(failed: &HashSet<&str>, path: &str) -> bool {
+    failed.contains(path)
+        || failed.contains("")
+        || path.match_indices('/').any(|(i, _)| failed.contains(&path[..i]))
 }
 
 /// Directories whose index rows an export's change detection reads in one query.
@@ -492,14 +520,23 @@ async fn record_entries(
     Ok(())
 }
 
-/// After a preload or export, every regular file under `sub` is clean and
-/// local: record it as `cached` with the stat seen now.
-async fn record_cached(env: &TaskEnv, target: &TargetRow, sub: &str, root: PosixRoot) -> Result<(), String> {
+/// After a preload, every regular file under `sub` that `clean` accepts is
+/// local and as in the bucket: record it as `cached` with the stat seen now.
+async fn record_cached(
+    env: &TaskEnv,
+    target: &TargetRow,
+    sub: &str,
+    root: PosixRoot,
+    clean: impl Fn(&str) -> bool,
+) -> Result<(), String> {
     let (tx, mut rx) = mpsc::channel::<Vec<(String, Listing)>>(4);
     let walker = tokio::spawn(walk_dirs(root, tx));
     let mut batch = Vec::with_capacity(INDEX_BATCH);
     while let Some(listed) = rx.recv().await {
         for e in listed.into_iter().flat_map(|(_, listing)| listing.entries) {
+            if !clean(&e.path) {
+                continue;
+            }
             batch.push(index_row(&join_sub(sub, &e.path), &e, EntryState::Cached, true));
             if batch.len() >= INDEX_BATCH {
                 patiently(|| env.store.upsert_entries(&target.id, &batch)).await?;
@@ -895,6 +932,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn files_below_a_failed_directory_are_not_clean() {
+        let failed: HashSet<&str> = ["run7", "a/b.txt"].into();
+        for path in ["run7", "run7/x", "run7/deep/y", "a/b.txt"] {
+            assert!(failed_or_below(&failed, path), "{path}");
+        }
+        for path in ["run70/x", "run", "a/b.txt2", "a/c", "b.txt"] {
+            assert!(!failed_or_below(&failed, path), "{path}");
+        }
+        let whole_run: HashSet<&str> = [""].into();
+        assert!(failed_or_below(&whole_run, "any/file"));
+    }
+
+    #[test]
     fn attributes_task_over_target_over_default() {
         let target =
             TargetAttributes { file_mode: OctalMode::from_wire(600), uid: Some(7), ..Default::default() };
@@ -916,6 +966,9 @@ mod tests {
             "path,status,error_code,message\n\"a,b\",FAIL,ITEM_FAILED,\"said \"\"no\"\"\"\n"
         );
         assert!(TaskOutcome::default().failure_report().is_none());
+        // A failure that is not of an item still makes the message.
+        assert_eq!(o.message().as_deref(), Some("1 problem(s) besides the items, first: a,b: said \"no\""));
+        assert_eq!(TaskOutcome::default().message(), None);
         // Past what the report keeps, a last row says how many are missing.
         let mut o = o;
         o.progress.failed_files = 3;

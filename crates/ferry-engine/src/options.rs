@@ -77,6 +77,10 @@ pub struct SyncOptions {
     /// transferred, not skipped: a task's counters span its attempts (the
     /// service), where a rerun of the CLI reports what it did itself.
     pub count_earlier_attempts: bool,
+    /// Destination files the run leaves as they are, whatever the source
+    /// holds: a share's files created or changed since its last export,
+    /// which a preload must not replace. Counted as skipped.
+    pub keep: Option<std::sync::Arc<std::collections::HashSet<String>>>,
 }
 
 /// Attributes that replace the source's on everything a run writes; the
@@ -112,6 +116,7 @@ impl Default for SyncOptions {
             attributes: None,
             update_attributes: true,
             count_earlier_attempts: false,
+            keep: None,
         }
     }
 }

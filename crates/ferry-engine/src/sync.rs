@@ -468,7 +468,11 @@ impl Run {
             Ok(l) => l,
             Err(e) => {
                 self.listing_failed.store(true, Relaxed);
-                p.listed.fetch_add(1, Relaxed);
+                // A directory still to be made was listed at its parent and
+                // is not counted yet: its failure is that item's outcome.
+                if !(walk.src.is_some() && walk.dst == WalkDst::Create) {
+                    p.listed.fetch_add(1, Relaxed);
+                }
                 p.fail(shown, format!("listing the source failed: {e}"));
                 return Vec::new();
             }
@@ -1131,6 +1135,9 @@ impl Run {
                 name: s.path.clone(),
                 reason: "a directory of the same name is in the way at the destination".into(),
             });
+        }
+        if self.opts.keep.as_ref().is_some_and(|keep| keep.contains(&s.path)) {
+            return Ok(None);
         }
         let compare = if self.check_only { Compare::Checksum } else { self.opts.compare };
         if compare == Compare::IgnoreExisting {

@@ -11,7 +11,7 @@ use ferry_model::hpc::HpcTaskStatus;
 use ferry_store::{Finished, TaskEnd, TaskProgress, TaskRow};
 use tokio::sync::{watch, Notify, Semaphore};
 
-use crate::hpc::{self, TaskEnv};
+use crate::hpc::{self, TaskEnv, TaskOutcome};
 use crate::progress::Progress;
 
 /// How workers claim and keep tasks.
@@ -259,12 +259,16 @@ async fn run_one(env: &Arc<TaskEnv>, cfg: &WorkerConfig, task: TaskRow, claimed:
         Ok(Err(e)) => {
             // A bug, not a condition to retry forever: the task fails.
             tracing::error!(task = %task.id, error = %e, "task run panicked");
+            // The items that failed before it are still named.
+            let failures = progress.failures.lock().expect("failures lock").lines();
+            let fatal = Some(format!("internal error: {e}"));
+            let failure_report = TaskOutcome { failures, fatal, ..Default::default() }.failure_report();
             TaskEnd {
                 status: HpcTaskStatus::Fail,
                 message: Some(format!("internal error: {e}")),
                 end_time: now(),
                 progress: live(&progress, started),
-                failure_report: None,
+                failure_report,
             }
         }
         Err(stop) => {

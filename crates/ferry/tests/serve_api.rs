@@ -499,6 +499,43 @@ async fn reimport_keeps_unchanged_copies_and_indexes_directories() {
     assert_eq!(fs::read(s3.root().join("bucket1/ds/sub/b.bin")).unwrap(), b"beta, edited in the share");
 }
 
+/// Files created or changed in the share since the last export are the
+/// user's: a preload neither overwrites them nor records them as clean
+/// copies, and the next export uploads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn preload_leaves_files_changed_in_the_share_alone() {
+    let s3 = S3Server::start(&["bucket1"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &s3);
+    let server = Server::start(&tmp.path().join("data"), Some(&config), &Db::Sqlite);
+    let c = server.token(PROJECT);
+    seed_bucket(&s3, tmp.path(), "s3://bucket1");
+    let share = create_share(&c, "preload-local").await;
+    let target = link_target(&c, &share, "data", &s3.endpoint(), "bucket1", json!({})).await;
+    let dir = server.share_dir(&share).join("data");
+    let t = c.run_task(&share, "preload", "data", Some("ds/")).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    assert_eq!(fs::read(dir.join("ds/a.txt")).unwrap(), b"alpha");
+
+    fs::write(dir.join("ds/a.txt"), b"alpha, edited in the share").unwrap();
+    fs::write(dir.join("ds/new.txt"), b"created in the share").unwrap();
+    let gets = s3.counts().get;
+    let t = c.run_task(&share, "preload", "data", Some("ds/")).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    assert_eq!(fs::read(dir.join("ds/a.txt")).unwrap(), b"alpha, edited in the share");
+    assert_eq!(s3.counts().get, gets, "nothing read again: {t}");
+    let list = entries(&c, &share, &target).await;
+    assert_eq!(entry(&list, "ds/sub/b.bin")["state"], "cached");
+    assert!(list.iter().all(|e| e["path"] != "ds/new.txt"), "a local file is not a clean copy: {list:?}");
+
+    let puts = s3.counts().put;
+    let t = c.run_task(&share, "export", "data", Some("ds/")).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    assert_eq!(s3.counts().put - puts, 2, "the edit and the new file are exported: {t}");
+    assert_eq!(fs::read(s3.root().join("bucket1/ds/a.txt")).unwrap(), b"alpha, edited in the share");
+    assert_eq!(fs::read(s3.root().join("bucket1/ds/new.txt")).unwrap(), b"created in the share");
+}
+
 /// `import` gives directories the attributes kept on their `dir/` marker
 /// objects. s3s-fs keeps no metadata on markers, so this runs on moto.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

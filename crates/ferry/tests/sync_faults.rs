@@ -93,6 +93,17 @@ async fn a_listing_error_fails_the_run_and_deletes_nothing() {
     assert!(j["failures"].to_string().contains("listing"), "{j}");
     assert!(object.exists(), "nothing deleted after a listing error");
     assert!(j["deleted"] == 0);
+    assert_reconciles(&j);
+    // Downloading: the top level is listed, its directories are not (they
+    // are to be made at the destination); each fails once, counted once.
+    s3.faults().fail_list_after_pages(Some(2));
+    let down = tmp.path().join("down");
+    let r =
+        ferry(&state, &env, &["sync", "s3://bkt-list/p", down.to_str().unwrap(), "--retries", "1", "--json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(j["failed"], 2, "d1 and d2: {j}");
+    assert_reconciles(&j);
     s3.faults().clear();
 
     let r = ferry(&state, &env, &["sync", s, "s3://bkt-list/p", "--delete", "--json"]);
