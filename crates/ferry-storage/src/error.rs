@@ -163,6 +163,11 @@ pub(crate) fn connect_failure(e: &opendal::Error) -> Option<&'static str> {
                 _ => {}
             }
         }
+        // The HTTP client's own connect timeout and the connector's race:
+        // the first is not an io::Error, only its text says what it is.
+        if connecting && text.contains("timed out") {
+            return Some("the connection timed out");
+        }
         connecting |= text.contains("(Connect)");
         cause = err.source();
     }
