@@ -624,6 +624,7 @@ async fn import(env: &TaskEnv, task: &TaskRow, progress: &Arc<Progress>) -> Resu
         list_dir,
         made_dirs: HashSet::new(),
         dir_rows: Vec::new(),
+        open_files: Vec::new(),
         dir_times: Vec::new(),
     };
 
@@ -644,6 +645,7 @@ async fn import(env: &TaskEnv, task: &TaskRow, progress: &Arc<Progress>) -> Resu
     };
     let (listed, consumed) = tokio::join!(lister, consumer);
     consumed?;
+    importer.finish().await?;
     listed.map_err(|e| e.0)?;
     importer.set_dir_times().await;
     Ok(())
@@ -677,6 +679,10 @@ struct Importer<'a> {
     made_dirs: HashSet<String>,
     /// Index rows of directories made for the current batch.
     dir_rows: Vec<NsEntry>,
+    /// Files listed whose path later keys may still extend: each is a
+    /// prefix of the next. A file's row (`None`: unchanged) is recorded
+    /// once no later key can make it a directory too.
+    open_files: Vec<(String, Option<NsEntry>)>,
     /// Directories with an mtime stored on their marker object, set once
     /// everything inside them is created.
     dir_times: Vec<(String, i64)>,
@@ -702,7 +708,10 @@ impl Importer<'_> {
             }
             p.listed.fetch_add(1, Relaxed);
             p.listed_bytes.fetch_add(e.size, Relaxed);
+            let is_dir = e.kind == EntryKind::Dir;
+            self.settle_open(&path, is_dir, &mut rows);
             match self.entry(e, &path, known.remove(&path)).await {
+                Ok(row) if !is_dir => self.open_files.push((path, row)),
                 Ok(Some(row)) => {
                     rows.push(row);
                     p.transferred.fetch_add(1, Relaxed);
@@ -811,6 +820,48 @@ impl Importer<'_> {
             _ => EntryState::Stub,
         };
         Ok(Some(index_row(path, &e, state, false)))
+    }
+
+    /// Settle the files of [`Self::open_files`] that the key at `path` (a
+    /// directory when `is_dir`) shows the outcome of: a file that `path`
+    /// does not extend can be named by no later key (keys come sorted) and
+    /// its row goes to `rows`; a file that is also a directory, by a
+    /// marker or by keys below it, fails, and the directory is imported
+    /// (as a sync keeps the directory).
+    fn settle_open(&mut self, path: &str, is_dir: bool, rows: &mut Vec<NsEntry>) {
+        let p = self.progress;
+        while let Some((file, _)) = self.open_files.last() {
+            let below = path.len() > file.len() && path.starts_with(file.as_str());
+            let clash = (below && path.as_bytes()[file.len()] == b'/') || (is_dir && path == file);
+            if below && !clash {
+                break;
+            }
+            let (file, row) = self.open_files.pop().expect("just looked at");
+            if clash {
+                p.fail(&file, "an object and a directory have the same name: the directory is imported");
+                continue;
+            }
+            match row {
+                Some(row) => {
+                    rows.push(row);
+                    p.transferred.fetch_add(1, Relaxed);
+                }
+                None => {
+                    p.skipped.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Record the files still open once the listing has ended.
+    async fn finish(&mut self) -> Result<(), String> {
+        let mut rows = Vec::new();
+        // No key extends the empty path: every open file is settled.
+        self.settle_open("", false, &mut rows);
+        if !rows.is_empty() {
+            patiently(|| self.env.store.upsert_entries(&self.target_id, &rows)).await?;
+        }
+        Ok(())
     }
 
     /// Give directories the mtimes stored on their markers; one that cannot

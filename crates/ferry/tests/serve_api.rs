@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use common::server::{Auth, Client, Db, Server};
+use common::server::{report_paths, Auth, Client, Db, Server};
 use common::S3Server;
 use ferry_testkit::OpClass;
 use serde_json::{json, Value};
@@ -536,21 +536,68 @@ async fn preload_leaves_files_changed_in_the_share_alone() {
     assert_eq!(fs::read(s3.root().join("bucket1/ds/new.txt")).unwrap(), b"created in the share");
 }
 
+/// A configuration file for a service whose store is `moto`.
+fn moto_config(dir: &Path, moto: &common::emulators::Moto) -> std::path::PathBuf {
+    let config = dir.join("ferry.toml");
+    let endpoint = moto.endpoint();
+    let text = format!(
+        "[[object_stores]]\nendpoint = \"{endpoint}\"\nprovider = \"s3\"\nregion = \"us-east-1\"\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"\npath_style = true\n"
+    );
+    fs::write(&config, text).unwrap();
+    config
+}
+
+/// Keys that make a name a file and a directory at once (`a` and `a/b`,
+/// `m` and the marker `m/`), which S3 allows and a file system does not:
+/// the directory is imported, the file fails by name, and every other key
+/// between them (`a-1.txt` sorts between `a` and `a/b`) is imported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn import_keeps_the_directory_of_a_name_that_is_also_a_file() {
+    let Some(moto) = common::emulators::Moto::start(&["bucket1"]).await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = moto_config(tmp.path(), &moto);
+    let server = Server::start(&tmp.path().join("data"), Some(&config), &Db::Sqlite);
+    let c = server.token(PROJECT);
+    let http = reqwest::Client::new();
+    for key in ["ds/a", "ds/a-1.txt", "ds/a/b", "ds/m", "ds/m-x", "ds/m/", "ds/z"] {
+        let body = if key.ends_with('/') { String::new() } else { key.to_string() };
+        let r = http.put(format!("{}/bucket1/{key}", moto.endpoint())).body(body).send().await.unwrap();
+        assert!(r.status().is_success(), "{key}: {}", r.status());
+    }
+    let share = create_share(&c, "clashes").await;
+    let target = link_target(&c, &share, "data", &moto.endpoint(), "bucket1", json!({})).await;
+    let t = c.run_task(&share, "import_metadata", "data", Some("ds/")).await;
+    assert_eq!(
+        (t["status"].as_str(), t["progress"]["failed_files"].as_u64()),
+        (Some("FAIL"), Some(2)),
+        "{t}"
+    );
+    let n = |k: &str| t["progress"][k].as_u64().unwrap();
+    assert_eq!(n("done_files") + n("skipped_files") + n("failed_files"), n("total_files"), "{t}");
+    let id = t["task_id"].as_str().unwrap();
+    let report = c.get(&format!("/{share}/hpc-cache/task/{id}/failures")).await;
+    let failed = report_paths(&report.text);
+    assert_eq!(failed, ["ds/a", "ds/m"], "{}", report.text);
+    let list = entries(&c, &share, &target).await;
+    for (path, kind) in [
+        ("ds/a", "dir"),
+        ("ds/m", "dir"),
+        ("ds/a/b", "file"),
+        ("ds/a-1.txt", "file"),
+        ("ds/m-x", "file"),
+        ("ds/z", "file"),
+    ] {
+        assert_eq!(entry(&list, path)["kind"], kind, "{path}: {list:?}");
+    }
+}
+
 /// `import` gives directories the attributes kept on their `dir/` marker
 /// objects. s3s-fs keeps no metadata on markers, so this runs on moto.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn import_gives_directories_their_stored_attributes() {
     let Some(moto) = common::emulators::Moto::start(&["bucket1"]).await else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("ferry.toml");
-    fs::write(
-        &config,
-        format!(
-            "[[object_stores]]\nendpoint = \"{}\"\nprovider = \"s3\"\nregion = \"us-east-1\"\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"\npath_style = true\n",
-            moto.endpoint()
-        ),
-    )
-    .unwrap();
+    let config = moto_config(tmp.path(), &moto);
     let server = Server::start(&tmp.path().join("data"), Some(&config), &Db::Sqlite);
     let c = server.token(PROJECT);
 

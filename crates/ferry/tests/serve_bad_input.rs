@@ -15,7 +15,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::server::{Answer, Client, Db, Server};
+use common::server::{report_paths, Answer, Client, Db, Server};
 use common::{snapshot, S3Server};
 use ferry_api::auth::sdk_hmac::{self, SignedRequest};
 use serde_json::{json, Value};
@@ -1030,29 +1030,6 @@ async fn bad_inputs_get_4xx_and_change_nothing() {
     for db in Db::all("bad").await {
         bad_inputs(db).await;
     }
-}
-
-/// The `path` column of a failure report (CSV with quoted fields).
-fn report_paths(csv: &str) -> Vec<String> {
-    let mut rows = Vec::new();
-    let (mut field, mut row, mut quoted, mut chars) =
-        (String::new(), Vec::new(), false, csv.chars().peekable());
-    while let Some(ch) = chars.next() {
-        match (ch, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                chars.next();
-                field.push('"');
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => row.push(std::mem::take(&mut field)),
-            ('\n', false) => {
-                row.push(std::mem::take(&mut field));
-                rows.push(std::mem::take(&mut row));
-            }
-            (c, _) => field.push(c),
-        }
-    }
-    rows.into_iter().skip(1).filter_map(|r| r.into_iter().next()).collect()
 }
 
 /// The snapshot without the entries under `prefix`.

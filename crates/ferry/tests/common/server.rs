@@ -376,3 +376,27 @@ impl Client {
         }
     }
 }
+
+/// The `path` column of a failure report (CSV with quoted fields).
+#[allow(dead_code)]
+pub fn report_paths(csv: &str) -> Vec<String> {
+    let mut rows = Vec::new();
+    let (mut field, mut row, mut quoted, mut chars) =
+        (String::new(), Vec::new(), false, csv.chars().peekable());
+    while let Some(ch) = chars.next() {
+        match (ch, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => row.push(std::mem::take(&mut field)),
+            ('\n', false) => {
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
+            (c, _) => field.push(c),
+        }
+    }
+    rows.into_iter().skip(1).filter_map(|r| r.into_iter().next()).collect()
+}
