@@ -24,11 +24,20 @@ pub struct AppState {
     /// Wakes the in-process workers when a task is created.
     pub wake: Arc<Notify>,
     /// Bytes used per share, with when they were counted.
-    pub(crate) usage: Arc<Mutex<HashMap<String, (Instant, u64)>>>,
+    pub(crate) usage: Arc<Mutex<HashMap<String, ShareUsage>>>,
     /// Renders `/metrics`; without it only the store's gauges are shown.
     pub(crate) metrics: Option<PrometheusHandle>,
     /// An API request not answered in this time gets 503.
     pub(crate) request_timeout: std::time::Duration,
+}
+
+/// The last count of the bytes under a share.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShareUsage {
+    pub(crate) at: Instant,
+    pub(crate) used: u64,
+    /// A count is under way (one at a time per share).
+    pub(crate) counting: bool,
 }
 
 impl AppState {

@@ -488,7 +488,7 @@ fn table(fx: &Fixture) -> Vec<Case> {
         ("action unknown", json!({"action": "config_gc", "gc_time": 24})),
         ("action missing", json!({"gc_time": 24})),
         ("gc_time 0", json!({"action": "config_gc_time", "gc_time": 0})),
-        ("gc_time 8761", json!({"action": "config_gc_time", "gc_time": 8761})),
+        ("gc_time 100000001", json!({"action": "config_gc_time", "gc_time": 100_000_001})),
         ("gc_time -1", json!({"action": "config_gc_time", "gc_time": -1})),
         ("gc_time string", json!({"action": "config_gc_time", "gc_time": "24"})),
     ] {

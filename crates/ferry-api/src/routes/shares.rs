@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 
 use super::{json_body, missing, plausible_id, query_map, JobRunner};
 use crate::http_error::{ApiError, ApiResult};
-use crate::state::{new_id, now, AppState};
+use crate::state::{new_id, now, AppState, ShareUsage};
 
 /// Share types accepted at creation (those of SFS Turbo).
 const SHARE_TYPES: &[&str] = &[
@@ -142,16 +142,35 @@ pub(crate) async fn create(
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-/// Bytes used under a share (a walk, cached for a while).
+/// Bytes used under a share: a walk of its tree, reused for [`USAGE_TTL`].
+/// Past that, the last count is answered at once and a new one runs behind
+/// it: a share of millions of files takes long to walk, and the SDK polls
+/// `show_share`. Only a share's first count is waited for.
 async fn used_bytes(state: &AppState, share_id: &str) -> u64 {
-    if let Some((at, used)) = state.usage.lock().expect("usage lock").get(share_id) {
-        if at.elapsed() < USAGE_TTL {
-            return *used;
+    let stale = {
+        let mut usage = state.usage.lock().expect("usage lock");
+        match usage.get_mut(share_id) {
+            Some(u) if u.at.elapsed() < USAGE_TTL => return u.used,
+            Some(u) => Some((u.used, !std::mem::replace(&mut u.counting, true))),
+            None => None,
         }
+    };
+    match stale {
+        Some((used, start)) => {
+            if start {
+                tokio::spawn(count_usage(state.clone(), share_id.to_string()));
+            }
+            used
+        }
+        None => count_usage(state.clone(), share_id.to_string()).await,
     }
-    let dir = share_dir(&state.shares_root, share_id);
+}
+
+async fn count_usage(state: AppState, share_id: String) -> u64 {
+    let dir = share_dir(&state.shares_root, &share_id);
     let used = tokio::task::spawn_blocking(move || du(&dir)).await.unwrap_or(0);
-    state.usage.lock().expect("usage lock").insert(share_id.to_string(), (Instant::now(), used));
+    let counted = ShareUsage { at: Instant::now(), used, counting: false };
+    state.usage.lock().expect("usage lock").insert(share_id, counted);
     used
 }
 
@@ -334,6 +353,9 @@ pub(crate) async fn action(
     Err(ApiError::bad_request("body: give extend or change_name"))
 }
 
+/// The largest eviction age, in hours, as the SDK's `UpdateHpcShareRequestBody` allows.
+const GC_TIME_MAX_HOURS: i64 = 100_000_000;
+
 /// `PUT /shares/{share_id}`: `{"action":"config_gc_time","gc_time":<hours>}`.
 pub(crate) async fn update(
     State(state): State<AppState>,
@@ -349,8 +371,42 @@ pub(crate) async fn update(
     let hours = body
         .get("gc_time")
         .and_then(Value::as_i64)
-        .filter(|h| (1..=8760).contains(h))
-        .ok_or_else(|| ApiError::bad_request("gc_time: must be an integer from 1 to 8760 (hours)"))?;
+        .filter(|h| (1..=GC_TIME_MAX_HOURS).contains(h))
+        .ok_or_else(|| {
+        ApiError::bad_request(format!("gc_time: must be an integer from 1 to {GC_TIME_MAX_HOURS} (hours)"))
+    })?;
     state.store.set_share_gc_time(&share_id, hours).await?;
     Ok(Json(json!({ "gc_time": hours })))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stale_usage_is_answered_at_once_and_counted_again_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ferry_store::Store::open_sqlite_file(&dir.path().join("ferry.db")).await.unwrap();
+        let stores = Arc::new(ferry_storage::ObjectStores::new(vec![]).unwrap());
+        let state = AppState::new(store, dir.path().join("shares"), stores, Default::default());
+        let share = share_dir(&state.shares_root, "s1");
+        std::fs::create_dir_all(share.join("d")).unwrap();
+        std::fs::write(share.join("d/f"), b"12345").unwrap();
+        assert_eq!(used_bytes(&state, "s1").await, 5, "the first count is waited for");
+
+        std::fs::write(share.join("g"), b"678").unwrap();
+        assert_eq!(used_bytes(&state, "s1").await, 5, "fresh: reused");
+        let long_ago = Instant::now() - USAGE_TTL - Duration::from_secs(1);
+        state.usage.lock().unwrap().get_mut("s1").unwrap().at = long_ago;
+        assert_eq!(used_bytes(&state, "s1").await, 5, "stale: answered at once");
+        for _ in 0..100 {
+            if state.usage.lock().unwrap()["s1"].used == 8 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("not counted again: {:?}", state.usage.lock().unwrap()["s1"]);
+    }
 }

@@ -63,7 +63,7 @@ pub(crate) async fn create(
     Path((project, share_id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let body = json_body(&headers, &body)?;
     let req = CreateHpcTaskRequest::from_json(&body)?;
     active(&state, &project, &share_id).await?;
@@ -119,7 +119,8 @@ pub(crate) async fn create(
     };
     state.store.insert_task(&row).await?;
     state.wake.notify_one();
-    Ok(Json(json!({ "task_id": row.id })))
+    // 202 "Task delivered", as the SFS Turbo API answers.
+    Ok((StatusCode::ACCEPTED, Json(json!({ "task_id": row.id }))).into_response())
 }
 
 /// `GET /{share_id}/hpc-cache/tasks`: filters `type,status,offset,limit,start_time,end_time`.
@@ -177,11 +178,11 @@ pub(crate) async fn delete(
     if task.status == HpcTaskStatus::Doing || task.status == HpcTaskStatus::Deleting {
         let worker_will_stop = state.store.request_task_delete(&task_id).await?;
         if worker_will_stop {
-            return Ok(StatusCode::NO_CONTENT.into_response());
+            return Ok(StatusCode::ACCEPTED.into_response());
         }
     }
     state.store.delete_task(&task_id).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(StatusCode::ACCEPTED.into_response())
 }
 
 /// `GET /{share_id}/hpc-cache/task/{task_id}/failures` (ferry extension):

@@ -357,7 +357,7 @@ impl Client {
             body["dest_prefix"] = serde_json::json!(p);
         }
         let a = self.call("POST", &format!("/{share}/hpc-cache/task"), Some(&body)).await;
-        assert_eq!(a.status, 200, "{}", a.text);
+        assert_eq!(a.status, 202, "{}", a.text);
         let id = a.body["task_id"].as_str().unwrap().to_string();
         self.poll(&format!("/{share}/hpc-cache/task/{id}"), |b| b["status"] != "DOING").await
     }
