@@ -49,9 +49,16 @@ impl Patterns {
         }
         let (mut by_name, mut by_path, mut dirs) =
             (GlobSetBuilder::new(), GlobSetBuilder::new(), GlobSetBuilder::new());
-        for p in patterns {
+        for given in patterns {
             let glob = |s: &str| {
-                Glob::new(s).map_err(|e| Error::Filter { pattern: p.clone(), reason: e.kind().to_string() })
+                Glob::new(s)
+                    .map_err(|e| Error::Filter { pattern: given.clone(), reason: e.kind().to_string() })
+            };
+            // Paths never end in '/': `dir/` names the directory and all
+            // it holds, as `dir/**` does (it would match nothing as it is).
+            let p = &match given.strip_suffix('/') {
+                Some(dir) if !dir.is_empty() => format!("{dir}/**"),
+                _ => given.clone(),
             };
             if let Some(dir) = p.strip_suffix("/**") {
                 dirs.add(glob(dir.trim_start_matches('/'))?);
@@ -181,6 +188,9 @@ mod tests {
         assert!(f.file_included("keep.txt", 1));
         assert!(f.dir_included("cachex"));
         assert!(!f.dir_included("cache"), "cache/** excludes the directory itself");
+        let f = Filter::new(&[], &s(&["cache/"]), None, None).unwrap();
+        assert!(!f.file_included("cache/deep/file", 1) && !f.dir_included("cache"), "cache/ is cache/**");
+        assert!(f.file_included("cachex/file", 1));
         let f = Filter::new(&s(&["*.txt"]), &s(&["secret.txt"]), None, None).unwrap();
         assert!(f.file_included("d/a.txt", 1));
         assert!(!f.file_included("d/a.bin", 1));

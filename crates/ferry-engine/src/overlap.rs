@@ -13,12 +13,15 @@ use crate::error::{Error, Result};
 use crate::filter::Filter;
 
 /// Check before either location is opened (opening a destination creates
-/// it): nothing is written when the run is refused.
-pub fn check_overlap(src: &LocationSpec, dst: &LocationSpec, filter: &Filter) -> Result<()> {
+/// it): nothing is written when the run is refused. `filter` is `None`
+/// when only named files are read (`--files-from`, a file as the source):
+/// no tree is walked, and only the same place on both sides is refused.
+pub fn check_overlap(src: &LocationSpec, dst: &LocationSpec, filter: Option<&Filter>) -> Result<()> {
     let Some(((s, s_name), (d, d_name))) = places(src, dst) else { return Ok(()) };
     if s == d {
         return Err(Error::Usage(format!("source and destination are the same ({s_name})")));
     }
+    let Some(filter) = filter else { return Ok(()) };
     let (inner, outer, what) = if let Ok(rel) = d.strip_prefix(&s) {
         (rel, s_name, "the destination is inside the source")
     } else if let Ok(rel) = s.strip_prefix(&d) {
@@ -94,7 +97,15 @@ mod tests {
         let exclude: Vec<String> = exclude.iter().map(|s| s.to_string()).collect();
         let filter = Filter::new(&[], &exclude, None, None).unwrap();
         let spec = |s: &str| LocationSpec::parse(s).unwrap();
-        check_overlap(&spec(src), &spec(dst), &filter).map_err(|e| e.to_string())
+        check_overlap(&spec(src), &spec(dst), Some(&filter)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn named_files_refuse_only_the_same_place() {
+        let spec = |s: &str| LocationSpec::parse(s).unwrap();
+        let err = check_overlap(&spec("s3://b/d"), &spec("s3://b/d/"), None).unwrap_err().to_string();
+        assert!(err.contains("are the same (s3://b/d)"), "{err}");
+        assert!(check_overlap(&spec("s3://b/d"), &spec("s3://b/d/sub"), None).is_ok());
     }
 
     #[test]

@@ -76,6 +76,16 @@ pub struct ObjectSpec {
 const SCHEMES_HELP: &str =
     "use a local path, or s3://, obs://, oss://, cos://, azblob://, gcs://, file:///dir, memory://";
 
+/// An endpoint given in a location: an http(s) URL with a host.
+fn checked_endpoint(v: &str) -> Result<String> {
+    let fine = Url::parse(v).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+    if fine {
+        Ok(v.to_string())
+    } else {
+        Err(Error::InvalidLocation(format!("option endpoint={v:?}: give http://host:port or https://host")))
+    }
+}
+
 impl LocationSpec {
     /// The local directory holding this location's items: a local path, or
     /// the directory behind a `file://` store and its prefix.
@@ -96,9 +106,15 @@ impl LocationSpec {
         let Some((scheme, _)) = input.split_once("://") else {
             if input.contains(':') && !input.starts_with('/') && !input.starts_with('.') {
                 if let Some((maybe_scheme, _)) = input.split_once(':') {
-                    if Scheme::parse(maybe_scheme).is_some() {
+                    let lower = maybe_scheme.to_ascii_lowercase();
+                    if let Some(scheme) = Scheme::parse(&lower) {
+                        let form = match scheme {
+                            Scheme::File => "file:///absolute/dir".to_string(),
+                            Scheme::Memory => "memory://prefix".to_string(),
+                            _ => format!("{lower}://bucket/prefix"),
+                        };
                         return Err(Error::InvalidLocation(format!(
-                            "malformed location {input:?}: write {maybe_scheme}://bucket/prefix"
+                            "malformed location {input:?}: write {form}"
                         )));
                     }
                 }
@@ -125,8 +141,22 @@ impl LocationSpec {
             display,
         };
         for (k, v) in url.query_pairs() {
+            let takers: &[Scheme] = match k.as_ref() {
+                "endpoint" => {
+                    &[Scheme::S3, Scheme::Obs, Scheme::Oss, Scheme::Cos, Scheme::Azblob, Scheme::Gcs]
+                }
+                "region" | "path_style" | "checksum" => &[Scheme::S3],
+                "anonymous" => &[Scheme::S3, Scheme::Gcs],
+                _ => &[scheme],
+            };
+            if !takers.contains(&scheme) {
+                return Err(Error::InvalidLocation(format!(
+                    "option {k} in {input:?}: {} locations do not take it",
+                    input.split("://").next().unwrap_or_default()
+                )));
+            }
             match k.as_ref() {
-                "endpoint" => spec.endpoint = Some(v.into_owned()),
+                "endpoint" => spec.endpoint = Some(checked_endpoint(&v)?),
                 "region" => spec.region = Some(v.into_owned()),
                 "path_style" => spec.path_style = parse_bool(&k, &v)?,
                 "anonymous" => spec.anonymous = parse_bool(&k, &v)?,
@@ -141,11 +171,6 @@ impl LocationSpec {
                     )))
                 }
             }
-        }
-        if spec.checksum.is_some() && scheme != Scheme::S3 {
-            return Err(Error::InvalidLocation(format!(
-                "option checksum in {input:?}: only s3:// locations take it"
-            )));
         }
         let path = percent_encoding::percent_decode_str(url.path())
             .decode_utf8()
@@ -542,7 +567,17 @@ mod tests {
         assert!(err("s3://b/p?colour=red").contains("unknown option"));
         assert!(err("s3://b/p?path_style=maybe").contains("true or false"));
         assert!(err("s3://b/p?checksum=sha1").contains("use crc32c or none"));
-        assert!(err("gcs://b/p?checksum=none").contains("only s3://"));
+        assert!(err("gcs://b/p?checksum=none")
+            .contains("option checksum in \"gcs://b/p?checksum=none\": gcs locations do not take it"));
+        assert!(err("oss://b/p?anonymous=true").contains("oss locations do not take it"));
+        assert!(err("file:///x?region=y").contains("file locations do not take it"));
+        assert!(err("S3:bucket/p").contains("write s3://bucket/prefix"));
+        assert!(err("file:data").contains("write file:///absolute/dir"));
+        for ep in ["", "127.0.0.1:9000", "localhost:9000", "ftp://h"] {
+            let e = err(&format!("s3://b/p?endpoint={ep}"));
+            assert!(e.contains("give http://host:port or https://host"), "{ep}: {e}");
+        }
+        LocationSpec::parse("s3://b/p?endpoint=https://s3.example.com").unwrap();
         assert!(err("s3://b/a/../c").contains("'..'"));
         assert!(err("file://host/dir").contains("absolute directory"));
         assert!(err("").contains("empty"));

@@ -34,6 +34,21 @@ impl Default for PartPolicy {
     }
 }
 
+/// Parts of one multipart upload at most (S3 and the stores modelled on it).
+pub const MAX_PARTS: u64 = 10_000;
+
+impl PartPolicy {
+    /// The part size of an object of `size` bytes: the configured one, or
+    /// for an object that would need more than [`MAX_PARTS`] of them, the
+    /// smallest whole number of MiB that fits it in that many (as rclone
+    /// grows its chunks), so that a 100 GiB file does not fail at its
+    /// 10,001st part after 78 GiB were sent.
+    pub fn chunk_for(&self, size: u64) -> usize {
+        let fitting = size.div_ceil(MAX_PARTS).next_multiple_of(1 << 20);
+        (self.chunk as u64).max(fitting) as usize
+    }
+}
+
 #[derive(Clone)]
 pub struct ObjectRoot {
     op: Operator,
@@ -683,7 +698,7 @@ impl ObjectRoot {
     /// Bytes a write of an object of `size` holds in memory at most: the
     /// parts in flight and the one being filled.
     pub fn write_buffer(&self, size: u64) -> u64 {
-        let chunk = self.parts.chunk as u64;
+        let chunk = self.parts.chunk_for(size) as u64;
         if size > chunk {
             (self.parts.concurrent as u64 + 1) * chunk
         } else {
@@ -787,7 +802,8 @@ impl ObjectRoot {
         size_hint: u64,
     ) -> Result<opendal::Writer> {
         let key = if kind == EntryKind::Dir { self.dir_path(rel)? } else { self.path(rel)? };
-        let big = size_hint > self.parts.chunk as u64;
+        let chunk = self.parts.chunk_for(size_hint);
+        let big = size_hint > chunk as u64;
         let opts = WriteOptions {
             user_metadata: Some(self.user_metadata(kind, meta, crc32c)),
             concurrent: if big { self.parts.concurrent } else { 1 },
@@ -796,7 +812,7 @@ impl ObjectRoot {
             // the source streams in (OpenDAL otherwise sends whatever is
             // buffered once it passes 5 MiB). An object smaller than
             // `chunk` goes up as one PUT.
-            chunk: Some(self.parts.chunk),
+            chunk: Some(chunk),
             ..Default::default()
         };
         self.op
@@ -991,6 +1007,18 @@ mod tests {
             op.write(k, b"data".to_vec()).await.unwrap();
         }
         ObjectRoot::new(op, "", "memory://".into(), PartPolicy::default())
+    }
+
+    #[test]
+    fn parts_grow_to_fit_the_largest_objects_in_ten_thousand() {
+        let p = PartPolicy::default();
+        assert_eq!(p.chunk_for(0), 8 << 20);
+        assert_eq!(p.chunk_for(MAX_PARTS * (8 << 20)), 8 << 20, "exactly 10,000 parts of 8 MiB");
+        assert_eq!(p.chunk_for(MAX_PARTS * (8 << 20) + 1), 9 << 20);
+        let tib = 1u64 << 40;
+        let chunk = p.chunk_for(tib) as u64;
+        assert!(tib.div_ceil(chunk) <= MAX_PARTS && chunk.is_multiple_of(1 << 20), "{chunk}");
+        assert_eq!(chunk, 105 << 20);
     }
 
     #[test]

@@ -217,7 +217,8 @@ pub struct SyncArgs {
     pub max_delete: Option<u64>,
 
     /// Only copy files matching GLOB (repeatable). A GLOB without '/' matches file
-    /// names anywhere; with '/' it matches the path from the root.
+    /// names anywhere; with '/' it matches the path from the root; one ending
+    /// in '/' is the directory and all it holds ('logs/' is 'logs/**').
     #[arg(long, value_name = "GLOB")]
     pub include: Vec<String>,
     /// Leave out files and directories matching GLOB (repeatable); wins over --include.
@@ -238,7 +239,8 @@ pub struct SyncArgs {
     /// Only files modified at most AGE ago, or at or after a date (as --min-age).
     #[arg(long, value_name = "AGE|DATE", value_parser = crate::size::parse_time_bound)]
     pub max_age: Option<ferry_engine::TimeBound>,
-    /// Only copy the files listed in FILE (one relative path per line; '-' for stdin).
+    /// Only copy the files listed in FILE (one relative path per line; '-'
+    /// for stdin; blank lines and lines starting with '#' are skipped).
     #[arg(long, value_name = "FILE")]
     pub files_from: Option<PathBuf>,
 
@@ -284,10 +286,12 @@ pub struct SyncArgs {
     #[arg(short = 'L', long)]
     pub copy_links: bool,
 
-    /// Part size for large objects (multipart upload, ranged reads).
+    /// Part size for large objects (multipart upload, ranged reads): 5M to
+    /// 5G. A file that would need more than 10,000 parts gets larger ones.
     #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = crate::size::parse_size)]
     pub part_size: u64,
-    /// Parts of one large object in flight at once.
+    /// Parts of one large object in flight at once (fewer when they would
+    /// not fit in --buffer-memory).
     #[arg(long, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub part_concurrency: u16,
     /// Retries of a request that failed with a temporary error (503, 429, resets).

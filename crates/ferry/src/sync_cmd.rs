@@ -28,11 +28,18 @@ pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
     // locations are reported by `Location::open` below.
     // Only what is named is read from a list: no tree is walked into DST.
     let dst_spec = LocationSpec::parse(&args.dst).ok();
-    if let (Ok(src), Some(dst), None) = (LocationSpec::parse(&args.src), &dst_spec, &opts.files_from) {
-        check_overlap(&src, dst, &opts.filter)?;
+    if let (Ok(src), Some(dst)) = (LocationSpec::parse(&args.src), &dst_spec) {
+        check_overlap(&src, dst, opts.files_from.is_none().then_some(&opts.filter))?;
     }
     let dst_new = dst_spec.and_then(|d| d.local_dir()).filter(|d| !d.exists());
-    let (mut report, mut journal) = transfer(&args, opts.clone()).await?;
+    // Created by this run and still empty: a run that ends before copying
+    // anything (an error, a source with nothing stored) leaves none.
+    let remove_new_dst = || {
+        if let Some(dir) = &dst_new {
+            let _ = std::fs::remove_dir(dir);
+        }
+    };
+    let (mut report, mut journal) = transfer(&args, opts.clone()).await.inspect_err(|_| remove_new_dst())?;
     // Nothing under an object prefix: the key of one object (found only
     // now, so that no run pays a lookup for it), or nothing at all.
     if report.source_missing {
@@ -40,13 +47,10 @@ pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
         match found.with_context(|| format!("source {}", args.src))? {
             Some((dir, name, _)) => {
                 source_is_file(&mut args, &mut opts, dir, name)?;
-                (report, journal) = transfer(&args, opts).await?;
+                (report, journal) = transfer(&args, opts).await.inspect_err(|_| remove_new_dst())?;
             }
             None => {
-                if let Some(dir) = dst_new {
-                    // Created by this run and still empty; anything else stays.
-                    let _ = std::fs::remove_dir(dir);
-                }
+                remove_new_dst();
                 bail!("source {}", source::nothing_stored(&args.src));
             }
         }
@@ -75,8 +79,12 @@ fn open_options(args: &SyncArgs, is_dst: bool) -> OpenOptions {
         create: is_dst && !args.dry_run,
         may_be_missing: is_dst && args.dry_run,
         parts: PartPolicy {
-            chunk: args.part_size.max(5 << 20) as usize,
-            concurrent: args.part_concurrency as usize,
+            chunk: args.part_size as usize,
+            // One file's parts in flight, and the one being filled, fit in
+            // --buffer-memory.
+            concurrent: (args.part_concurrency as u64)
+                .min((args.buffer_memory / args.part_size).saturating_sub(1))
+                .max(1) as usize,
         },
         retries: args.retries,
     }
@@ -163,7 +171,7 @@ fn options(args: &SyncArgs) -> anyhow::Result<SyncOptions> {
             Some(
                 text.lines()
                     .map(|l| l.trim_end_matches('\r').trim_start_matches("./").to_string())
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
                     .collect(),
             )
         }
@@ -173,6 +181,12 @@ fn options(args: &SyncArgs) -> anyhow::Result<SyncOptions> {
     }
     if args.buffer_memory < 1 << 20 {
         bail!("--buffer-memory {} leaves no room to copy with: give at least 1M", args.buffer_memory);
+    }
+    if !(5 << 20..=5 << 30).contains(&args.part_size) {
+        bail!(
+            "--part-size {}: parts of a multipart upload are 5M to 5G (larger files get larger parts by themselves)",
+            human(args.part_size as f64)
+        );
     }
     if let (Some(min), Some(max)) = (args.min_size, args.max_size) {
         if min > max {

@@ -61,7 +61,24 @@ async fn bad_locations_and_flags() {
         "cannot connect to http://no-such-host.invalid:9000 (its host name does not resolve)",
     );
     fatal(&ferry(&state, &[], &["sync", s, d, "--include", "a[b"]), "a[b");
+    fatal(&ferry(&state, &[], &["sync", s, "S3:bucket/p"]), "write s3://bucket/prefix");
+    fatal(
+        &ferry(&state, &[], &["sync", s, d, "--part-size", "1M"]),
+        "--part-size 1.0 MiB: parts of a multipart upload are 5M to 5G",
+    );
+    // Failing after the destination was made (here: the failure list
+    // cannot be created) leaves no empty destination behind.
+    let csv = tmp.path().join("no-such-dir/failures.csv");
+    fatal(&ferry(&state, &[], &["sync", s, d, "--failures-csv", csv.to_str().unwrap()]), "failures.csv");
     assert!(!dst.exists(), "nothing written on a fatal error");
+    // Only named files are read, but the same place on both sides is refused.
+    let list = tmp.path().join("list");
+    std::fs::write(&list, "f\n").unwrap();
+    fatal(
+        &ferry(&state, &[], &["sync", s, s, "--files-from", list.to_str().unwrap()]),
+        "source and destination are the same",
+    );
+    fatal(&ferry(&state, &[], &["sync", &format!("{s}/f"), s]), "source and destination are the same");
 
     // Usage errors are clap's: exit 2 with a usage line.
     let r = ferry(&state, &[], &["sync", s, d, "--no-such-flag"]);
