@@ -309,44 +309,46 @@ async fn transfer(
             return Err(format!("{}: {}", f.path, f.reason));
         }
     }
-    if let Some(why) = report.stopped {
-        // Items were left untried: none is recorded as exported or cached
-        // (the export list holds them too); a rerun resumes from the checkpoint.
-        return Err(format!(
+    let stopped = report.stopped.as_ref().map(|why| {
+        format!(
             "the run stopped early: {why}; {} item(s) not tried: a new task of this kind on the same target resumes from here",
             report.not_tried
-        ));
-    }
-    // Failed files are not recorded as clean, nor are files below a
-    // directory that failed (its listing, its creation). When the report
-    // does not name every failure, nothing is: each file is looked at
-    // again by the next task, at the cost of a request.
-    if report.failures_omitted > 0 {
-        return Ok(());
-    }
-    let failed: HashSet<&str> = report.failures.iter().map(|f| f.path.as_str()).collect();
-    let clean = |path: &str| !failed_or_below(&failed, path);
+        )
+    });
     match exported {
-        // The stat seen before the upload: a file changed since is exported again next time.
-        Some(mut entries) => {
-            entries.retain(|e| clean(&e.path));
-            record_entries(env, &target, &sub, &entries).await
+        // An export records what it knows went up, with the stat seen
+        // before the upload (a file changed since goes again next time):
+        // not failed files, nor files below a directory that failed (its
+        // listing, its marker). When it stopped early, or the report does
+        // not name every failure, it records nothing: each file is looked
+        // at again by the next task, at the cost of a request.
+        Some(mut entries) if stopped.is_none() && report.failures_omitted == 0 => {
+            let failed: HashSet<&str> = report.failures.iter().map(|f| f.path.as_str()).collect();
+            entries.retain(|e| !failed_or_below(&failed, &e.path));
+            record_entries(env, &target, &sub, &entries).await?;
         }
+        Some(_) => {}
+        // A preload leaves no file where an item failed or was not tried
+        // (its writes are atomic): every local file but the user's is the
+        // bucket's copy. Recorded after an early stop too, so that the next
+        // preload does not take what this one wrote for the user's.
         None => {
             let t0 = Instant::now();
             let keep = opts_keep.unwrap_or_default();
-            record_cached(env, &target, &sub, root, |path| clean(path) && !keep.contains(path)).await?;
+            record_cached(env, &target, &sub, root, |path| !keep.contains(path)).await?;
             tracing::debug!(elapsed_ms = t0.elapsed().as_millis() as u64, "preloaded files indexed");
-            Ok(())
         }
     }
+    stopped.map_or(Ok(()), Err)
 }
 
 /// Whether `path` or a directory above it is among `failed` (paths of a
-/// report's failures; the empty path is a failure of the whole run).
+/// report's failures; the empty path is a failure of the whole run, and
+/// "/" one of the top level, as its listing).
 fn failed_or_below(failed: &HashSet<&str>, path: &str) -> bool {
     failed.contains(path)
         || failed.contains("")
+        || failed.contains("/")
         || path.match_indices('/').any(|(i, _)| failed.contains(&path[..i]))
 }
 
@@ -991,8 +993,13 @@ mod tests {
         for path in ["run70/x", "run", "a/b.txt2", "a/c", "b.txt"] {
             assert!(!failed_or_below(&failed, path), "{path}");
         }
-        let whole_run: HashSet<&str> = [""].into();
-        assert!(failed_or_below(&whole_run, "any/file"));
+        for whole in ["", "/"] {
+            let whole_run: HashSet<&str> = [whole].into();
+            assert!(
+                failed_or_below(&whole_run, "any/file") && failed_or_below(&whole_run, "top"),
+                "{whole:?}"
+            );
+        }
     }
 
     #[test]

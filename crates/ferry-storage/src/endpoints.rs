@@ -239,12 +239,13 @@ impl ObjectStores {
                 }
                 let mut url = url::Url::parse(&format!("{scheme}://{path}"))
                     .map_err(|e| Error::Config(format!("bucket {bucket:?}: {e}")))?;
-                url.query_pairs_mut()
-                    .append_pair("endpoint", &endpoint)
-                    .append_pair("region", store.region.as_deref().unwrap_or("us-east-1"))
-                    .append_pair("path_style", if store.path_style { "true" } else { "false" });
+                url.query_pairs_mut().append_pair("endpoint", &endpoint);
+                // The options only s3:// locations take.
                 if provider == Provider::S3 {
-                    url.query_pairs_mut().append_pair("checksum", store.checksum.as_str());
+                    url.query_pairs_mut()
+                        .append_pair("region", store.region.as_deref().unwrap_or("us-east-1"))
+                        .append_pair("path_style", if store.path_style { "true" } else { "false" })
+                        .append_pair("checksum", store.checksum.as_str());
                 }
                 url.to_string()
             }
@@ -346,6 +347,18 @@ mod tests {
             r#"{"endpoint": "x", "provider": "s3", "checksum": "md5"}"#,
         );
         assert!(bad.unwrap_err().to_string().contains("use \"crc32c\" or \"none\""));
+    }
+
+    #[test]
+    fn every_provider_gives_a_location_it_can_open() {
+        use crate::LocationSpec;
+        for provider in [Provider::S3, Provider::Obs, Provider::Oss, Provider::Cos] {
+            let mut store = s3("http://a");
+            (store.provider, store.region) = (provider, Some("r1".into()));
+            let stores = ObjectStores::new(vec![store]).unwrap();
+            let (url, _) = stores.bucket_url("http://a", "bkt", "p").unwrap();
+            LocationSpec::parse(&url).unwrap_or_else(|e| panic!("{provider:?}: {url}: {e}"));
+        }
     }
 
     #[test]

@@ -26,11 +26,15 @@ const READ_CHUNK: usize = 8 << 20;
 pub struct PartPolicy {
     pub chunk: usize,
     pub concurrent: usize,
+    /// Bytes the parts of one upload may hold at once (`--buffer-memory`):
+    /// fewer parts are in flight when `concurrent` of them would not fit,
+    /// one at least.
+    pub room: u64,
 }
 
 impl Default for PartPolicy {
     fn default() -> Self {
-        Self { chunk: 8 << 20, concurrent: 6 }
+        Self { chunk: 8 << 20, concurrent: 6, room: 256 << 20 }
     }
 }
 
@@ -46,6 +50,13 @@ impl PartPolicy {
     pub fn chunk_for(&self, size: u64) -> usize {
         let fitting = size.div_ceil(MAX_PARTS).next_multiple_of(1 << 20);
         (self.chunk as u64).max(fitting) as usize
+    }
+
+    /// Parts of an upload of `size` bytes in flight at once: with the one
+    /// being filled, they fit in `room` (when one part does).
+    pub fn concurrent_for(&self, size: u64) -> usize {
+        let fit = (self.room / self.chunk_for(size) as u64).saturating_sub(1).max(1);
+        self.concurrent.min(fit as usize)
     }
 }
 
@@ -700,7 +711,7 @@ impl ObjectRoot {
     pub fn write_buffer(&self, size: u64) -> u64 {
         let chunk = self.parts.chunk_for(size) as u64;
         if size > chunk {
-            (self.parts.concurrent as u64 + 1) * chunk
+            (self.parts.concurrent_for(size) as u64 + 1) * chunk
         } else {
             size
         }
@@ -806,7 +817,7 @@ impl ObjectRoot {
         let big = size_hint > chunk as u64;
         let opts = WriteOptions {
             user_metadata: Some(self.user_metadata(kind, meta, crc32c)),
-            concurrent: if big { self.parts.concurrent } else { 1 },
+            concurrent: if big { self.parts.concurrent_for(size_hint) } else { 1 },
             // Always exact: every part but the last is `chunk` bytes, as
             // readers checking a composite checksum expect, whatever sizes
             // the source streams in (OpenDAL otherwise sends whatever is
@@ -1019,6 +1030,12 @@ mod tests {
         let chunk = p.chunk_for(tib) as u64;
         assert!(tib.div_ceil(chunk) <= MAX_PARTS && chunk.is_multiple_of(1 << 20), "{chunk}");
         assert_eq!(chunk, 105 << 20);
+        // With the one being filled, the parts in flight fit in the room.
+        assert_eq!(p.concurrent_for(1 << 30), 6);
+        assert_eq!(p.concurrent_for(tib), 1, "105 MiB parts: 2 of them in 256 MiB");
+        let small_room = PartPolicy { room: 32 << 20, ..p };
+        assert_eq!(small_room.concurrent_for(1 << 30), 3);
+        assert_eq!(PartPolicy { room: 1 << 20, ..p }.concurrent_for(1 << 30), 1, "one at least");
     }
 
     #[test]

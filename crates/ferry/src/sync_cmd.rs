@@ -80,11 +80,8 @@ fn open_options(args: &SyncArgs, is_dst: bool) -> OpenOptions {
         may_be_missing: is_dst && args.dry_run,
         parts: PartPolicy {
             chunk: args.part_size as usize,
-            // One file's parts in flight, and the one being filled, fit in
-            // --buffer-memory.
-            concurrent: (args.part_concurrency as u64)
-                .min((args.buffer_memory / args.part_size).saturating_sub(1))
-                .max(1) as usize,
+            concurrent: args.part_concurrency as usize,
+            room: args.buffer_memory,
         },
         retries: args.retries,
     }

@@ -243,7 +243,7 @@ async fn a_store_gone_away_stops_the_task() {
     fs::write(&cfg, text).unwrap();
     let server = Server::start(&tmp.path().join("data"), Some(&cfg), &Db::Sqlite);
     let c = server.token("p1");
-    let (share, _) = setup_at(&c, &proxied).await;
+    let (share, target) = setup_at(&c, &proxied).await;
     s3.faults().set_delay(OpClass::Get, Duration::from_millis(20));
     let task = start_task(&c, &share, "preload").await;
     wait_done(&c, &share, &task, 50).await;
@@ -273,6 +273,13 @@ async fn a_store_gone_away_stops_the_task() {
         .unwrap_or_else(|| panic!("the message names the items not tried: {t}"));
     let n = |k: &str| t["progress"][k].as_u64().unwrap();
     assert_eq!(n("done_files") + n("skipped_files") + n("failed_files") + not_tried, n("total_files"), "{t}");
+    // What it wrote (files, and the directories counted in done_files) is
+    // recorded as the bucket's copies: the next preload must not take
+    // those files for changes made in the share.
+    let a = c.get(&format!("/shares/{share}/targets/{target}/entries")).await;
+    let entries = a.body["entries"].as_array().unwrap();
+    let cached = entries.iter().filter(|e| e["state"] == "cached").count() as u64;
+    assert!(done > 0 && cached >= done, "{done} done: {}", a.text);
 }
 
 /// The test PostgreSQL (a schema of its own), or `None` when
