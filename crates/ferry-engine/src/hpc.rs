@@ -255,6 +255,11 @@ async fn transfer(
         ..Default::default()
     };
     let mut exported = None;
+    // Before the walk for changes; a second early, as file times come from
+    // a coarser clock.
+    let started_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64 - 1_000_000_000);
     if dir == Direction::Preload {
         // Files created or changed in the share since its last export are
         // the user's: a preload neither replaces them nor calls them clean.
@@ -331,11 +336,19 @@ async fn transfer(
         // A preload leaves no file where an item failed or was not tried
         // (its writes are atomic): every local file but the user's is the
         // bucket's copy. Recorded after an early stop too, so that the next
-        // preload does not take what this one wrote for the user's.
+        // preload does not take what this one wrote for the user's. The
+        // user's are those changed before the run (`keep`), and files
+        // modified since it started: what the preload writes carries its
+        // object's mtime. (An object stored meanwhile is left out too, and
+        // costs the next export one comparison.)
         None => {
             let t0 = Instant::now();
             let keep = opts_keep.unwrap_or_default();
-            record_cached(env, &target, &sub, root, |path| !keep.contains(path)).await?;
+            let bucket_copy = |e: &Entry| {
+                let modified_since = e.kind != EntryKind::Dir && e.mtime_ns.is_none_or(|m| m >= started_ns);
+                !keep.contains(&e.path) && !modified_since
+            };
+            record_cached(env, &target, &sub, root, bucket_copy).await?;
             tracing::debug!(elapsed_ms = t0.elapsed().as_millis() as u64, "preloaded files indexed");
         }
     }
@@ -522,21 +535,21 @@ async fn record_entries(
     Ok(())
 }
 
-/// After a preload, every regular file under `sub` that `clean` accepts is
-/// local and as in the bucket: record it as `cached` with the stat seen now.
+/// After a preload, every entry under `sub` that `clean` accepts is local
+/// and as in the bucket: record it as `cached` with the stat seen now.
 async fn record_cached(
     env: &TaskEnv,
     target: &TargetRow,
     sub: &str,
     root: PosixRoot,
-    clean: impl Fn(&str) -> bool,
+    clean: impl Fn(&Entry) -> bool,
 ) -> Result<(), String> {
     let (tx, mut rx) = mpsc::channel::<Vec<(String, Listing)>>(4);
     let walker = tokio::spawn(walk_dirs(root, tx));
     let mut batch = Vec::with_capacity(INDEX_BATCH);
     while let Some(listed) = rx.recv().await {
         for e in listed.into_iter().flat_map(|(_, listing)| listing.entries) {
-            if !clean(&e.path) {
+            if !clean(&e) {
                 continue;
             }
             batch.push(index_row(&join_sub(sub, &e.path), &e, EntryState::Cached, true));

@@ -41,7 +41,10 @@ fn make_files(root: &Path) {
     for i in 0..FILES {
         let p = root.join(format!("d{}/f{i:05}.txt", i % 10));
         fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, content(i)).unwrap();
+        fs::write(&p, content(i)).unwrap();
+        // Older than any task: a preload leaves out of its index what was
+        // modified since it started (an object stored meanwhile too).
+        common::set_mtime(&p, 1_650_000_000_000_000_000 + i as i64);
     }
 }
 
@@ -225,6 +228,42 @@ async fn deleting_a_running_task_cancels_it() {
         let i: usize = p.file_stem().unwrap().to_string_lossy()[1..].parse().unwrap();
         assert_eq!(fs::read(p).unwrap(), content(i));
     }
+}
+
+/// A file written in the share while a preload runs (after its walk for
+/// changes) is the user's: it is not recorded as the bucket's copy, and
+/// the next export uploads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_written_during_a_preload_is_exported_next() {
+    let (s3, tmp) = seeded_store().await;
+    let cfg = config(tmp.path(), &s3);
+    let server = Server::start(&tmp.path().join("data"), Some(&cfg), &Db::Sqlite);
+    let c = server.token("p1");
+    let (share, target) = setup(&c, &s3).await;
+    s3.faults().set_delay(OpClass::Get, Duration::from_millis(20));
+    let task = start_task(&c, &share, "preload").await;
+    wait_done(&c, &share, &task, 50).await;
+    let dir = server.share_dir(&share).join("data");
+    fs::write(dir.join("d0/written-meanwhile.txt"), b"mine").unwrap();
+    let t = finish(&c, &share, &task).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    s3.faults().clear();
+    let a = c.get(&format!("/shares/{share}/targets/{target}/entries")).await;
+    let entries = a.body["entries"].as_array().unwrap();
+    assert!(entries.iter().all(|e| e["path"] != "d0/written-meanwhile.txt"), "{}", a.text);
+    assert!(
+        entries.iter().filter(|e| e["kind"] == "file").count() >= FILES,
+        "the preload's copies are recorded"
+    );
+
+    let task = start_task(&c, &share, "export").await;
+    let t = finish(&c, &share, &task).await;
+    assert_eq!(
+        (t["status"].as_str(), t["progress"]["done_files"].as_u64()),
+        (Some("SUCCESS"), Some(1)),
+        "{t}"
+    );
+    assert_eq!(fs::read(s3.root().join("bkt/d0/written-meanwhile.txt")).unwrap(), b"mine");
 }
 
 /// A store that goes away during a preload: the task stops once nothing
