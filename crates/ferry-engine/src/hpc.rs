@@ -375,16 +375,7 @@ const QUERIES_IN_FLIGHT: usize = 3;
 /// Directories listed at once (on blocking threads) by that walk.
 const LIST_PARALLELISM: usize = 8;
 
-/// Export's change detection through the index: a file whose size, mtime,
-/// ctime and inode equal those recorded when it was last imported or
-/// exported is unchanged (ctime cannot be set by users). Returns the other
-/// files (paths relative to `sub`) and the number of unchanged ones.
-///
-/// A walker lists directories in parallel and hands them on; meanwhile the
-/// index rows of up to [`DIRS_PER_QUERY`] listed directories are read in one
-/// query and compared. A tree of many small directories thus costs a few
-/// queries, not one each, and the walk never waits for the database.
-/// What an export's walk of the target found.
+/// What the walk for changes found in a target.
 struct Found {
     /// Files new or changed since the index saw them.
     changed: Vec<Entry>,
@@ -394,6 +385,15 @@ struct Found {
     rejected: Vec<(String, String)>,
 }
 
+/// Export's change detection through the index: a file whose size, mtime,
+/// ctime and inode equal those recorded when it was last imported or
+/// exported is unchanged (ctime cannot be set by users). Returns the other
+/// files (paths relative to `sub`) and the number of unchanged ones.
+///
+/// A walker lists directories in parallel and hands them on; meanwhile the
+/// index rows of up to [`DIRS_PER_QUERY`] listed directories are read in one
+/// query and compared. A tree of many small directories thus costs a few
+/// queries, not one each, and the walk never waits for the database.
 async fn changed_files(
     env: &TaskEnv,
     target: &TargetRow,

@@ -125,12 +125,6 @@ impl<T: Ord> Kept<T> {
         self.lines.truncate(REPORT_LIMIT);
     }
 
-    /// The lines kept, in order; none are left.
-    pub(crate) fn take(&mut self) -> Vec<T> {
-        self.trim();
-        std::mem::take(&mut self.lines)
-    }
-
     /// The lines kept, in order; they stay kept.
     pub(crate) fn lines(&mut self) -> Vec<T>
     where
@@ -264,8 +258,8 @@ mod tests {
             p.plan("copy", &format!("f{i:06}"), Some(1), "missing");
             p.fail(&format!("f{i:06}"), "refused");
         }
-        let plan = p.plan.lock().unwrap().take();
-        let failures = p.failures.lock().unwrap().take();
+        let plan = p.plan.lock().unwrap().lines();
+        let failures = p.failures.lock().unwrap().lines();
         let want: Vec<String> = (0..REPORT_LIMIT).map(|i| format!("f{i:06}")).collect();
         assert_eq!(plan.iter().map(|l| l.path.clone()).collect::<Vec<_>>(), want, "deletions come last");
         assert_eq!(failures.iter().map(|f| f.path.clone()).collect::<Vec<_>>(), want);

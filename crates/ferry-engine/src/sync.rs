@@ -232,7 +232,7 @@ impl Sync {
         // Left in the progress too: a task reports them from there.
         let failures = p.failures.lock().expect("lock").lines();
         let warnings = std::mem::take(&mut *p.warnings.lock().expect("lock"));
-        let plan = p.plan.lock().expect("lock").take();
+        let plan = p.plan.lock().expect("lock").lines();
         let failed = p.failed.load(Relaxed);
         let other_failures = p.other_failed.load(Relaxed) + verify_failed;
         let report = Report {
@@ -1660,7 +1660,7 @@ impl Run {
         }
         check.clone().scan_and_transfer().await;
         // Already in the journal: only the report gets them from here.
-        let failures = check.progress.failures.lock().expect("lock").take();
+        let failures = check.progress.failures.lock().expect("lock").lines();
         let mut kept = self.progress.failures.lock().expect("lock");
         failures.into_iter().for_each(|f| kept.push(f));
         check.progress.failed.load(Relaxed)

@@ -261,11 +261,12 @@ async fn run_one(env: &Arc<TaskEnv>, cfg: &WorkerConfig, task: TaskRow, claimed:
             tracing::error!(task = %task.id, error = %e, "task run panicked");
             // The items that failed before it are still named.
             let failures = progress.failures.lock().expect("failures lock").lines();
-            let fatal = Some(format!("internal error: {e}"));
-            let failure_report = TaskOutcome { failures, fatal, ..Default::default() }.failure_report();
+            let message = Some(format!("internal error: {e}"));
+            let failure_report =
+                TaskOutcome { failures, fatal: message.clone(), ..Default::default() }.failure_report();
             TaskEnd {
                 status: HpcTaskStatus::Fail,
-                message: Some(format!("internal error: {e}")),
+                message,
                 end_time: now(),
                 progress: live(&progress, started),
                 failure_report,

@@ -447,8 +447,7 @@ async fn reimport_keeps_unchanged_copies_and_indexes_directories() {
     let s3 = S3Server::start(&["bucket1"]).await;
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path(), &s3);
-    let server = Server::start(&tmp.path().join("data"), Some(&config), &Db::Sqlite);
-    let c = server.token(PROJECT);
+    let (server, c) = serve_on_sqlite(tmp.path(), &config);
     let src = seed_bucket(&s3, tmp.path(), "s3://bucket1");
     let share = create_share(&c, "reimport").await;
     let target = link_target(&c, &share, "data", &s3.endpoint(), "bucket1", json!({})).await;
@@ -510,8 +509,7 @@ async fn preload_leaves_files_changed_in_the_share_alone() {
     let s3 = S3Server::start(&["bucket1"]).await;
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path(), &s3);
-    let server = Server::start(&tmp.path().join("data"), Some(&config), &Db::Sqlite);
-    let c = server.token(PROJECT);
+    let (server, c) = serve_on_sqlite(tmp.path(), &config);
     seed_bucket(&s3, tmp.path(), "s3://bucket1");
     let share = create_share(&c, "preload-local").await;
     let target = link_target(&c, &share, "data", &s3.endpoint(), "bucket1", json!({})).await;
@@ -539,6 +537,14 @@ async fn preload_leaves_files_changed_in_the_share_alone() {
     assert_eq!(fs::read(s3.root().join("bucket1/ds/new.txt")).unwrap(), b"created in the share");
 }
 
+/// `ferry serve` on SQLite in `dir` with `config`, and a client of
+/// project [`PROJECT`].
+fn serve_on_sqlite(dir: &Path, config: &Path) -> (Server, Client) {
+    let server = Server::start(&dir.join("data"), Some(config), &Db::Sqlite);
+    let c = server.token(PROJECT);
+    (server, c)
+}
+
 /// A configuration file for a service whose store is `moto`.
 fn moto_config(dir: &Path, moto: &common::emulators::Moto) -> std::path::PathBuf {
     let config = dir.join("ferry.toml");
@@ -559,8 +565,7 @@ async fn import_keeps_the_directory_of_a_name_that_is_also_a_file() {
     let Some(moto) = common::emulators::Moto::start(&["bucket1"]).await else { return };
     let tmp = tempfile::tempdir().unwrap();
     let config = moto_config(tmp.path(), &moto);
-    let server = Server::start(&tmp.path().join("data"), Some(&config), &Db::Sqlite);
-    let c = server.token(PROJECT);
+    let (_server, c) = serve_on_sqlite(tmp.path(), &config);
     let http = reqwest::Client::new();
     for key in ["ds/a", "ds/a-1.txt", "ds/a/b", "ds/m", "ds/m-x", "ds/m/", "ds/z"] {
         let body = if key.ends_with('/') { String::new() } else { key.to_string() };
@@ -601,8 +606,7 @@ async fn import_gives_directories_their_stored_attributes() {
     let Some(moto) = common::emulators::Moto::start(&["bucket1"]).await else { return };
     let tmp = tempfile::tempdir().unwrap();
     let config = moto_config(tmp.path(), &moto);
-    let server = Server::start(&tmp.path().join("data"), Some(&config), &Db::Sqlite);
-    let c = server.token(PROJECT);
+    let (server, c) = serve_on_sqlite(tmp.path(), &config);
 
     let src = tmp.path().join("seed");
     fs::create_dir_all(src.join("ds/sub")).unwrap();

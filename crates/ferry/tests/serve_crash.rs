@@ -127,6 +127,30 @@ fn assert_counts_span_attempts(t: &Value, before: &Value, redone: u64) {
     assert_eq!(n(p, "done_files") + n(p, "skipped_files") + n(p, "failed_files"), n(p, "total_files"), "{p}");
 }
 
+/// A preload of the seeded store on SQLite, slowed (20 ms a GET) so that
+/// it is still running, past its first 50 files.
+struct Slow {
+    s3: S3Server,
+    tmp: tempfile::TempDir,
+    server: Server,
+    c: Client,
+    share: String,
+    target: String,
+    task: String,
+}
+
+async fn slow_preload() -> Slow {
+    let (s3, tmp) = seeded_store().await;
+    let cfg = config(tmp.path(), &s3);
+    let server = Server::start(&tmp.path().join("data"), Some(&cfg), &Db::Sqlite);
+    let c = server.token("p1");
+    let (share, target) = setup(&c, &s3).await;
+    s3.faults().set_delay(OpClass::Get, Duration::from_millis(20));
+    let task = start_task(&c, &share, "preload").await;
+    wait_done(&c, &share, &task, 50).await;
+    Slow { s3, tmp, server, c, share, target, task }
+}
+
 async fn finish(c: &Client, share: &str, task: &str) -> Value {
     c.poll(&format!("/{share}/hpc-cache/task/{task}"), |b| b["status"] != "DOING").await
 }
@@ -189,15 +213,8 @@ async fn kill_during_preload_and_export_then_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deleting_a_running_task_cancels_it() {
-    let (s3, tmp) = seeded_store().await;
-    let cfg = config(tmp.path(), &s3);
-    let server = Server::start(&tmp.path().join("data"), Some(&cfg), &Db::Sqlite);
-    let c = server.token("p1");
-    let (share, _) = setup(&c, &s3).await;
     // A slow store: the task is surely still running when it is deleted.
-    s3.faults().set_delay(OpClass::Get, Duration::from_millis(20));
-    let task = start_task(&c, &share, "preload").await;
-    wait_done(&c, &share, &task, 50).await;
+    let Slow { s3, tmp: _tmp, server, c, share, task, .. } = slow_preload().await;
     let a = c.call("DELETE", &format!("/{share}/hpc-cache/task/{task}"), None).await;
     assert_eq!(a.status, 202, "{}", a.text);
     // DELETING until the worker has stopped, then gone.
@@ -235,14 +252,7 @@ async fn deleting_a_running_task_cancels_it() {
 /// the next export uploads it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_written_during_a_preload_is_exported_next() {
-    let (s3, tmp) = seeded_store().await;
-    let cfg = config(tmp.path(), &s3);
-    let server = Server::start(&tmp.path().join("data"), Some(&cfg), &Db::Sqlite);
-    let c = server.token("p1");
-    let (share, target) = setup(&c, &s3).await;
-    s3.faults().set_delay(OpClass::Get, Duration::from_millis(20));
-    let task = start_task(&c, &share, "preload").await;
-    wait_done(&c, &share, &task, 50).await;
+    let Slow { s3, tmp: _tmp, server, c, share, target, task } = slow_preload().await;
     let dir = server.share_dir(&share).join("data");
     fs::write(dir.join("d0/written-meanwhile.txt"), b"mine").unwrap();
     let t = finish(&c, &share, &task).await;
