@@ -334,21 +334,24 @@ async fn transfer(
         }
         Some(_) => {}
         // A preload leaves no file where an item failed or was not tried
-        // (its writes are atomic): every local file but the user's is the
-        // bucket's copy. Recorded after an early stop too, so that the next
-        // preload does not take what this one wrote for the user's. The
-        // user's are those changed before the run (`keep`), and files
-        // modified since it started: what the preload writes carries its
-        // object's mtime. (An object stored meanwhile is left out too, and
-        // costs the next export one comparison.)
+        // (its writes are atomic). The bucket's copies are the files its
+        // checkpoint holds as copied (by this run or an earlier one of the
+        // pair) with their object's size, but not the user's: those changed
+        // before the run (`keep`), and files modified since it started (what
+        // the preload writes carries its object's mtime). A file put in the
+        // share meanwhile with an old mtime (`cp -p`, `rsync -a`) is in no
+        // checkpoint. Recorded after an early stop too, so that the next
+        // preload does not take what this one wrote for the user's. (A
+        // file left out costs the next export one comparison.)
         None => {
             let t0 = Instant::now();
             let keep = opts_keep.unwrap_or_default();
-            let bucket_copy = |e: &Entry| {
+            let bucket_copy = |e: &Entry, copied_size: Option<u64>| {
                 let modified_since = e.kind != EntryKind::Dir && e.mtime_ns.is_none_or(|m| m >= started_ns);
-                !keep.contains(&e.path) && !modified_since
+                let copied = e.kind == EntryKind::Dir || copied_size == Some(e.size);
+                copied && !keep.contains(&e.path) && !modified_since
             };
-            record_cached(env, &target, &sub, root, bucket_copy).await?;
+            record_cached(env, &target, &sub, root, report.checkpoint_run, bucket_copy).await?;
             tracing::debug!(elapsed_ms = t0.elapsed().as_millis() as u64, "preloaded files indexed");
         }
     }
@@ -537,25 +540,39 @@ async fn record_entries(
 
 /// After a preload, every entry under `sub` that `clean` accepts is local
 /// and as in the bucket: record it as `cached` with the stat seen now.
+/// `clean` is given the size the checkpoint `run` holds the entry as
+/// copied with, if it does.
 async fn record_cached(
     env: &TaskEnv,
     target: &TargetRow,
     sub: &str,
     root: PosixRoot,
-    clean: impl Fn(&Entry) -> bool,
+    run: Option<i64>,
+    clean: impl Fn(&Entry, Option<u64>) -> bool,
 ) -> Result<(), String> {
     let (tx, mut rx) = mpsc::channel::<Vec<(String, Listing)>>(4);
     let walker = tokio::spawn(walk_dirs(root, tx));
     let mut batch = Vec::with_capacity(INDEX_BATCH);
     while let Some(listed) = rx.recv().await {
-        for e in listed.into_iter().flat_map(|(_, listing)| listing.entries) {
-            if !clean(&e) {
-                continue;
+        let dirs: Vec<String> = listed.iter().map(|(dir, _)| dir.clone()).collect();
+        let mut copied: HashMap<String, HashMap<String, u64>> = HashMap::new();
+        if let Some(run) = run {
+            for (dir, name, size) in patiently(|| env.store.done_sizes_in_dirs(run, &dirs)).await? {
+                copied.entry(dir).or_default().insert(name, size);
             }
-            batch.push(index_row(&join_sub(sub, &e.path), &e, EntryState::Cached, true));
-            if batch.len() >= INDEX_BATCH {
-                patiently(|| env.store.upsert_entries(&target.id, &batch)).await?;
-                batch.clear();
+        }
+        for (dir, listing) in listed {
+            let copied = copied.get(&dir);
+            for e in listing.entries {
+                let copied_size = copied.and_then(|names| names.get(e.name())).copied();
+                if !clean(&e, copied_size) {
+                    continue;
+                }
+                batch.push(index_row(&join_sub(sub, &e.path), &e, EntryState::Cached, true));
+                if batch.len() >= INDEX_BATCH {
+                    patiently(|| env.store.upsert_entries(&target.id, &batch)).await?;
+                    batch.clear();
+                }
             }
         }
     }

@@ -237,6 +237,10 @@ pub struct Report {
     pub plan: Vec<PlanLine>,
     /// Planned actions beyond those listed in `plan`.
     pub plan_omitted: u64,
+    /// The checkpoint this run recorded its done items in, when it had one
+    /// (not for a dry run): what it copied can be read back from the store.
+    #[serde(skip)]
+    pub checkpoint_run: Option<i64>,
 }
 
 impl Report {

@@ -217,6 +217,7 @@ impl Sync {
         }
         let progress = run.progress.clone();
         let dry_run = run.opts.dry_run;
+        let checkpoint_run = run.recorder.as_ref().filter(|_| !dry_run).map(|r| r.checkpoint.run_id);
         let p = &progress;
         let mut hard_links: Vec<Vec<String>> = run
             .hard_links
@@ -260,6 +261,7 @@ impl Sync {
             hard_links,
             plan_omitted: p.planned.load(Relaxed).saturating_sub(plan.len() as u64),
             plan,
+            checkpoint_run,
         };
         // A service between tasks should not keep a run's read buffers.
         ferry_storage::buffers::release();

@@ -535,6 +535,37 @@ impl Store {
             .collect())
     }
 
+    /// Name and size of every done item in these directories (one query per
+    /// 500 directories), as `(dir, name, size)`.
+    pub async fn done_sizes_in_dirs(
+        &self,
+        run_id: i64,
+        dirs: &[String],
+    ) -> Result<Vec<(String, String, u64)>> {
+        let mut out = Vec::new();
+        for chunk in dirs.chunks(500) {
+            let q = sql(
+                self,
+                &format!(
+                    "SELECT dir, name, size FROM sync_done WHERE run_id = ? AND dir IN ({})",
+                    vec!["?"; chunk.len()].join(", ")
+                ),
+            );
+            let rows: Vec<(String, String, i64)> = match &self.backend {
+                Backend::Sqlite(p) => {
+                    let q = chunk.iter().fold(sqlx::query_as(&q).bind(run_id), |q, d| q.bind(d));
+                    q.fetch_all(p).await?
+                }
+                Backend::Postgres(p) => {
+                    let q = chunk.iter().fold(sqlx::query_as(&q).bind(run_id), |q, d| q.bind(d));
+                    q.fetch_all(p).await?
+                }
+            };
+            out.extend(rows.into_iter().map(|(d, n, size)| (d, n, size as u64)));
+        }
+        Ok(out)
+    }
+
     /// Record finished items, all in one transaction.
     pub async fn record_done(&self, run_id: i64, items: &[DoneItem]) -> Result<()> {
         // One statement per group of rows, not one per row: a row per

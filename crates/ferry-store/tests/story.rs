@@ -85,6 +85,17 @@ async fn story(store: &Store) {
     let sub = all_done(store, cp.run_id, "sub/dir").await.unwrap();
     assert_eq!(sub.len(), 300);
     assert!(all_done(store, other.run_id, "").await.unwrap().is_empty(), "runs are separate");
+    // Sizes of several directories' items at once (a preload's record of
+    // what it copied), more directories than one query takes.
+    let mut dirs: Vec<String> = (0..1200).map(|i| format!("none-{i}")).collect();
+    dirs.insert(700, "sub/dir".into());
+    dirs.push(String::new());
+    let mut sizes = store.done_sizes_in_dirs(cp.run_id, &dirs).await.unwrap();
+    sizes.sort();
+    assert_eq!(sizes.len(), 600);
+    assert_eq!(sizes[0], (String::new(), "file-0".into(), 7));
+    assert!(sizes.contains(&("sub/dir".into(), "file-599".into(), 599)), "{:?}", &sizes[300..302]);
+    assert!(store.done_sizes_in_dirs(other.run_id, &dirs).await.unwrap().is_empty(), "runs are separate");
     // The same name twice in one batch (a file listed twice): the last counts.
     let twice = |size| DoneItem {
         dir: "sub/dir".into(),

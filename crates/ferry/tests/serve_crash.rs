@@ -247,20 +247,28 @@ async fn deleting_a_running_task_cancels_it() {
     }
 }
 
-/// A file written in the share while a preload runs (after its walk for
-/// changes) is the user's: it is not recorded as the bucket's copy, and
-/// the next export uploads it.
+/// Files written in the share while a preload runs (after its walk for
+/// changes) are the user's, even one copied in with an old mtime (`cp -p`):
+/// they are not recorded as the bucket's copies, and the next export
+/// uploads them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_written_during_a_preload_is_exported_next() {
     let Slow { s3, tmp: _tmp, server, c, share, target, task } = slow_preload().await;
     let dir = server.share_dir(&share).join("data");
     fs::write(dir.join("d0/written-meanwhile.txt"), b"mine").unwrap();
+    let old = dir.join("d1/copied-with-its-mtime.txt");
+    fs::create_dir_all(old.parent().unwrap()).unwrap();
+    fs::write(&old, b"kept mtime").unwrap();
+    let year_2020 = std::time::UNIX_EPOCH + Duration::from_secs(1_577_836_800);
+    fs::File::options().write(true).open(&old).unwrap().set_modified(year_2020).unwrap();
     let t = finish(&c, &share, &task).await;
     assert_eq!(t["status"], "SUCCESS", "{t}");
     s3.faults().clear();
     let a = c.get(&format!("/shares/{share}/targets/{target}/entries")).await;
     let entries = a.body["entries"].as_array().unwrap();
-    assert!(entries.iter().all(|e| e["path"] != "d0/written-meanwhile.txt"), "{}", a.text);
+    for mine in ["d0/written-meanwhile.txt", "d1/copied-with-its-mtime.txt"] {
+        assert!(entries.iter().all(|e| e["path"] != mine), "{mine} recorded as the bucket's copy");
+    }
     assert!(
         entries.iter().filter(|e| e["kind"] == "file").count() >= FILES,
         "the preload's copies are recorded"
@@ -270,10 +278,11 @@ async fn a_file_written_during_a_preload_is_exported_next() {
     let t = finish(&c, &share, &task).await;
     assert_eq!(
         (t["status"].as_str(), t["progress"]["done_files"].as_u64()),
-        (Some("SUCCESS"), Some(1)),
+        (Some("SUCCESS"), Some(2)),
         "{t}"
     );
     assert_eq!(fs::read(s3.root().join("bkt/d0/written-meanwhile.txt")).unwrap(), b"mine");
+    assert_eq!(fs::read(s3.root().join("bkt/d1/copied-with-its-mtime.txt")).unwrap(), b"kept mtime");
 }
 
 /// A store that goes away during a preload: the task stops once nothing
