@@ -31,13 +31,18 @@ pub struct AppState {
     pub(crate) request_timeout: std::time::Duration,
 }
 
-/// The last count of the bytes under a share.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ShareUsage {
-    pub(crate) at: Instant,
-    pub(crate) used: u64,
-    /// A count is under way (one at a time per share).
-    pub(crate) counting: bool,
+/// The bytes under a share, as counted.
+#[derive(Debug, Clone)]
+pub(crate) enum ShareUsage {
+    /// The share's first count, under way: every caller waits for this one.
+    First(Arc<tokio::sync::OnceCell<u64>>),
+    /// The last count, and when it was made.
+    Counted {
+        at: Instant,
+        used: u64,
+        /// A new count is under way (one at a time per share).
+        counting: bool,
+    },
 }
 
 impl AppState {

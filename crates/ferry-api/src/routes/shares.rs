@@ -145,31 +145,35 @@ pub(crate) async fn create(
 /// Bytes used under a share: a walk of its tree, reused for [`USAGE_TTL`].
 /// Past that, the last count is answered at once and a new one runs behind
 /// it: a share of millions of files takes long to walk, and the SDK polls
-/// `show_share`. Only a share's first count is waited for.
+/// `show_share`. Only a share's first count is waited for, by every caller
+/// that comes meanwhile: one walk for them all.
 async fn used_bytes(state: &AppState, share_id: &str) -> u64 {
-    let stale = {
+    let first = {
         let mut usage = state.usage.lock().expect("usage lock");
-        match usage.get_mut(share_id) {
-            Some(u) if u.at.elapsed() < USAGE_TTL => return u.used,
-            Some(u) => Some((u.used, !std::mem::replace(&mut u.counting, true))),
-            None => None,
+        let entry =
+            usage.entry(share_id.to_string()).or_insert_with(|| ShareUsage::First(Default::default()));
+        match entry {
+            ShareUsage::First(first) => first.clone(),
+            ShareUsage::Counted { at, used, .. } if at.elapsed() < USAGE_TTL => return *used,
+            ShareUsage::Counted { used, counting, .. } => {
+                if !std::mem::replace(counting, true) {
+                    tokio::spawn(count_usage(state.clone(), share_id.to_string()));
+                }
+                return *used;
+            }
         }
     };
-    match stale {
-        Some((used, start)) => {
-            if start {
-                tokio::spawn(count_usage(state.clone(), share_id.to_string()));
-            }
-            used
-        }
-        None => count_usage(state.clone(), share_id.to_string()).await,
-    }
+    // A caller gone before the count ended (a timed-out request) leaves it
+    // to the next one waiting.
+    *first.get_or_init(|| count_usage(state.clone(), share_id.to_string())).await
 }
 
 async fn count_usage(state: AppState, share_id: String) -> u64 {
+    #[cfg(test)]
+    tests::WALKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = share_dir(&state.shares_root, &share_id);
     let used = tokio::task::spawn_blocking(move || du(&dir)).await.unwrap_or(0);
-    let counted = ShareUsage { at: Instant::now(), used, counting: false };
+    let counted = ShareUsage::Counted { at: Instant::now(), used, counting: false };
     state.usage.lock().expect("usage lock").insert(share_id, counted);
     used
 }
@@ -381,12 +385,16 @@ pub(crate) async fn update(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     use std::sync::Arc;
 
     use super::*;
 
+    /// Walks of share trees, by every test of this module.
+    pub(super) static WALKS: AtomicU64 = AtomicU64::new(0);
+
     #[tokio::test]
-    async fn a_stale_usage_is_answered_at_once_and_counted_again_behind_it() {
+    async fn the_first_usage_count_is_shared_and_a_stale_one_answered_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = ferry_store::Store::open_sqlite_file(&dir.path().join("ferry.db")).await.unwrap();
         let stores = Arc::new(ferry_storage::ObjectStores::new(vec![]).unwrap());
@@ -394,15 +402,21 @@ mod tests {
         let share = share_dir(&state.shares_root, "s1");
         std::fs::create_dir_all(share.join("d")).unwrap();
         std::fs::write(share.join("d/f"), b"12345").unwrap();
-        assert_eq!(used_bytes(&state, "s1").await, 5, "the first count is waited for");
+        let walks = WALKS.load(Relaxed);
+        let (a, b) = tokio::join!(used_bytes(&state, "s1"), used_bytes(&state, "s1"));
+        assert_eq!((a, b), (5, 5), "the first count is waited for");
+        assert_eq!(WALKS.load(Relaxed) - walks, 1, "callers during the first count share it");
 
         std::fs::write(share.join("g"), b"678").unwrap();
         assert_eq!(used_bytes(&state, "s1").await, 5, "fresh: reused");
         let long_ago = Instant::now() - USAGE_TTL - Duration::from_secs(1);
-        state.usage.lock().unwrap().get_mut("s1").unwrap().at = long_ago;
+        match state.usage.lock().unwrap().get_mut("s1").unwrap() {
+            ShareUsage::Counted { at, .. } => *at = long_ago,
+            first => panic!("not counted: {first:?}"),
+        }
         assert_eq!(used_bytes(&state, "s1").await, 5, "stale: answered at once");
         for _ in 0..100 {
-            if state.usage.lock().unwrap()["s1"].used == 8 {
+            if matches!(state.usage.lock().unwrap()["s1"], ShareUsage::Counted { used: 8, .. }) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
