@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use ferry_model::hpc::{HpcTaskType, TargetAttributes, TargetLifecycle};
 use ferry_model::{Entry, EntryKind, PosixMeta};
-use ferry_storage::{Listing, Location, ObjectRoot, ObjectStores, OpenOptions, PosixRoot};
-use ferry_store::{CachedStat, EntryState, NsEntry, Store, TargetRow, TaskProgress, TaskRow};
+use ferry_storage::{local_version, Listing, Location, ObjectRoot, ObjectStores, OpenOptions, PosixRoot};
+use ferry_store::{CachedStat, DoneCopy, EntryState, NsEntry, Store, TargetRow, TaskProgress, TaskRow};
 use tokio::sync::mpsc;
 
 use crate::options::{ForcedAttributes, SyncOptions};
@@ -336,19 +336,25 @@ async fn transfer(
         // A preload leaves no file where an item failed or was not tried
         // (its writes are atomic). The bucket's copies are the files its
         // checkpoint holds as copied (by this run or an earlier one of the
-        // pair) with their object's size, but not the user's: those changed
-        // before the run (`keep`), and files modified since it started (what
-        // the preload writes carries its object's mtime). A file put in the
-        // share meanwhile with an old mtime (`cp -p`, `rsync -a`) is in no
-        // checkpoint. Recorded after an early stop too, so that the next
+        // pair): still the very file written then (same inode and ctime),
+        // or, for a copy recorded without them, of the object's size. Not
+        // the user's: those changed before the run (`keep`), and files
+        // modified since it started (what the preload writes carries its
+        // object's mtime). A file put in the share meanwhile with an old
+        // mtime (`cp -p`, `rsync -a`) is in no checkpoint, or not as
+        // written. Recorded after an early stop too, so that the next
         // preload does not take what this one wrote for the user's. (A
         // file left out costs the next export one comparison.)
         None => {
             let t0 = Instant::now();
             let keep = opts_keep.unwrap_or_default();
-            let bucket_copy = |e: &Entry, copied_size: Option<u64>| {
+            let bucket_copy = |e: &Entry, copy: Option<&DoneCopy>| {
                 let modified_since = e.kind != EntryKind::Dir && e.mtime_ns.is_none_or(|m| m >= started_ns);
-                let copied = e.kind == EntryKind::Dir || copied_size == Some(e.size);
+                let copied = e.kind == EntryKind::Dir
+                    || copy.is_some_and(|c| match &c.dst_version {
+                        Some(v) => e.local.is_some_and(|l| *v == local_version(l.ino, l.ctime_ns)),
+                        None => c.size == e.size,
+                    });
                 copied && !keep.contains(&e.path) && !modified_since
             };
             record_cached(env, &target, &sub, root, report.checkpoint_run, bucket_copy).await?;
@@ -540,32 +546,30 @@ async fn record_entries(
 
 /// After a preload, every entry under `sub` that `clean` accepts is local
 /// and as in the bucket: record it as `cached` with the stat seen now.
-/// `clean` is given the size the checkpoint `run` holds the entry as
-/// copied with, if it does.
+/// `clean` is given the entry's copy in the checkpoint `run`, if it has one.
 async fn record_cached(
     env: &TaskEnv,
     target: &TargetRow,
     sub: &str,
     root: PosixRoot,
     run: Option<i64>,
-    clean: impl Fn(&Entry, Option<u64>) -> bool,
+    clean: impl Fn(&Entry, Option<&DoneCopy>) -> bool,
 ) -> Result<(), String> {
     let (tx, mut rx) = mpsc::channel::<Vec<(String, Listing)>>(4);
     let walker = tokio::spawn(walk_dirs(root, tx));
     let mut batch = Vec::with_capacity(INDEX_BATCH);
     while let Some(listed) = rx.recv().await {
         let dirs: Vec<String> = listed.iter().map(|(dir, _)| dir.clone()).collect();
-        let mut copied: HashMap<String, HashMap<String, u64>> = HashMap::new();
+        let mut copies: HashMap<String, HashMap<String, DoneCopy>> = HashMap::new();
         if let Some(run) = run {
-            for (dir, name, size) in patiently(|| env.store.done_sizes_in_dirs(run, &dirs)).await? {
-                copied.entry(dir).or_default().insert(name, size);
+            for c in patiently(|| env.store.done_in_dirs(run, &dirs)).await? {
+                copies.entry(c.dir.clone()).or_default().insert(c.name.clone(), c);
             }
         }
         for (dir, listing) in listed {
-            let copied = copied.get(&dir);
+            let copies = copies.get(&dir);
             for e in listing.entries {
-                let copied_size = copied.and_then(|names| names.get(e.name())).copied();
-                if !clean(&e, copied_size) {
+                if !clean(&e, copies.and_then(|names| names.get(e.name()))) {
                     continue;
                 }
                 batch.push(index_row(&join_sub(sub, &e.path), &e, EntryState::Cached, true));

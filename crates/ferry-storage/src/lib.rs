@@ -25,7 +25,7 @@ pub use error::{Error, Result};
 pub use level::{LevelSorter, Marker, SortedLevel};
 pub use location::{build_object_root, Env, LocationSpec, ObjectSpec, ProcessEnv, Scheme, UploadChecksum};
 pub use object::{ObjectRoot, PartPolicy};
-pub use posix::{PositionalFile, PosixReader, PosixRoot, PosixWriter, TEMP_PREFIX};
+pub use posix::{local_version, PositionalFile, PosixReader, PosixRoot, PosixWriter, TEMP_PREFIX};
 pub use s3direct::Upload;
 
 /// Where a `file://` bucket stages objects before renaming them into place;
@@ -270,7 +270,7 @@ impl Location {
                 w.commit(&meta)
             })
             .await
-            .map(|()| None);
+            .map(Some);
         }
         let mut sink = self.create_file(rel, meta, crc32c, data.len() as u64).await?;
         if let Err(e) = sink.write(data).await {
@@ -396,13 +396,13 @@ impl Sink {
     }
 
     /// Make the item durable and visible under its final name. Returns the
-    /// object's ETag when the store reported one.
+    /// object's ETag when the store reported one, a local file's
+    /// [`local_version`].
     pub async fn commit(self, meta: &PosixMeta) -> Result<Option<String>> {
         match self {
             Sink::Posix(w) => {
                 let meta = *meta;
-                blocking(move || w.commit(&meta)).await?;
-                Ok(None)
+                blocking(move || w.commit(&meta)).await.map(Some)
             }
             Sink::Object(mut o) => match o.writer.close().await {
                 Ok(md) => Ok(md.etag().map(str::to_string)),

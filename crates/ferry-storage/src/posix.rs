@@ -581,6 +581,13 @@ fn entry_of(path: String, st: &rustix::fs::Stat) -> Result<Entry> {
     })
 }
 
+/// What identifies a local file as written: its inode and ctime. Neither
+/// can be set by users; rewriting the file, changing its attributes or
+/// putting another file at its name changes one of them.
+pub fn local_version(ino: u64, ctime_ns: i64) -> String {
+    format!("local:{ino}:{ctime_ns}")
+}
+
 /// The fields of a `stat` result that entries use, in the types entries
 /// use (the kernel's types differ between architectures).
 struct StatFields {
@@ -773,8 +780,10 @@ impl PosixWriter {
         f.write_all(data).map_err(|e| Error::io(format!("write {}", self.tmp.display()), e))
     }
 
-    /// Make the data durable, apply attributes, and move it to its final name.
-    pub fn commit(mut self, meta: &PosixMeta) -> Result<()> {
+    /// Make the data durable, apply attributes, and move it to its final
+    /// name. Returns the file's [`local_version`] once there: a later write
+    /// or swap at that name changes it.
+    pub fn commit(mut self, meta: &PosixMeta) -> Result<String> {
         let f = self.file.take().expect("commit twice");
         let ctx = |what: &str| format!("{what} {}", self.tmp.display());
         let mode_meta = PosixMeta { mode: Some(meta.mode.unwrap_or(0o644)), ..*meta };
@@ -782,8 +791,7 @@ impl PosixWriter {
         // Content and attributes durable before the name is: a file found
         // under its final name after a power loss has its mode and mtime too.
         f.sync_all().map_err(|e| Error::io(ctx("fsync"), e))?;
-        drop(f);
-        use rustix::fs::{fsync, renameat};
+        use rustix::fs::{fstat, fsync, renameat};
         renameat(&self.dir_fd, self.tmp_name.as_str(), &self.dir_fd, self.name.as_str()).map_err(|e| {
             // A file never replaces a directory: rename(2) refuses with EISDIR.
             if e == rustix::io::Errno::ISDIR {
@@ -797,7 +805,11 @@ impl PosixWriter {
         })?;
         self.tmp.clear();
         fsync(&self.dir_fd)
-            .map_err(|e| Error::io(format!("fsync directory of {}", self.final_path.display()), e.into()))
+            .map_err(|e| Error::io(format!("fsync directory of {}", self.final_path.display()), e.into()))?;
+        // After the rename, which moves the ctime.
+        let st = fstat(&f).map_err(|e| Error::io(format!("stat {}", self.final_path.display()), e.into()))?;
+        let st = StatFields::of(&st);
+        Ok(local_version(st.ino, st.ctime_ns))
     }
 }
 
@@ -834,13 +846,23 @@ mod tests {
         let mut w = root.create_file("a/b/file.txt", 0).unwrap();
         w.write(b"hello").unwrap();
         assert!(!dir.path().join("a/b/file.txt").exists(), "invisible before commit");
-        w.commit(&meta(0o640, 1_600_000_000_123_456_789)).unwrap();
+        let version = w.commit(&meta(0o640, 1_600_000_000_123_456_789)).unwrap();
         let e = root.stat("a/b/file.txt").unwrap().unwrap();
         assert_eq!(e.size, 5);
         assert_eq!(e.meta.mode, Some(0o640));
         assert_eq!(e.mtime_ns, Some(1_600_000_000_123_456_789));
         let names: Vec<_> = fs::read_dir(dir.path().join("a/b")).unwrap().collect();
         assert_eq!(names.len(), 1, "no temporary file left");
+        // The version names the file as it is at its final name, until it
+        // is written again (its mtime put back or not).
+        let l = e.local.unwrap();
+        assert_eq!(version, local_version(l.ino, l.ctime_ns));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let f = fs::File::options().write(true).open(dir.path().join("a/b/file.txt")).unwrap();
+        std::io::Write::write_all(&mut &f, b"j").unwrap();
+        f.set_modified(system_time(1_600_000_000_123_456_789)).unwrap();
+        let l = root.stat("a/b/file.txt").unwrap().unwrap().local.unwrap();
+        assert_ne!(version, local_version(l.ino, l.ctime_ns), "a rewrite changes it");
     }
 
     #[test]

@@ -238,6 +238,17 @@ pub struct DoneItem {
     pub transferred_gen: Option<i64>,
 }
 
+/// A done item as [`Store::done_in_dirs`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DoneCopy {
+    pub dir: String,
+    pub name: String,
+    /// Source size when it was copied.
+    pub size: u64,
+    /// The destination's version once known.
+    pub dst_version: Option<String>,
+}
+
 /// What the store knows of one item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Known {
@@ -535,23 +546,19 @@ impl Store {
             .collect())
     }
 
-    /// Name and size of every done item in these directories (one query per
-    /// 500 directories), as `(dir, name, size)`.
-    pub async fn done_sizes_in_dirs(
-        &self,
-        run_id: i64,
-        dirs: &[String],
-    ) -> Result<Vec<(String, String, u64)>> {
+    /// Every done item in these directories (one query per 500
+    /// directories): its directory, name, size and destination version.
+    pub async fn done_in_dirs(&self, run_id: i64, dirs: &[String]) -> Result<Vec<DoneCopy>> {
         let mut out = Vec::new();
         for chunk in dirs.chunks(500) {
             let q = sql(
                 self,
                 &format!(
-                    "SELECT dir, name, size FROM sync_done WHERE run_id = ? AND dir IN ({})",
+                    "SELECT dir, name, size, dst_version FROM sync_done WHERE run_id = ? AND dir IN ({})",
                     vec!["?"; chunk.len()].join(", ")
                 ),
             );
-            let rows: Vec<(String, String, i64)> = match &self.backend {
+            let rows: Vec<(String, String, i64, Option<String>)> = match &self.backend {
                 Backend::Sqlite(p) => {
                     let q = chunk.iter().fold(sqlx::query_as(&q).bind(run_id), |q, d| q.bind(d));
                     q.fetch_all(p).await?
@@ -561,7 +568,12 @@ impl Store {
                     q.fetch_all(p).await?
                 }
             };
-            out.extend(rows.into_iter().map(|(d, n, size)| (d, n, size as u64)));
+            out.extend(rows.into_iter().map(|(dir, name, size, dst_version)| DoneCopy {
+                dir,
+                name,
+                size: size as u64,
+                dst_version,
+            }));
         }
         Ok(out)
     }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use ferry_store::{DoneItem, Known, Store};
+use ferry_store::{DoneCopy, DoneItem, Known, Store};
 use sqlx::Connection;
 
 async fn story(store: &Store) {
@@ -90,12 +90,23 @@ async fn story(store: &Store) {
     let mut dirs: Vec<String> = (0..1200).map(|i| format!("none-{i}")).collect();
     dirs.insert(700, "sub/dir".into());
     dirs.push(String::new());
-    let mut sizes = store.done_sizes_in_dirs(cp.run_id, &dirs).await.unwrap();
-    sizes.sort();
-    assert_eq!(sizes.len(), 600);
-    assert_eq!(sizes[0], (String::new(), "file-0".into(), 7));
-    assert!(sizes.contains(&("sub/dir".into(), "file-599".into(), 599)), "{:?}", &sizes[300..302]);
-    assert!(store.done_sizes_in_dirs(other.run_id, &dirs).await.unwrap().is_empty(), "runs are separate");
+    let mut copies = store.done_in_dirs(cp.run_id, &dirs).await.unwrap();
+    copies.sort();
+    assert_eq!(copies.len(), 600);
+    let copy = |dir: &str, name: &str, size, v: Option<&str>| DoneCopy {
+        dir: dir.into(),
+        name: name.into(),
+        size,
+        dst_version: v.map(str::to_string),
+    };
+    assert_eq!(copies[0], copy("", "file-0", 7, None));
+    assert!(copies.contains(&copy("sub/dir", "file-599", 599, None)), "{:?}", &copies[300..302]);
+    assert!(
+        copies.contains(&copy("sub/dir", "file-597", 597, Some("\"etag-597\""))),
+        "{:?}",
+        &copies[300..302]
+    );
+    assert!(store.done_in_dirs(other.run_id, &dirs).await.unwrap().is_empty(), "runs are separate");
     // The same name twice in one batch (a file listed twice): the last counts.
     let twice = |size| DoneItem {
         dir: "sub/dir".into(),
