@@ -257,17 +257,28 @@ async fn transfer(
     let mut exported = None;
     // Before the walk for changes; a second early, as file times come from
     // a coarser clock.
-    let started_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64 - 1_000_000_000);
+    let now_ns =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    let started_ns = now_ns - 1_000_000_000;
+    // A ctime lags the clock by a kernel tick at most.
+    let changes_from_ns = now_ns - 100_000_000;
     if dir == Direction::Preload {
         // Files created or changed in the share since its last export are
         // the user's: a preload neither replaces them nor calls them clean.
+        // So are those changed while it runs, before it gets to them.
         let found = changed_files(env, &target, &sub, &root).await?;
         if !found.changed.is_empty() {
             opts.keep = Some(Arc::new(found.changed.into_iter().map(|e| e.path).collect()));
         }
+        opts.keep_changed_since = Some(changes_from_ns);
     }
+    // ...up to the moment a preloaded file would replace them.
+    let local = match (dir, local) {
+        (Direction::Preload, Location::Posix(root)) => {
+            Location::Posix(root.keeping_changed_since(changes_from_ns))
+        }
+        (_, local) => local,
+    };
     if dir == Direction::Export {
         let t0 = Instant::now();
         let Found { changed, unchanged, rejected } = changed_files(env, &target, &sub, &root).await?;

@@ -1114,7 +1114,16 @@ impl Run {
                 self.dst.create_symlink(&s.path, &target, &self.write_meta(&s)).await?;
                 Ok(Outcome::Transferred(0, None))
             }
-            _ => self.copy_file(&s, prefetched).await.map(|(n, version)| Outcome::Transferred(n, version)),
+            _ => match self.copy_file(&s, prefetched).await {
+                Ok((n, version)) => Ok(Outcome::Transferred(n, version)),
+                // Someone else's since the run began (`keep_changed_since`).
+                Err(StorageError::ChangedMeanwhile(_)) => {
+                    self.progress.to_transfer.fetch_sub(1, Relaxed);
+                    self.progress.to_transfer_bytes.fetch_sub(s.size, Relaxed);
+                    Ok(Outcome::Skipped(None))
+                }
+                Err(e) => Err(e),
+            },
         }
     }
 
@@ -1140,6 +1149,11 @@ impl Run {
         }
         if self.opts.keep.as_ref().is_some_and(|keep| keep.contains(&s.path)) {
             return Ok(None);
+        }
+        if let (Some(since), Some(l)) = (self.opts.keep_changed_since, d.local) {
+            if l.ctime_ns >= since {
+                return Ok(None);
+            }
         }
         let compare = if self.check_only { Compare::Checksum } else { self.opts.compare };
         if compare == Compare::IgnoreExisting {

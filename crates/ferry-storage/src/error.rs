@@ -36,6 +36,10 @@ pub enum Error {
     /// The source changed while it was being copied.
     #[error("source changed during copy: {0}")]
     SourceChanged(String),
+    /// A destination file changed by someone else while the run went on,
+    /// left as it is ([`crate::PosixRoot::keeping_changed_since`]).
+    #[error("{0} was changed meanwhile by someone else: left as it is")]
+    ChangedMeanwhile(String),
     /// Fewer or more bytes arrived than the size declared when the copy started.
     #[error("size mismatch: expected {expected} bytes, got {got}")]
     SizeMismatch { expected: u64, got: u64 },

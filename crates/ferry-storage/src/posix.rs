@@ -32,6 +32,9 @@ pub struct PosixRoot {
     follow_links: bool,
     /// Whether to apply uid/gid (only root may give files away).
     chown: bool,
+    /// Files found changed (by ctime) at or after this instant, in ns since
+    /// the epoch, are not replaced: see [`Self::keeping_changed_since`].
+    keep_changed_since: Option<i64>,
 }
 
 impl PosixRoot {
@@ -59,7 +62,7 @@ impl PosixRoot {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_be_missing => {
                 let root = std::path::absolute(&root)
                     .map_err(|e| Error::io(format!("resolve {}", root.display()), e))?;
-                return Ok(Self { root, follow_links, chown: is_root() });
+                return Ok(Self { root, follow_links, chown: is_root(), keep_changed_since: None });
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::Missing {
@@ -72,7 +75,15 @@ impl PosixRoot {
         let root =
             fs::canonicalize(&root).map_err(|e| Error::io(format!("resolve {}", root.display()), e))?;
         let chown = is_root();
-        Ok(Self { root, follow_links, chown })
+        Ok(Self { root, follow_links, chown, keep_changed_since: None })
+    }
+
+    /// Never replace a file changed (by its ctime, which no one can set) at
+    /// or after `since_ns`, ns since the epoch: someone else wrote it while
+    /// the run went on. Checked by [`PosixWriter::commit`] just before its
+    /// rename, which then fails with [`Error::ChangedMeanwhile`].
+    pub fn keeping_changed_since(self, since_ns: i64) -> Self {
+        Self { keep_changed_since: Some(since_ns), ..self }
     }
 
     pub fn root(&self) -> &Path {
@@ -310,8 +321,16 @@ impl PosixRoot {
         let file = openat(&dir_fd, tmp_name.as_str(), flags, Mode::from_raw_mode(0o600))
             .map(File::from)
             .map_err(|e| Error::io(format!("create {}", tmp.display()), e.into()))?;
-        let writer =
-            PosixWriter { file: Some(file), tmp, tmp_name, name, final_path, dir_fd, chown: self.chown };
+        let writer = PosixWriter {
+            file: Some(file),
+            tmp,
+            tmp_name,
+            name,
+            final_path,
+            dir_fd,
+            chown: self.chown,
+            keep_changed_since: self.keep_changed_since,
+        };
         if size >= PREALLOCATE_FROM {
             writer.reserve(size)?;
         }
@@ -750,6 +769,7 @@ pub struct PosixWriter {
     /// go through it, never through a path that could be swapped.
     dir_fd: rustix::fd::OwnedFd,
     chown: bool,
+    keep_changed_since: Option<i64>,
 }
 
 impl PosixWriter {
@@ -791,7 +811,14 @@ impl PosixWriter {
         // Content and attributes durable before the name is: a file found
         // under its final name after a power loss has its mode and mtime too.
         f.sync_all().map_err(|e| Error::io(ctx("fsync"), e))?;
-        use rustix::fs::{fstat, fsync, renameat};
+        use rustix::fs::{fstat, fsync, renameat, statat, AtFlags};
+        if let Some(since) = self.keep_changed_since {
+            if let Ok(st) = statat(&self.dir_fd, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                if StatFields::of(&st).ctime_ns >= since {
+                    return Err(Error::ChangedMeanwhile(self.final_path.display().to_string()));
+                }
+            }
+        }
         renameat(&self.dir_fd, self.tmp_name.as_str(), &self.dir_fd, self.name.as_str()).map_err(|e| {
             // A file never replaces a directory: rename(2) refuses with EISDIR.
             if e == rustix::io::Errno::ISDIR {
@@ -863,6 +890,33 @@ mod tests {
         f.set_modified(system_time(1_600_000_000_123_456_789)).unwrap();
         let l = root.stat("a/b/file.txt").unwrap().unwrap().local.unwrap();
         assert_ne!(version, local_version(l.ino, l.ctime_ns), "a rewrite changes it");
+    }
+
+    #[test]
+    fn a_file_changed_since_the_given_instant_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("old"), b"before").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // File times come from the kernel's coarse clock, a tick behind.
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64 - 30_000_000;
+        let root = PosixRoot::open(dir.path(), false, false).unwrap().keeping_changed_since(since);
+        fs::write(dir.path().join("mine"), b"someone else's").unwrap();
+        for (name, replaced) in [("old", true), ("mine", false), ("new", true)] {
+            let mut w = root.create_file(name, 0).unwrap();
+            w.write(b"copy").unwrap();
+            match w.commit(&meta(0o644, 0)) {
+                Ok(_) => assert!(replaced, "{name} was replaced"),
+                Err(Error::ChangedMeanwhile(p)) => {
+                    assert!(!replaced, "{name} was kept");
+                    assert!(p.ends_with(name), "{p}");
+                }
+                Err(e) => panic!("{name}: {e}"),
+            }
+            let want: &[u8] = if replaced { b"copy" } else { b"someone else's" };
+            assert_eq!(fs::read(dir.path().join(name)).unwrap(), want, "{name}");
+        }
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 3, "no temporary file left");
     }
 
     #[test]

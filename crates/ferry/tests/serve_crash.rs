@@ -298,6 +298,60 @@ async fn a_file_written_during_a_preload_is_exported_next() {
     assert_eq!(fs::read(s3.root().join("bkt").join(&rel)).unwrap(), rewritten);
 }
 
+/// A file the user changes while a preload runs, before the preload gets
+/// to it, stays as the user left it: the preload does not put the bucket's
+/// copy over it, and the next export uploads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_changed_during_a_preload_is_not_replaced() {
+    let (s3, tmp) = seeded_store().await;
+    let cfg = config(tmp.path(), &s3);
+    let server = Server::start(&tmp.path().join("data"), Some(&cfg), &Db::Sqlite);
+    let c = server.token("p1");
+    let (share, _) = setup(&c, &s3).await;
+    let dir = server.share_dir(&share).join("data");
+    let t = finish(&c, &share, &start_task(&c, &share, "preload").await).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    // New versions of every object, for a second preload to fetch, slowly.
+    let v2 = |i: usize| [content(i), b"v2\n".to_vec()].concat();
+    let seed = tmp.path().join("seed");
+    for i in 0..FILES {
+        fs::write(seed.join(format!("d{}/f{i:05}.txt", i % 10)), v2(i)).unwrap();
+    }
+    let r =
+        common::ferry(&tmp.path().join("state"), &s3.env(), &["sync", seed.to_str().unwrap(), "s3://bkt"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Past the tick a preload allows for the kernel's coarse file times.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s3.faults().set_delay(OpClass::Get, Duration::from_millis(20));
+    let task = start_task(&c, &share, "preload").await;
+    wait_done(&c, &share, &task, 50).await;
+    let mine = |i: usize| format!("mine {i}\n").into_bytes();
+    let d9: Vec<usize> = (0..FILES).filter(|i| i % 10 == 9).collect();
+    for &i in &d9 {
+        fs::write(dir.join(format!("d9/f{i:05}.txt")), mine(i)).unwrap();
+    }
+    let t = finish(&c, &share, &task).await;
+    assert_eq!(t["status"], "SUCCESS", "{t}");
+    s3.faults().clear();
+    let replaced: Vec<usize> = d9
+        .iter()
+        .copied()
+        .filter(|i| fs::read(dir.join(format!("d9/f{i:05}.txt"))).unwrap() != mine(*i))
+        .collect();
+    assert!(replaced.is_empty(), "the preload replaced the user's files {replaced:?}");
+    for i in (0..FILES).filter(|i| i % 10 != 9) {
+        assert_eq!(fs::read(dir.join(format!("d{}/f{i:05}.txt", i % 10))).unwrap(), v2(i), "file {i}");
+    }
+
+    let t = finish(&c, &share, &start_task(&c, &share, "export").await).await;
+    assert_eq!(
+        (t["status"].as_str(), t["progress"]["done_files"].as_u64()),
+        (Some("SUCCESS"), Some(d9.len() as u64)),
+        "{t}"
+    );
+    assert_eq!(fs::read(s3.root().join("bkt/d9/f00009.txt")).unwrap(), mine(9));
+}
+
 /// A store that goes away during a preload: the task stops once nothing
 /// has succeeded for `workers.unreachable_secs`, and fails saying so,
 /// rather than failing every file left after its retries.
