@@ -1082,8 +1082,12 @@ impl Run {
             return Ok(Outcome::Transferred(size, None));
         }
         if in_place {
-            self.dst.set_file_attrs(&s.path, &self.write_meta(&s)).await?;
-            return Ok(Outcome::Transferred(0, None));
+            return match self.dst.set_file_attrs(&s.path, &self.write_meta(&s)).await {
+                Ok(()) => Ok(Outcome::Transferred(0, None)),
+                // Someone else's since the run began (`keep_changed_since`).
+                Err(StorageError::ChangedMeanwhile(_)) => Ok(Outcome::Skipped(None)),
+                Err(e) => Err(e),
+            };
         }
         let _room = self.hold_buffers(&s).await;
         self.progress.to_transfer.fetch_add(1, Relaxed);

@@ -81,7 +81,8 @@ impl PosixRoot {
     /// Never replace a file changed (by its ctime, which no one can set) at
     /// or after `since_ns`, ns since the epoch: someone else wrote it while
     /// the run went on. Checked by [`PosixWriter::commit`] just before its
-    /// rename, which then fails with [`Error::ChangedMeanwhile`].
+    /// rename, and by [`Self::set_file_attrs`], which then fail with
+    /// [`Error::ChangedMeanwhile`].
     pub fn keeping_changed_since(self, since_ns: i64) -> Self {
         Self { keep_changed_since: Some(since_ns), ..self }
     }
@@ -370,8 +371,13 @@ impl PosixRoot {
         let abs = self.abs(rel);
         let ctx = |what: &str| format!("{what} {}", abs.display());
         let f = open_in(&fd, name, false, &abs)?;
-        if !f.metadata().map_err(|e| Error::io(ctx("stat"), e))?.is_file() {
+        let st = f.metadata().map_err(|e| Error::io(ctx("stat"), e))?;
+        if !st.is_file() {
             return Err(Error::InvalidName { name: rel.to_string(), reason: "not a regular file".into() });
+        }
+        let ctime_ns = st.ctime() * 1_000_000_000 + st.ctime_nsec();
+        if self.keep_changed_since.is_some_and(|since| ctime_ns >= since) {
+            return Err(Error::ChangedMeanwhile(abs.display().to_string()));
         }
         apply_meta(&f, meta, self.chown, false).map_err(|e| Error::io(ctx("set attributes of"), e))
     }
@@ -917,6 +923,11 @@ mod tests {
         }
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 3, "no temporary file left");
+        // Nor are its attributes changed in place.
+        let mode = |name: &str| fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o7777;
+        let before = mode("mine");
+        assert!(matches!(root.set_file_attrs("mine", &meta(0o600, 0)), Err(Error::ChangedMeanwhile(_))));
+        assert_eq!(mode("mine"), before);
     }
 
     #[test]
