@@ -1115,8 +1115,12 @@ impl Run {
                     }
                     None => self.src.read_link(&s).await?,
                 };
-                self.dst.create_symlink(&s.path, &target, &self.write_meta(&s)).await?;
-                Ok(Outcome::Transferred(0, None))
+                match self.dst.create_symlink(&s.path, &target, &self.write_meta(&s)).await {
+                    Ok(()) => Ok(Outcome::Transferred(0, None)),
+                    // Someone else's since the run began (`keep_changed_since`).
+                    Err(StorageError::ChangedMeanwhile(_)) => Ok(Outcome::Skipped(None)),
+                    Err(e) => Err(e),
+                }
             }
             _ => match self.copy_file(&s, prefetched).await {
                 Ok((n, version)) => Ok(Outcome::Transferred(n, version)),

@@ -81,7 +81,8 @@ impl PosixRoot {
     /// Never replace a file changed (by its ctime, which no one can set) at
     /// or after `since_ns`, ns since the epoch: someone else wrote it while
     /// the run went on. Checked by [`PosixWriter::commit`] just before its
-    /// rename, and by [`Self::set_file_attrs`], which then fail with
+    /// rename, by [`Self::create_symlink`] and by [`Self::set_file_attrs`],
+    /// which then fail with
     /// [`Error::ChangedMeanwhile`].
     pub fn keeping_changed_since(self, since_ns: i64) -> Self {
         Self { keep_changed_since: Some(since_ns), ..self }
@@ -448,6 +449,10 @@ impl PosixRoot {
                 return Err(discard(e.into(), format!("set mtime of {}", tmp.display())));
             }
         }
+        if let Err(e) = unchanged_since(self.keep_changed_since, &dir_fd, name, &self.abs(rel)) {
+            let _ = unlinkat(&dir_fd, tmp_name, AtFlags::empty());
+            return Err(e);
+        }
         if let Err(e) = renameat(&dir_fd, tmp_name, &dir_fd, name) {
             return Err(discard(e.into(), format!("rename to {}", self.abs(rel).display())));
         }
@@ -514,6 +519,19 @@ impl PosixRoot {
 
 /// A relative path checked ([`validate_rel_path`]) and split into its
 /// directory (`""` at the top) and its last component.
+/// [`Error::ChangedMeanwhile`] when `name` in `dir_fd` was changed (by its
+/// ctime) at or after `since` ([`PosixRoot::keeping_changed_since`]).
+fn unchanged_since(since: Option<i64>, dir_fd: &rustix::fd::OwnedFd, name: &str, path: &Path) -> Result<()> {
+    use rustix::fs::{statat, AtFlags};
+    let Some(since) = since else { return Ok(()) };
+    match statat(dir_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if StatFields::of(&st).ctime_ns >= since => {
+            Err(Error::ChangedMeanwhile(path.display().to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn split_rel(rel: &str) -> Result<(&str, &str)> {
     validate_rel_path(rel)
         .map_err(|e| Error::InvalidName { name: rel.to_string(), reason: e.to_string() })?;
@@ -817,14 +835,8 @@ impl PosixWriter {
         // Content and attributes durable before the name is: a file found
         // under its final name after a power loss has its mode and mtime too.
         f.sync_all().map_err(|e| Error::io(ctx("fsync"), e))?;
-        use rustix::fs::{fstat, fsync, renameat, statat, AtFlags};
-        if let Some(since) = self.keep_changed_since {
-            if let Ok(st) = statat(&self.dir_fd, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                if StatFields::of(&st).ctime_ns >= since {
-                    return Err(Error::ChangedMeanwhile(self.final_path.display().to_string()));
-                }
-            }
-        }
+        use rustix::fs::{fstat, fsync, renameat};
+        unchanged_since(self.keep_changed_since, &self.dir_fd, &self.name, &self.final_path)?;
         renameat(&self.dir_fd, self.tmp_name.as_str(), &self.dir_fd, self.name.as_str()).map_err(|e| {
             // A file never replaces a directory: rename(2) refuses with EISDIR.
             if e == rustix::io::Errno::ISDIR {
@@ -923,6 +935,16 @@ mod tests {
         }
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 3, "no temporary file left");
+        // Nor is it replaced by a symlink.
+        assert!(matches!(
+            root.create_symlink("mine", "elsewhere", &meta(0o777, 0)),
+            Err(Error::ChangedMeanwhile(_))
+        ));
+        assert_eq!(fs::read(dir.path().join("mine")).unwrap(), b"someone else's");
+        root.create_symlink("link", "elsewhere", &meta(0o777, 0)).unwrap();
+        assert_eq!(fs::read_link(dir.path().join("link")).unwrap(), Path::new("elsewhere"));
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 4, "no temporary link left: {names:?}");
         // Nor are its attributes changed in place.
         let mode = |name: &str| fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o7777;
         let before = mode("mine");
