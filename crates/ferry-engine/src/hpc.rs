@@ -270,7 +270,6 @@ async fn transfer(
         if !found.changed.is_empty() {
             opts.keep = Some(Arc::new(found.changed.into_iter().map(|e| e.path).collect()));
         }
-        opts.keep_changed_since = Some(changes_from_ns);
     }
     // ...up to the moment a preloaded file would replace them.
     let local = match (dir, local) {

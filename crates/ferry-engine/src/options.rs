@@ -81,11 +81,6 @@ pub struct SyncOptions {
     /// holds: a share's files created or changed since its last export,
     /// which a preload must not replace. Counted as skipped.
     pub keep: Option<std::sync::Arc<std::collections::HashSet<String>>>,
-    /// Local destination files changed (by their ctime, which no one can
-    /// set) at or after this instant, in ns since the epoch, are left as
-    /// they are too: written by someone else while the run went on. Counted
-    /// as skipped.
-    pub keep_changed_since: Option<i64>,
 }
 
 /// Attributes that replace the source's on everything a run writes; the
@@ -122,7 +117,6 @@ impl Default for SyncOptions {
             update_attributes: true,
             count_earlier_attempts: false,
             keep: None,
-            keep_changed_since: None,
         }
     }
 }

@@ -966,7 +966,12 @@ impl Run {
         }
         let mut attempt = 1;
         loop {
-            let outcome = self.process(&item).await;
+            let outcome = match self.process(&item).await {
+                // The destination's since the run began: someone else's
+                // (`PosixRoot::keeping_changed_since`), left as it is.
+                Err(StorageError::ChangedMeanwhile(_)) => Ok(Outcome::Skipped(None)),
+                outcome => outcome,
+            };
             if outcome.is_ok() {
                 self.last_ok_ms.fetch_max(self.started.elapsed().as_millis() as u64, Relaxed);
             }
@@ -1082,12 +1087,8 @@ impl Run {
             return Ok(Outcome::Transferred(size, None));
         }
         if in_place {
-            return match self.dst.set_file_attrs(&s.path, &self.write_meta(&s)).await {
-                Ok(()) => Ok(Outcome::Transferred(0, None)),
-                // Someone else's since the run began (`keep_changed_since`).
-                Err(StorageError::ChangedMeanwhile(_)) => Ok(Outcome::Skipped(None)),
-                Err(e) => Err(e),
-            };
+            self.dst.set_file_attrs(&s.path, &self.write_meta(&s)).await?;
+            return Ok(Outcome::Transferred(0, None));
         }
         let _room = self.hold_buffers(&s).await;
         self.progress.to_transfer.fetch_add(1, Relaxed);
@@ -1115,23 +1116,10 @@ impl Run {
                     }
                     None => self.src.read_link(&s).await?,
                 };
-                match self.dst.create_symlink(&s.path, &target, &self.write_meta(&s)).await {
-                    Ok(()) => Ok(Outcome::Transferred(0, None)),
-                    // Someone else's since the run began (`keep_changed_since`).
-                    Err(StorageError::ChangedMeanwhile(_)) => Ok(Outcome::Skipped(None)),
-                    Err(e) => Err(e),
-                }
+                self.dst.create_symlink(&s.path, &target, &self.write_meta(&s)).await?;
+                Ok(Outcome::Transferred(0, None))
             }
-            _ => match self.copy_file(&s, prefetched).await {
-                Ok((n, version)) => Ok(Outcome::Transferred(n, version)),
-                // Someone else's since the run began (`keep_changed_since`).
-                Err(StorageError::ChangedMeanwhile(_)) => {
-                    self.progress.to_transfer.fetch_sub(1, Relaxed);
-                    self.progress.to_transfer_bytes.fetch_sub(s.size, Relaxed);
-                    Ok(Outcome::Skipped(None))
-                }
-                Err(e) => Err(e),
-            },
+            _ => self.copy_file(&s, prefetched).await.map(|(n, version)| Outcome::Transferred(n, version)),
         }
     }
 
@@ -1158,8 +1146,10 @@ impl Run {
         if self.opts.keep.as_ref().is_some_and(|keep| keep.contains(&s.path)) {
             return Ok(None);
         }
-        if let (Some(since), Some(l)) = (self.opts.keep_changed_since, d.local) {
-            if l.ctime_ns >= since {
+        // Changed by someone else since the run began, as listed: not even
+        // fetched (the write would refuse to replace it).
+        if let (Location::Posix(root), Some(l)) = (&self.dst, d.local) {
+            if root.keeps_changed_since().is_some_and(|since| l.ctime_ns >= since) {
                 return Ok(None);
             }
         }

@@ -88,6 +88,11 @@ impl PosixRoot {
         Self { keep_changed_since: Some(since_ns), ..self }
     }
 
+    /// The instant given to [`Self::keeping_changed_since`], if any.
+    pub fn keeps_changed_since(&self) -> Option<i64> {
+        self.keep_changed_since
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -127,6 +127,18 @@ fn assert_counts_span_attempts(t: &Value, before: &Value, redone: u64) {
     assert_eq!(n(p, "done_files") + n(p, "skipped_files") + n(p, "failed_files"), n(p, "total_files"), "{p}");
 }
 
+/// The seeded store served on SQLite, with a share whose target `data`
+/// links to it: the store, the test's directory, the server, a client, and
+/// the share's and target's ids.
+async fn served_store() -> (S3Server, tempfile::TempDir, Server, Client, String, String) {
+    let (s3, tmp) = seeded_store().await;
+    let cfg = config(tmp.path(), &s3);
+    let server = Server::start(&tmp.path().join("data"), Some(&cfg), &Db::Sqlite);
+    let c = server.token("p1");
+    let (share, target) = setup(&c, &s3).await;
+    (s3, tmp, server, c, share, target)
+}
+
 /// A preload of the seeded store on SQLite, slowed (20 ms a GET) so that
 /// it is still running, past its first 50 files.
 struct Slow {
@@ -140,11 +152,7 @@ struct Slow {
 }
 
 async fn slow_preload() -> Slow {
-    let (s3, tmp) = seeded_store().await;
-    let cfg = config(tmp.path(), &s3);
-    let server = Server::start(&tmp.path().join("data"), Some(&cfg), &Db::Sqlite);
-    let c = server.token("p1");
-    let (share, target) = setup(&c, &s3).await;
+    let (s3, tmp, server, c, share, target) = served_store().await;
     s3.faults().set_delay(OpClass::Get, Duration::from_millis(20));
     let task = start_task(&c, &share, "preload").await;
     wait_done(&c, &share, &task, 50).await;
@@ -303,11 +311,7 @@ async fn a_file_written_during_a_preload_is_exported_next() {
 /// copy over it, and the next export uploads it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_changed_during_a_preload_is_not_replaced() {
-    let (s3, tmp) = seeded_store().await;
-    let cfg = config(tmp.path(), &s3);
-    let server = Server::start(&tmp.path().join("data"), Some(&cfg), &Db::Sqlite);
-    let c = server.token("p1");
-    let (share, _) = setup(&c, &s3).await;
+    let (s3, tmp, server, c, share, _) = served_store().await;
     let dir = server.share_dir(&share).join("data");
     let t = finish(&c, &share, &start_task(&c, &share, "preload").await).await;
     assert_eq!(t["status"], "SUCCESS", "{t}");
