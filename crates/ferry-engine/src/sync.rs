@@ -1592,13 +1592,13 @@ impl Run {
         if noted.is_empty() {
             return None;
         }
+        // Any failure so far, of an item or not (a directory marker that
+        // holds data, say), keeps everything in place.
+        let failures = p.failed.load(Relaxed) + p.other_failed.load(Relaxed);
         let skipped = |count: usize| {
-            format!(
-                "{} item(s) failed, so none of the {count} extraneous destination item(s) were deleted",
-                p.failed.load(Relaxed),
-            )
+            format!("{failures} item(s) failed, so none of the {count} extraneous destination item(s) were deleted")
         };
-        if self.listing_failed.load(Relaxed) || p.failed.load(Relaxed) > 0 {
+        if self.listing_failed.load(Relaxed) || failures > 0 {
             return Some(skipped(noted.len()));
         }
         if self.source_missing.load(Relaxed) {

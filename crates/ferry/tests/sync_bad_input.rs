@@ -268,6 +268,15 @@ async fn a_directory_marker_holding_data_is_reported() {
             "a rerun to {to} reports it again: {j}"
         );
     }
+    // That failure keeps `--delete` from deleting anything.
+    std::fs::write(dst.join("extra"), "mine").unwrap();
+    let args =
+        ["sync", "s3://bkt-slash/", dst.to_str().unwrap(), "--json", "--exclude", "copy/**", "--delete"];
+    let r = ferry(&state, &moto.env(), &args);
+    let j = r.json();
+    assert_eq!((r.code, j["deleted"].as_u64()), (1, Some(0)), "{j}");
+    assert!(j["delete_skipped"].as_str().is_some_and(|w| w.contains("1 item(s) failed")), "{j}");
+    assert_eq!(std::fs::read(dst.join("extra")).unwrap(), b"mine");
     // The marker of the listed prefix itself.
     let r =
         ferry(&state, &moto.env(), &["sync", "s3://bkt-slash/d/", tmp.path().join("d").to_str().unwrap()]);
