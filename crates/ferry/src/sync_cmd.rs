@@ -1,7 +1,7 @@
 //! `ferry sync SRC DST`.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -31,12 +31,15 @@ pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
     if let (Ok(src), Some(dst)) = (LocationSpec::parse(&args.src), &dst_spec) {
         check_overlap(&src, dst, opts.files_from.is_none().then_some(&opts.filter))?;
     }
-    let dst_new = dst_spec.and_then(|d| d.local_dir()).filter(|d| !d.exists());
-    // Created by this run and still empty: a run that ends before copying
-    // anything (an error, a source with nothing stored) leaves none.
+    let dst_new = dst_spec.and_then(|d| d.local_dir()).map(|d| missing_dirs(&d)).unwrap_or_default();
+    // Created by this run (the destination and its missing parents) and
+    // still empty: a run that ends before copying anything (an error, a
+    // source with nothing stored) leaves none.
     let remove_new_dst = || {
-        if let Some(dir) = &dst_new {
-            let _ = std::fs::remove_dir(dir);
+        for dir in &dst_new {
+            if std::fs::remove_dir(dir).is_err() {
+                break;
+            }
         }
     };
     let (mut report, mut journal) = transfer(&args, opts.clone()).await.inspect_err(|_| remove_new_dst())?;
@@ -293,6 +296,13 @@ fn failure_lines(r: &Report, failures_csv: Option<&std::path::Path>) -> Vec<Stri
         });
     }
     out
+}
+
+/// The directories of `dir` and its ancestors that do not exist, deepest
+/// first.
+fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).map(Path::to_path_buf).collect()
 }
 
 #[cfg(test)]

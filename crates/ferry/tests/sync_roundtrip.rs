@@ -1321,7 +1321,8 @@ async fn an_object_key_as_the_source_is_one_file_and_a_missing_prefix_is_refused
         ("s3://bkt-key/p/one.txt/", None),
         ("s3://bkt-key/nope", Some("--delete")),
     ] {
-        let fresh = tmp.path().join("fresh");
+        // Its missing parents too.
+        let (fresh_top, fresh) = (tmp.path().join("fresh"), tmp.path().join("fresh/a/b"));
         let mut args = vec!["sync", from, fresh.to_str().unwrap()];
         args.extend(extra);
         let r = ferry(&state, &env, &args);
@@ -1332,7 +1333,7 @@ async fn an_object_key_as_the_source_is_one_file_and_a_missing_prefix_is_refused
             r.stderr
         );
         assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
-        assert!(!fresh.exists(), "{from}: DST was created");
+        assert!(!fresh_top.exists(), "{from}: DST or its parents were created");
         let r = ferry(&state, &env, &["sync", from, k, "--delete", "--json"]);
         assert_eq!(r.code, 2, "{}", r.stderr);
         assert!(keep.join("mine.txt").is_file(), "{from}: --delete ran from an empty listing");
