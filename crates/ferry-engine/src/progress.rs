@@ -31,6 +31,9 @@ pub struct Progress {
     /// Items found identical at the destination.
     pub skipped: AtomicU64,
     pub skipped_bytes: AtomicU64,
+    /// Bytes of listed source files settled without moving them, besides
+    /// the skipped ones: failed, not tried, or updated in place.
+    pub unmoved_bytes: AtomicU64,
     /// Listed source items (or directories whose listing failed) that failed.
     pub failed: AtomicU64,
     /// Failures that are not of a listed source item: deletions of
@@ -41,9 +44,6 @@ pub struct Progress {
     /// Items left out by filters.
     pub excluded: AtomicU64,
     pub deleted: AtomicU64,
-    /// Items that need a transfer (for ETA).
-    pub to_transfer: AtomicU64,
-    pub to_transfer_bytes: AtomicU64,
     /// The scan has finished.
     pub scan_done: AtomicBool,
     pub(crate) failures: Mutex<Kept<Failure>>,
@@ -64,6 +64,14 @@ impl Progress {
     pub(crate) fn fail(&self, path: &str, reason: impl Into<String>) {
         self.failed.fetch_add(1, Relaxed);
         self.report_failure(path, reason.into());
+    }
+
+    /// Bytes of listed files not settled yet: what is still to move, as
+    /// far as the scan has seen (for an ETA).
+    pub fn bytes_left(&self) -> u64 {
+        let moved = self.transferred_bytes.load(Relaxed).max(self.bytes_moving.load(Relaxed));
+        let settled = self.skipped_bytes.load(Relaxed) + self.unmoved_bytes.load(Relaxed) + moved;
+        self.listed_bytes.load(Relaxed).saturating_sub(settled)
     }
 
     /// A failure that is not of a listed source item (see `other_failed`).

@@ -962,6 +962,7 @@ impl Run {
         let p = &self.progress;
         if self.stopped.get().is_some() {
             p.not_tried.fetch_add(1, Relaxed);
+            p.unmoved_bytes.fetch_add(item.src.size, Relaxed);
             return;
         }
         let mut attempt = 1;
@@ -990,6 +991,7 @@ impl Run {
                 Ok(Outcome::Transferred(bytes, version)) => {
                     p.transferred.fetch_add(1, Relaxed);
                     p.transferred_bytes.fetch_add(bytes, Relaxed);
+                    p.unmoved_bytes.fetch_add(item.src.size.saturating_sub(bytes), Relaxed);
                     if !self.opts.dry_run {
                         self.remember(&item, version, true).await;
                     }
@@ -1010,10 +1012,12 @@ impl Run {
                         continue;
                     }
                     p.fail(&item.src.path, e.to_string());
+                    p.unmoved_bytes.fetch_add(item.src.size, Relaxed);
                 }
                 Err(e) => {
                     self.stop_if_unreachable(&e);
                     p.fail(&item.src.path, e.to_string());
+                    p.unmoved_bytes.fetch_add(item.src.size, Relaxed);
                 }
             }
             return;
@@ -1091,8 +1095,6 @@ impl Run {
             return Ok(Outcome::Transferred(0, None));
         }
         let _room = self.hold_buffers(&s).await;
-        self.progress.to_transfer.fetch_add(1, Relaxed);
-        self.progress.to_transfer_bytes.fetch_add(s.size, Relaxed);
         // A small object not looked at yet: one GET brings body and metadata.
         let mut prefetched = None;
         if !s.meta_loaded && s.size <= SMALL_FILE {
