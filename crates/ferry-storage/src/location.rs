@@ -190,7 +190,11 @@ impl LocationSpec {
                 }
                 spec.bucket = path;
             }
-            Scheme::Memory => spec.prefix = path.trim_matches('/').to_string(),
+            // `memory://prefix`: the URL's host is the prefix's first part.
+            Scheme::Memory => {
+                let host = url.host_str().unwrap_or_default();
+                spec.prefix = format!("{host}/{}", path.trim_matches('/')).trim_matches('/').to_string();
+            }
             _ => {
                 let bucket = url.host_str().unwrap_or_default();
                 if bucket.is_empty() {
@@ -453,7 +457,16 @@ pub fn build_object_root(spec: &ObjectSpec, env: &dyn Env, opts: &OpenOptions) -
     };
     let context = op.base_context().with_http_transport(http_transport());
     let op = op.with_context(context);
-    let endpoint = crate::object::Endpoint { url: endpoint_url, vars: endpoint_vars };
+    let credential_vars: &'static [&'static str] = match spec.scheme {
+        Scheme::S3 => &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"],
+        Scheme::Obs => &["OBS_ACCESS_KEY_ID", "OBS_SECRET_ACCESS_KEY"],
+        Scheme::Oss => &["OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET"],
+        Scheme::Cos => &["COS_SECRET_ID", "COS_SECRET_KEY"],
+        Scheme::Azblob => &["AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY"],
+        Scheme::Gcs => &["GOOGLE_APPLICATION_CREDENTIALS"],
+        Scheme::File | Scheme::Memory => &[],
+    };
+    let endpoint = crate::object::Endpoint { url: endpoint_url, vars: endpoint_vars, credential_vars };
     let mut root = ObjectRoot::new(op, &spec.prefix, spec.display.clone(), parts).with_endpoint(endpoint);
     if spec.scheme == Scheme::File {
         root = root.with_local_root(PathBuf::from(&spec.bucket));
@@ -556,6 +569,10 @@ mod tests {
         assert_eq!(obj("azblob://container/p").scheme, Scheme::Azblob);
         assert_eq!(obj("s3://b/with%20space").prefix, "with space");
         assert_eq!(obj("memory://").scheme, Scheme::Memory);
+        assert_eq!(obj("memory://x/y/").prefix, "x/y", "the host is part of the prefix");
+        assert_eq!(obj("memory://x").prefix, "x");
+        assert!(obj("s3://b/p").path_style, "path-style by default (most self-hosted stores)");
+        assert!(!obj("s3://b/p?path_style=false").path_style);
     }
 
     #[test]

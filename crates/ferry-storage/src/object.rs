@@ -91,6 +91,8 @@ pub(crate) struct Endpoint {
     pub url: Option<String>,
     /// The variables that set it, besides the location's `?endpoint=`.
     pub vars: &'static [&'static str],
+    /// The variables that hold the store's credentials.
+    pub credential_vars: &'static [&'static str],
 }
 
 impl Endpoint {
@@ -104,6 +106,11 @@ impl Endpoint {
         }
     }
 }
+
+/// The longest object name a `file://` store takes: OpenDAL stages each
+/// write under the name, a dot and 8 random characters, within the file
+/// system's 255 bytes.
+const FILE_STORE_NAME_MAX: usize = 255 - 9;
 
 /// How long the first request to a store may go unanswered before the
 /// user is told (see [`ObjectRoot::check_reachable`]).
@@ -497,12 +504,8 @@ impl ObjectRoot {
             || msg.contains("SignatureDoesNotMatch")
             || msg.contains("InvalidAccessKeyId")
         {
-            Error::PermissionDenied {
-                what: format!(
-                    "{} (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the endpoint)",
-                    self.display
-                ),
-            }
+            let vars = self.endpoint.credential_vars.join(" / ");
+            Error::PermissionDenied { what: format!("{} (check {vars} and the endpoint)", self.display) }
         } else {
             Error::store(format!("cannot reach {}", self.display), e)
         }
@@ -813,6 +816,17 @@ impl ObjectRoot {
         size_hint: u64,
     ) -> Result<opendal::Writer> {
         let key = if kind == EntryKind::Dir { self.dir_path(rel)? } else { self.path(rel)? };
+        let name = key.rsplit('/').next().unwrap_or_default();
+        if self.local_root.is_some() && kind != EntryKind::Dir && name.len() > FILE_STORE_NAME_MAX {
+            return Err(Error::InvalidName {
+                name: format!("{}/{rel}", self.display),
+                reason: format!(
+                    "a file:// store holds names of up to {FILE_STORE_NAME_MAX} bytes (it stages each \
+                     object under its name and 9 more bytes); this one has {}",
+                    name.len()
+                ),
+            });
+        }
         let chunk = self.parts.chunk_for(size_hint);
         let big = size_hint > chunk as u64;
         let opts = WriteOptions {

@@ -48,6 +48,8 @@ struct Shared {
     crc64: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
     /// Objects the store answers for as encrypted with SSE-KMS.
     kms: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    /// The `x-amz-security-token` of each request, `None` where it had none.
+    session_tokens: std::sync::Mutex<Vec<Option<String>>>,
 }
 
 /// An s3s-fs S3 server over a temporary directory, serving on `127.0.0.1:<random port>`.
@@ -167,6 +169,12 @@ impl S3Server {
         self.shared.counters.snapshot()
     }
 
+    /// The session token (`x-amz-security-token`) each request so far came
+    /// with, in order; `None` for a request without one.
+    pub fn session_tokens(&self) -> Vec<Option<String>> {
+        self.shared.session_tokens.lock().expect("tokens lock").clone()
+    }
+
     /// The most requests handled at once since the previous call (or the
     /// start); the next count starts from those in flight now.
     pub fn take_peak_in_flight(&self) -> u64 {
@@ -236,6 +244,8 @@ async fn handle(
 ) -> Result<Response<RespBody>, BoxError> {
     let class = classify(req.method(), req.uri());
     shared.counters.record(class);
+    let token = req.headers().get("x-amz-security-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    shared.session_tokens.lock().expect("tokens lock").push(token);
     let _in_flight = shared.in_flight.enter();
 
     let delay = shared.faults.delay(class);

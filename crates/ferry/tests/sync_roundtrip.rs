@@ -92,8 +92,8 @@ async fn fs_to_fs_and_file_bucket_keep_empty_dirs() {
     assert_same(&snapshot(&src, true), &snapshot(&dst, true));
 
     // Through a file:// bucket: directories, empty ones included, survive.
-    // (OpenDAL's staging name for a 255-byte name is too long, so use a tree
-    // with shorter names there.)
+    // (It holds names of up to 246 bytes, tried below; this tree has
+    // shorter ones.)
     let src = tmp.path().join("src-short");
     make_tree(&src, false);
     let bucket = tmp.path().join("bucket");
@@ -108,6 +108,46 @@ async fn fs_to_fs_and_file_bucket_keep_empty_dirs() {
     assert!(back.join("empty dir").is_dir());
     // Directory attributes too (kept in the bucket directories' xattrs).
     assert_eq!(dir_attrs(&back), dir_attrs(&src), "directory mode/uid/gid/mtime through file://");
+
+    // Names a file:// store cannot stage: that file fails with the reason,
+    // the rest is copied, nothing is left in the staging directory.
+    let long = tmp.path().join("long");
+    std::fs::create_dir(&long).unwrap();
+    let (fits, too_long) = ("f".repeat(246), "t".repeat(247));
+    std::fs::write(long.join(&fits), "fits").unwrap();
+    std::fs::write(long.join(&too_long), "too long").unwrap();
+    let r = ferry(&state, &[], &["sync", long.to_str().unwrap(), &format!("{url}/long"), "--json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!((j["transferred"].as_u64(), j["failed"].as_u64()), (Some(1), Some(1)), "{j}");
+    let why = j["failures"][0]["reason"].as_str().unwrap_or_default();
+    assert!(why.contains("holds names of up to 246 bytes") && why.contains("this one has 247"), "{j}");
+    assert_eq!(std::fs::read(bucket.join("long").join(&fits)).unwrap(), b"fits");
+    assert!(!bucket.join("long").join(&too_long).exists());
+    let staged = bucket.join(".ferry-staging");
+    assert!(!staged.exists() || std::fs::read_dir(&staged).unwrap().next().is_none(), "staging left");
+}
+
+/// Temporary credentials: `AWS_SESSION_TOKEN` goes with every request,
+/// under the signature (the server checks it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_token_goes_with_every_request() {
+    let s3 = S3Server::start(&["bkt-sts"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, back, state) = (tmp.path().join("src"), tmp.path().join("back"), tmp.path().join("state"));
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/f"), "temporary").unwrap();
+    let mut env = s3.env();
+    env.push(("AWS_SESSION_TOKEN".into(), "session-token-1".into()));
+    for (from, to) in [(src.to_str().unwrap(), "s3://bkt-sts/p"), ("s3://bkt-sts/p", back.to_str().unwrap())]
+    {
+        let r = ferry(&state, &env, &["sync", from, to]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    }
+    assert_eq!(std::fs::read(back.join("d/f")).unwrap(), b"temporary");
+    let tokens = s3.session_tokens();
+    assert!(tokens.len() >= 4, "{tokens:?}");
+    assert!(tokens.iter().all(|t| t.as_deref() == Some("session-token-1")), "{tokens:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,6 +371,15 @@ async fn azure_blob_round_trip_keeps_bytes_and_metadata() {
     assert_eq!(down.code, 0, "{}\n{}", down.stdout, down.stderr);
     assert_same(&snapshot(&src, true), &snapshot(&back, true));
     assert_eq!(dir_attrs(&back), dir_attrs(&src), "directory attributes");
+
+    // A wrong account key: the fix names Azure's variables, not AWS's.
+    let mut wrong = env.clone();
+    wrong.retain(|(k, _)| k != "AZURE_STORAGE_KEY");
+    wrong.push(("AZURE_STORAGE_KEY".into(), format!("{}==", "A".repeat(86))));
+    let r = ferry(&state, &wrong, &["sync", "azblob://ctr/data", tmp.path().join("no").to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("check AZURE_STORAGE_ACCOUNT / AZURE_STORAGE_KEY"), "{}", r.stderr);
+    assert!(!tmp.path().join("no").exists(), "nothing made at the destination");
 
     // Nothing to do the second time, either way, by size+mtime or checksum.
     for (from, to, extra) in
