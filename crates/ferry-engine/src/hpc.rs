@@ -362,7 +362,9 @@ async fn transfer(
                 let modified_since = e.kind != EntryKind::Dir && e.mtime_ns.is_none_or(|m| m >= started_ns);
                 let copied = e.kind == EntryKind::Dir
                     || copy.is_some_and(|c| match &c.dst_version {
-                        Some(v) => e.local.is_some_and(|l| *v == local_version(l.ino, l.ctime_ns)),
+                        Some(v) => e
+                            .local
+                            .is_some_and(|l| *v == local_version(l.ino, l.ctime_ns, e.mtime_ns, e.size)),
                         None => c.size == e.size,
                     });
                 copied && !keep.contains(&e.path) && !modified_since

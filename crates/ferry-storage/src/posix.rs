@@ -629,11 +629,14 @@ fn entry_of(path: String, st: &rustix::fs::Stat) -> Result<Entry> {
     })
 }
 
-/// What identifies a local file as written: its inode and ctime. Neither
-/// can be set by users; rewriting the file, changing its attributes or
-/// putting another file at its name changes one of them.
-pub fn local_version(ino: u64, ctime_ns: i64) -> String {
-    format!("local:{ino}:{ctime_ns}")
+/// What identifies a local file as written: its inode and ctime, which
+/// users cannot set (rewriting the file, changing its attributes or putting
+/// another file at its name moves one of them), with its size and mtime.
+/// Those two tell a rewrite apart within the kernel's clock tick too, when
+/// the ctime reads the same: `cp -p` of another file over it, say.
+pub fn local_version(ino: u64, ctime_ns: i64, mtime_ns: Option<i64>, size: u64) -> String {
+    let mtime = mtime_ns.unwrap_or_default();
+    format!("local:{ino}:{ctime_ns}:{mtime}:{size}")
 }
 
 /// The fields of a `stat` result that entries use, in the types entries
@@ -859,7 +862,7 @@ impl PosixWriter {
         // After the rename, which moves the ctime.
         let st = fstat(&f).map_err(|e| Error::io(format!("stat {}", self.final_path.display()), e.into()))?;
         let st = StatFields::of(&st);
-        Ok(local_version(st.ino, st.ctime_ns))
+        Ok(local_version(st.ino, st.ctime_ns, Some(st.mtime_ns), st.size))
     }
 }
 
@@ -905,14 +908,24 @@ mod tests {
         assert_eq!(names.len(), 1, "no temporary file left");
         // The version names the file as it is at its final name, until it
         // is written again (its mtime put back or not).
-        let l = e.local.unwrap();
-        assert_eq!(version, local_version(l.ino, l.ctime_ns));
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        let version_of = |e: &Entry| {
+            let l = e.local.unwrap();
+            local_version(l.ino, l.ctime_ns, e.mtime_ns, e.size)
+        };
+        assert_eq!(version, version_of(&e));
+        // At once (the ctime may read the same): another file's content of
+        // the same size, with its own mtime, as `cp -p` leaves it.
         let f = fs::File::options().write(true).open(dir.path().join("a/b/file.txt")).unwrap();
+        std::io::Write::write_all(&mut &f, b"jello").unwrap();
+        f.set_modified(system_time(1_500_000_000_000_000_000)).unwrap();
+        let e = root.stat("a/b/file.txt").unwrap().unwrap();
+        assert_ne!(version, version_of(&e), "a same-size copy changes it within the tick");
+        let version = version_of(&e);
+        std::thread::sleep(std::time::Duration::from_millis(20));
         std::io::Write::write_all(&mut &f, b"j").unwrap();
-        f.set_modified(system_time(1_600_000_000_123_456_789)).unwrap();
-        let l = root.stat("a/b/file.txt").unwrap().unwrap().local.unwrap();
-        assert_ne!(version, local_version(l.ino, l.ctime_ns), "a rewrite changes it");
+        f.set_modified(system_time(1_500_000_000_000_000_000)).unwrap();
+        let e = root.stat("a/b/file.txt").unwrap().unwrap();
+        assert_ne!(version, version_of(&e), "a rewrite changes it, its mtime put back");
     }
 
     #[test]
