@@ -301,3 +301,47 @@ async fn a_directory_marker_holding_data_is_reported() {
     );
     assert!(r.stderr.contains("holds 5 bytes"), "the marker's data is kept: {}", r.stderr);
 }
+
+/// Keys that cannot be POSIX names under DST (`..` components, empty or
+/// `.` components, a component longer than 255 bytes): each is reported as
+/// a failed item with its reason (at the first level that names no POSIX
+/// path: `up/../` for `up/../../escape.txt`), the rest is copied, and
+/// nothing is written outside DST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_that_are_no_posix_names_are_reported_and_stay_inside() {
+    let Some(moto) = common::emulators::Moto::start(&["bkt-names"]).await else { return };
+    let long = format!("long/{}", "c".repeat(256));
+    let bad = ["up/../../escape.txt", "twice//slash.txt", "dot/./here.txt", long.as_str()];
+    // Written raw: an HTTP client would resolve the dot segments itself.
+    let addr = moto.endpoint().trim_start_matches("http://").to_string();
+    for key in bad.iter().copied().chain(["ok.txt"]) {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        let req = format!(
+            "PUT /bkt-names/{key} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody"
+        );
+        c.write_all(req.as_bytes()).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"), "{key}: {answer}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (dst, state) = (tmp.path().join("a/b/dst"), tmp.path().join("state"));
+    let r = ferry(&state, &moto.env(), &["sync", "s3://bkt-names/", dst.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    let failures = j["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), bad.len(), "{j}");
+    for key in bad {
+        let f = failures.iter().find(|f| f["path"].as_str().is_some_and(|p| key.starts_with(p)));
+        let why = f.and_then(|f| f["reason"].as_str()).unwrap_or_default();
+        assert!(why.starts_with("key cannot be a POSIX path: "), "{key}: {j}");
+    }
+    assert_eq!(std::fs::read(dst.join("ok.txt")).unwrap(), b"body");
+    let outside: Vec<_> = all_names(tmp.path())
+        .into_iter()
+        .filter(|p| !p.starts_with(&dst) && !p.starts_with(&state) && p.is_file())
+        .collect();
+    assert!(outside.is_empty(), "written outside DST: {outside:?}");
+    assert!(!all_names(&dst).iter().any(|p| p.to_string_lossy().contains("escape")), "{j}");
+}

@@ -1190,6 +1190,60 @@ async fn sources_changed_during_the_copy_fail_their_items() {
     }
 }
 
+/// An object rewritten after it was listed fails its item: each GET asks
+/// for the listed ETag (`If-Match`), so no copy mixes or swaps versions.
+/// No file and no temporary file for it at DST; the next run copies the
+/// new content. (One GET, or the ranges of one object, all start together
+/// and each reads one version: a rewrite while they stream is not seen,
+/// and what lands is the listed version, whole.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_rewritten_after_the_listing_fails_its_item() {
+    let Some(moto) = common::emulators::Moto::start(&["bkt-rewrite"]).await else { return };
+    let http = reqwest::Client::new();
+    // moto checks no signature, but answers a request without any as an
+    // anonymous one, which may not overwrite an object.
+    let auth = "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, \
+                SignedHeaders=host, Signature=00";
+    let put = |key: &'static str, body: Vec<u8>| {
+        let url = format!("{}/bkt-rewrite/{key}", moto.endpoint());
+        let req = http.put(url).header("authorization", auth).body(body);
+        async move { assert!(req.send().await.unwrap().status().is_success(), "put {key}") }
+    };
+    for key in ["f0", "f1", "f2", "f3"] {
+        put(key, vec![b'a'; 2 << 20]).await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (dst, state) = (tmp.path().join("dst"), tmp.path().join("state"));
+    // One item at a time, half a second each: f3 is read last.
+    let args =
+        ["sync", "s3://bkt-rewrite/", dst.to_str().unwrap(), "--bwlimit", "4M", "--threads", "1", "--json"];
+    let child =
+        ferry_cmd(&state, &moto.env()).args(args).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    // Listed once the first copy begins.
+    let begun = || std::fs::read_dir(&dst).is_ok_and(|mut d| d.next().is_some());
+    for _ in 0..200 {
+        if begun() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(begun(), "the copy never began");
+    put("f3", vec![b'b'; 2 << 20]).await;
+    let r = Run::of(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    let f = &j["failures"][0];
+    assert_eq!((j["failed"].as_u64(), f["path"].as_str()), (Some(1), Some("f3")), "{j}");
+    assert!(f["reason"].as_str().unwrap_or_default().contains("source changed during copy"), "{j}");
+    let mut names: Vec<_> = all_names(&dst).iter().map(|p| p.file_name().unwrap().to_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["f0", "f1", "f2"], "no file, and no temporary file, for f3");
+
+    let r = ferry(&state, &moto.env(), &["sync", "s3://bkt-rewrite/", dst.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(std::fs::read(dst.join("f3")).unwrap(), vec![b'b'; 2 << 20], "the new content");
+}
+
 /// A small tmpfs mounted for one test, unmounted when dropped.
 struct SmallFs(std::path::PathBuf);
 

@@ -49,9 +49,32 @@ async fn fs_to_s3_to_fs_keeps_bytes_and_metadata() {
     let groups = r["hard_links"].as_array().unwrap();
     assert!(groups.is_empty());
 
-    // The object carries the FSx-style metadata.
-    let meta_files: Vec<_> = std::fs::read_dir(s3.root()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(!meta_files.is_empty());
+    // The objects carry the FSx-style metadata, as other tools read it.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let op = s3_operator(&s3, "bkt-one", false);
+        for (key, local) in [("data/plain.txt", "plain.txt"), ("data/link-to-plain", "link-to-plain")] {
+            let md = op.stat(key).await.unwrap();
+            let got: std::collections::HashMap<String, String> = md
+                .user_metadata()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let l = std::fs::symlink_metadata(src.join(local)).unwrap();
+            let want = [
+                ("file-permissions", format!("{:07o}", l.mode())),
+                ("file-owner", l.uid().to_string()),
+                ("file-group", l.gid().to_string()),
+                ("file-mtime", format!("{}ns", l.mtime() * 1_000_000_000 + l.mtime_nsec())),
+            ];
+            for (k, v) in want {
+                assert_eq!(got.get(k), Some(&v), "{key}: x-amz-meta-{k} in {got:?}");
+            }
+        }
+        let link = op.read("data/link-to-plain").await.unwrap().to_vec();
+        assert_eq!(link, b"plain.txt", "a symlink's object holds its target");
+    }
 
     // Verification reads every copy back, without moving its atime either.
     let down_args =
@@ -621,6 +644,20 @@ async fn change_detection_filters_delete_and_dry_run() {
         (a["deep"], a["deep/er"])
     };
     assert_eq!(attrs(&dst), attrs(&src), "mode, owner, group and mtime of the created parents");
+
+    // `--files-from -` reads the list from standard input.
+    std::fs::write(src.join("from-stdin.txt"), "piped").unwrap();
+    let mut child = common::ferry_cmd(&state, &[])
+        .args(["sync", s, d, "--files-from", "-", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"from-stdin.txt\n").unwrap();
+    let r = common::Run::of(child.wait_with_output().unwrap());
+    assert_eq!((r.code, r.json()["transferred"].as_u64()), (0, Some(1)), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(std::fs::read_to_string(dst.join("from-stdin.txt")).unwrap(), "piped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -649,6 +686,24 @@ async fn verify_modes_and_update() {
     let r = ferry(&state, &[], &["sync", s, d, "--update", "--json"]).json();
     assert_eq!(std::fs::read(dst.join("with space.txt")).unwrap(), b"newer at destination");
     assert_eq!(r["failed"], 0, "{r}");
+
+    // --ignore-existing copies only what the destination lacks: a file
+    // changed there, size and all, stays as it is.
+    std::fs::write(dst.join("plain.txt"), b"changed at destination, longer").unwrap();
+    std::fs::write(src.join("new.txt"), b"new").unwrap();
+    let r = ferry(&state, &[], &["sync", s, d, "--ignore-existing", "--json"]).json();
+    assert_eq!((r["transferred"].as_u64(), r["failed"].as_u64()), (Some(1), Some(0)), "{r}");
+    assert_eq!(std::fs::read(dst.join("plain.txt")).unwrap(), b"changed at destination, longer");
+    assert_eq!(std::fs::read(dst.join("new.txt")).unwrap(), b"new");
+
+    // --min-size leaves smaller files out; a minimum above the maximum is refused.
+    std::fs::write(src.join("tiny.txt"), b"t").unwrap();
+    let r = ferry(&state, &[], &["sync", s, d, "--min-size", "2", "--json"]).json();
+    assert!(r["excluded"].as_u64() >= Some(1) && !dst.join("tiny.txt").exists(), "{r}");
+    assert_eq!(std::fs::read(dst.join("plain.txt")).unwrap(), b"hello ferry\n", "{r}");
+    let r = ferry(&state, &[], &["sync", s, d, "--min-size", "10", "--max-size", "5"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("is larger than --max-size"), "{}", r.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1202,9 +1257,15 @@ async fn contents_in_flight_stay_within_the_buffer_memory() {
         assert_eq!(r.code, 0, "{}", r.stderr);
         peaks.push(s3.take_peak_in_flight());
     }
+    // And --threads bounds the items in flight, whatever the room.
+    s3.take_peak_in_flight();
+    let r = ferry(&state, &env, &["sync", s, "s3://bkt-room/two", "--threads", "2"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    peaks.push(s3.take_peak_in_flight());
     assert_eq!(peaks[0], 1, "{peaks:?}");
     assert!((2..=3).contains(&peaks[1]), "{peaks:?}");
     assert!(peaks[2] > 3, "{peaks:?}");
+    assert_eq!(peaks[3], 2, "{peaks:?}");
     let r = ferry(&state, &env, &["sync", s, "s3://bkt-room/x", "--buffer-memory", "0"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("--buffer-memory"), "{}", r.stderr);
