@@ -115,7 +115,9 @@ impl Error {
         let context = context.into();
         match source.kind() {
             io::ErrorKind::NotFound => Error::NotFound { what: context },
-            io::ErrorKind::PermissionDenied => Error::PermissionDenied { what: context },
+            io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+                what: format!("{context} (check its permissions and owner against the user ferry runs as)"),
+            },
             _ => Error::Io { context, source },
         }
     }

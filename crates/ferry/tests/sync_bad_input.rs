@@ -345,3 +345,39 @@ async fn keys_that_are_no_posix_names_are_reported_and_stay_inside() {
     assert!(outside.is_empty(), "written outside DST: {outside:?}");
     assert!(!all_names(&dst).iter().any(|p| p.to_string_lossy().contains("escape")), "{j}");
 }
+
+/// A file its user may not read (permission denied; the suite runs as
+/// root, who reads everything, so this run is made as nobody): that item
+/// fails with the reason, the rest is copied, exit 1.
+#[test]
+fn an_unreadable_file_fails_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, work) = (tmp.path().join("src"), tmp.path().join("work"));
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(&src).unwrap();
+    std::fs::create_dir(&work).unwrap();
+    std::os::unix::fs::chown(&work, Some(65534), Some(65534)).unwrap();
+    std::fs::write(src.join("readable"), "ok").unwrap();
+    std::fs::write(src.join("secret"), "no").unwrap();
+    std::fs::set_permissions(src.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let dst = work.join("dst");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_ferry"))
+        .args(["sync", src.to_str().unwrap(), dst.to_str().unwrap()])
+        .env("FERRY_STATE_DIR", work.join("state"))
+        .output()
+        .unwrap();
+    let r = Run::of(out);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(std::fs::read(dst.join("readable")).unwrap(), b"ok");
+    assert!(!dst.join("secret").exists());
+    let said: Vec<_> = r.stderr.lines().filter(|l| l.contains("secret")).collect();
+    assert_eq!(said.len(), 1, "{}", r.stderr);
+    assert!(
+        said[0].contains("permission denied: open ") && said[0].contains("check its permissions"),
+        "{}",
+        r.stderr
+    );
+}
