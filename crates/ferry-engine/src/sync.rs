@@ -1596,11 +1596,14 @@ impl Run {
         }
         // Any failure so far, of an item or not (a directory marker that
         // holds data, say), keeps everything in place.
-        let failures = p.failed.load(Relaxed) + p.other_failed.load(Relaxed);
+        let failures = || p.failed.load(Relaxed) + p.other_failed.load(Relaxed);
         let skipped = |count: usize| {
-            format!("{failures} item(s) failed, so none of the {count} extraneous destination item(s) were deleted")
+            format!(
+                "{} item(s) failed, so none of the {count} extraneous destination item(s) were deleted",
+                failures()
+            )
         };
-        if self.listing_failed.load(Relaxed) || failures > 0 {
+        if self.listing_failed.load(Relaxed) || failures() > 0 {
             return Some(skipped(noted.len()));
         }
         if self.source_missing.load(Relaxed) {
