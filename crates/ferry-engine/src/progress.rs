@@ -16,6 +16,34 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     fn plan(&self, line: &PlanLine);
 }
 
+/// The bytes one attempt at an item moved, in `bytes_moving` as they
+/// move; taken back out unless the attempt succeeds ([`Moving::keep`]): a
+/// failed item is settled as unmoved, a retried one moves them again.
+pub(crate) struct Moving<'a> {
+    progress: &'a Progress,
+    n: AtomicU64,
+    kept: bool,
+}
+
+impl Moving<'_> {
+    pub(crate) fn add(&self, len: u64) {
+        self.n.fetch_add(len, Relaxed);
+        self.progress.bytes_moving.fetch_add(len, Relaxed);
+    }
+
+    pub(crate) fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Moving<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.progress.bytes_moving.fetch_sub(self.n.load(Relaxed), Relaxed);
+        }
+    }
+}
+
 /// Counters updated while a run goes on.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -72,6 +100,11 @@ impl Progress {
         let moved = self.transferred_bytes.load(Relaxed).max(self.bytes_moving.load(Relaxed));
         let settled = self.skipped_bytes.load(Relaxed) + self.unmoved_bytes.load(Relaxed) + moved;
         self.listed_bytes.load(Relaxed).saturating_sub(settled)
+    }
+
+    /// Count the bytes of one attempt at an item as they move.
+    pub(crate) fn attempt(&self) -> Moving<'_> {
+        Moving { progress: self, n: AtomicU64::new(0), kept: false }
     }
 
     /// A failure that is not of a listed source item (see `other_failed`).
@@ -260,6 +293,25 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a failed attempt moved is not counted as moved: the item is
+    /// settled as unmoved, or moves it again; what is left stays right.
+    #[test]
+    fn a_failed_attempt_takes_its_bytes_back() {
+        let p = Progress::default();
+        p.listed_bytes.store(100, Relaxed);
+        {
+            let failed = p.attempt();
+            failed.add(60);
+            assert_eq!(p.bytes_left(), 40);
+        }
+        assert_eq!((p.bytes_moving.load(Relaxed), p.bytes_left()), (0, 100));
+        let retried = p.attempt();
+        retried.add(100);
+        retried.keep();
+        p.transferred_bytes.store(100, Relaxed);
+        assert_eq!((p.bytes_moving.load(Relaxed), p.bytes_left()), (100, 0));
+    }
 
     #[test]
     fn the_report_keeps_the_first_lines_in_path_order_whatever_order_they_end_in() {

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::checkpoint::{self, CheckpointSpec, Recorder};
 use crate::options::{Compare, SyncOptions, Verify};
-use crate::progress::{Progress, Report};
+use crate::progress::{Moving, Progress, Report};
 use crate::ratelimit::RateLimit;
 use crate::Result;
 
@@ -415,6 +415,7 @@ impl Run {
                 Ok(found) => found.map(|(e, _)| e),
                 Err(e) => {
                     p.fail(path, format!("cannot check destination: {e}"));
+                    p.unmoved_bytes.fetch_add(src.size, Relaxed);
                     continue;
                 }
             };
@@ -1236,6 +1237,7 @@ impl Run {
         prefetched: Option<Bytes>,
     ) -> Result<(u64, Option<String>), StorageError> {
         let meta = self.write_meta(s);
+        let moving = self.progress.attempt();
         let mut crc = 0u32;
         let mut n: u64 = 0;
         let version;
@@ -1272,7 +1274,7 @@ impl Run {
         } else if let (Location::Object(o), true) = (&self.src, self.dst.is_posix()) {
             let stored = self.stored_crc(s).await?;
             let sink = self.dst.create_file(&s.path, &meta, None, s.size).await?;
-            let res = match self.ranged_download(o, s, &sink, stored.as_ref()).await {
+            let res = match self.ranged_download(o, s, &sink, stored.as_ref(), &moving).await {
                 Ok(c) => check_stored_crc(s, c).map(|()| c),
                 Err(e) => Err(e),
             };
@@ -1307,7 +1309,7 @@ impl Run {
                         return Err(StorageError::SizeMismatch { expected: s.size, got: n });
                     }
                     self.throttle(chunk.len()).await;
-                    self.progress.bytes_moving.fetch_add(chunk.len() as u64, Relaxed);
+                    moving.add(chunk.len() as u64);
                     sink.write(chunk).await?;
                 }
                 if n != s.size {
@@ -1341,6 +1343,7 @@ impl Run {
                 return Err(StorageError::VerifyFailed { wrote: crc, read: got });
             }
         }
+        moving.keep();
         Ok((n, version))
     }
 
@@ -1356,6 +1359,7 @@ impl Run {
         s: &Entry,
         sink: &Sink,
         stored: Option<&StoredCrc>,
+        moving: &Moving<'_>,
     ) -> Result<u32, StorageError> {
         let file = Arc::new(sink.positional().expect("a local destination")?);
         let first = PartCrcs::for_stored(stored);
@@ -1399,7 +1403,7 @@ impl Run {
                         check.update(&chunk);
                     }
                     self.throttle(chunk.len()).await;
-                    self.progress.bytes_moving.fetch_add(len, Relaxed);
+                    moving.add(len);
                     tokio::task::block_in_place(|| file.write_at(&chunk, off))?;
                     off += len;
                 }
