@@ -31,7 +31,12 @@ pub async fn run(mut args: SyncArgs) -> anyhow::Result<ExitCode> {
     if let (Ok(src), Some(dst)) = (LocationSpec::parse(&args.src), &dst_spec) {
         check_overlap(&src, dst, opts.files_from.is_none().then_some(&opts.filter))?;
     }
-    let dst_new = dst_spec.and_then(|d| d.local_dir()).map(|d| missing_dirs(&d)).unwrap_or_default();
+    // A dry run creates nothing.
+    let dst_new = dst_spec
+        .and_then(|d| d.local_dir())
+        .filter(|_| !args.dry_run)
+        .map(|d| missing_dirs(&d))
+        .unwrap_or_default();
     // Created by this run (the destination and its missing parents) and
     // still empty: a run that ends before copying anything (an error, a
     // source with nothing stored) leaves none.
@@ -299,9 +304,13 @@ fn failure_lines(r: &Report, failures_csv: Option<&std::path::Path>) -> Vec<Stri
 }
 
 /// The directories of `dir` and its ancestors that do not exist, deepest
-/// first.
+/// first. Through a `..` the ancestors as written are not the directories
+/// that creating `dir` makes: then `dir` alone.
 fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
     let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if dir.components().any(|c| c == std::path::Component::ParentDir) {
+        return if dir.exists() { Vec::new() } else { vec![dir] };
+    }
     dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).map(Path::to_path_buf).collect()
 }
 
@@ -316,6 +325,18 @@ mod tests {
             .map(|i| Failure { path: format!("f{i}"), reason: "cannot connect to the store".into() })
             .collect();
         Report { failed: 3 + omitted, failures, failures_omitted: omitted, ..Default::default() }
+    }
+
+    #[test]
+    fn missing_dirs_are_those_creating_the_destination_makes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        std::fs::create_dir(t.join("existing")).unwrap();
+        assert_eq!(missing_dirs(&t.join("new/a")), [t.join("new/a"), t.join("new")]);
+        assert!(missing_dirs(&t.join("existing")).is_empty());
+        // `new/..` is `t`: `existing` is not this run's to remove.
+        let through = t.join("new/../existing/dst");
+        assert_eq!(missing_dirs(&through), vec![through]);
     }
 
     #[test]
