@@ -190,10 +190,14 @@ impl LocationSpec {
                 }
                 spec.bucket = path;
             }
-            // `memory://prefix`: the URL's host is the prefix's first part.
+            // `memory://prefix`: all of it, host included, is the prefix.
             Scheme::Memory => {
-                let host = url.host_str().unwrap_or_default();
-                spec.prefix = format!("{host}/{}", path.trim_matches('/')).trim_matches('/').to_string();
+                let raw = raw_location(input);
+                check_raw_prefix(input, raw)?;
+                spec.prefix = percent_encoding::percent_decode_str(raw.trim_matches('/'))
+                    .decode_utf8()
+                    .map_err(|_| Error::InvalidLocation(format!("{input:?}: path is not valid UTF-8")))?
+                    .into_owned();
             }
             _ => {
                 let bucket = url.host_str().unwrap_or_default();
@@ -205,22 +209,33 @@ impl LocationSpec {
                 }
                 spec.bucket = bucket.to_string();
                 spec.prefix = path.trim_start_matches('/').to_string();
-                // The URL parser resolves `..`; look at what the user wrote.
-                let raw = input.split_once("://").map(|(_, r)| r).unwrap_or_default();
-                let raw = raw.split('?').next().unwrap_or_default();
-                let raw_prefix = raw.split_once('/').map(|(_, p)| p).unwrap_or_default();
-                let raw_prefix = raw_prefix.strip_suffix('/').unwrap_or(raw_prefix);
-                if raw_prefix.contains("//")
-                    || raw_prefix.split('/').any(|c| matches!(c, "." | ".." | "%2e%2e" | "%2E%2E"))
-                {
-                    return Err(Error::InvalidLocation(format!(
-                        "{input:?}: the prefix may not contain '//', '.' or '..' components"
-                    )));
-                }
+                let raw_prefix = raw_location(input).split_once('/').map(|(_, p)| p).unwrap_or_default();
+                check_raw_prefix(input, raw_prefix)?;
             }
         }
         Ok(LocationSpec::Object(spec))
     }
+}
+
+/// What follows `scheme://` in `input`, before any `?`: as the user wrote
+/// it (the URL parser resolves `..`).
+fn raw_location(input: &str) -> &str {
+    let raw = input.split_once("://").map(|(_, r)| r).unwrap_or_default();
+    raw.split('?').next().unwrap_or_default()
+}
+
+/// A prefix with `//`, `.` or `..` components names no place in a bucket
+/// that maps onto paths: refused.
+fn check_raw_prefix(input: &str, raw_prefix: &str) -> Result<()> {
+    let raw_prefix = raw_prefix.strip_suffix('/').unwrap_or(raw_prefix);
+    let dots =
+        |c: &str| matches!(c.to_ascii_lowercase().as_str(), "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e.");
+    if raw_prefix.contains("//") || raw_prefix.split('/').any(dots) {
+        return Err(Error::InvalidLocation(format!(
+            "{input:?}: the prefix may not contain '//', '.' or '..' components"
+        )));
+    }
+    Ok(())
 }
 
 /// What an S3 upload sends for the server to check each request body
@@ -457,16 +472,18 @@ pub fn build_object_root(spec: &ObjectSpec, env: &dyn Env, opts: &OpenOptions) -
     };
     let context = op.base_context().with_http_transport(http_transport());
     let op = op.with_context(context);
-    let credential_vars: &'static [&'static str] = match spec.scheme {
-        Scheme::S3 => &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"],
-        Scheme::Obs => &["OBS_ACCESS_KEY_ID", "OBS_SECRET_ACCESS_KEY"],
-        Scheme::Oss => &["OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET"],
-        Scheme::Cos => &["COS_SECRET_ID", "COS_SECRET_KEY"],
-        Scheme::Azblob => &["AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY"],
-        Scheme::Gcs => &["GOOGLE_APPLICATION_CREDENTIALS"],
-        Scheme::File | Scheme::Memory => &[],
+    let credentials: &'static str = match spec.scheme {
+        Scheme::S3 => "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN",
+        Scheme::Obs => {
+            "OBS_ACCESS_KEY_ID / OBS_SECRET_ACCESS_KEY (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+        }
+        Scheme::Oss => "OSS_ACCESS_KEY_ID / OSS_ACCESS_KEY_SECRET",
+        Scheme::Cos => "COS_SECRET_ID / COS_SECRET_KEY",
+        Scheme::Azblob => "AZURE_STORAGE_ACCOUNT / AZURE_STORAGE_KEY",
+        Scheme::Gcs => "GOOGLE_APPLICATION_CREDENTIALS",
+        Scheme::File | Scheme::Memory => "the credentials",
     };
-    let endpoint = crate::object::Endpoint { url: endpoint_url, vars: endpoint_vars, credential_vars };
+    let endpoint = crate::object::Endpoint { url: endpoint_url, vars: endpoint_vars, credentials };
     let mut root = ObjectRoot::new(op, &spec.prefix, spec.display.clone(), parts).with_endpoint(endpoint);
     if spec.scheme == Scheme::File {
         root = root.with_local_root(PathBuf::from(&spec.bucket));
@@ -571,6 +588,7 @@ mod tests {
         assert_eq!(obj("memory://").scheme, Scheme::Memory);
         assert_eq!(obj("memory://x/y/").prefix, "x/y", "the host is part of the prefix");
         assert_eq!(obj("memory://x").prefix, "x");
+        assert_eq!(obj("memory://a%20b/c%20d").prefix, "a b/c d");
         assert!(obj("s3://b/p").path_style, "path-style by default (most self-hosted stores)");
         assert!(!obj("s3://b/p?path_style=false").path_style);
     }
@@ -596,6 +614,9 @@ mod tests {
         }
         LocationSpec::parse("s3://b/p?endpoint=https://s3.example.com").unwrap();
         assert!(err("s3://b/a/../c").contains("'..'"));
+        assert!(err("s3://b/a/%2E./c").contains("'..'"));
+        assert!(err("memory://x/../y").contains("'..'"));
+        assert!(err("memory://x//y").contains("'..'"));
         assert!(err("file://host/dir").contains("absolute directory"));
         assert!(err("").contains("empty"));
     }

@@ -91,8 +91,8 @@ pub(crate) struct Endpoint {
     pub url: Option<String>,
     /// The variables that set it, besides the location's `?endpoint=`.
     pub vars: &'static [&'static str],
-    /// The variables that hold the store's credentials.
-    pub credential_vars: &'static [&'static str],
+    /// Where the store's credentials come from, for messages.
+    pub credentials: &'static str,
 }
 
 impl Endpoint {
@@ -504,7 +504,7 @@ impl ObjectRoot {
             || msg.contains("SignatureDoesNotMatch")
             || msg.contains("InvalidAccessKeyId")
         {
-            let vars = self.endpoint.credential_vars.join(" / ");
+            let vars = self.endpoint.credentials;
             Error::PermissionDenied { what: format!("{} (check {vars} and the endpoint)", self.display) }
         } else {
             Error::store(format!("cannot reach {}", self.display), e)
