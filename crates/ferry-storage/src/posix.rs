@@ -420,8 +420,8 @@ impl PosixRoot {
     /// Create (or replace) a symlink atomically.
     pub fn create_symlink(&self, rel: &str, target: &str, meta: &PosixMeta) -> Result<()> {
         use rustix::fs::{
-            chownat, fsync, renameat, symlinkat, unlinkat, utimensat, AtFlags, Gid, Timespec, Timestamps,
-            Uid, UTIME_OMIT,
+            chownat, fsync, symlinkat, unlinkat, utimensat, AtFlags, Gid, Timespec, Timestamps, Uid,
+            UTIME_OMIT,
         };
         // Everything through the directory's descriptor, as for files.
         let (dir, dir_fd, name) = self.checked_parent(rel)?;
@@ -454,12 +454,12 @@ impl PosixRoot {
                 return Err(discard(e.into(), format!("set mtime of {}", tmp.display())));
             }
         }
-        if let Err(e) = unchanged_since(self.keep_changed_since, &dir_fd, name, &self.abs(rel)) {
+        let abs = self.abs(rel);
+        let placed = unchanged_since(self.keep_changed_since, &dir_fd, name, &abs)
+            .and_then(|how| place(&dir_fd, tmp_name, name, how, &abs));
+        if let Err(e) = placed {
             let _ = unlinkat(&dir_fd, tmp_name, AtFlags::empty());
             return Err(e);
-        }
-        if let Err(e) = renameat(&dir_fd, tmp_name, &dir_fd, name) {
-            return Err(discard(e.into(), format!("rename to {}", self.abs(rel).display())));
         }
         fsync(&dir_fd).map_err(|e| Error::io(format!("fsync directory {}", dir.display()), e.into()))
     }
@@ -522,21 +522,63 @@ impl PosixRoot {
     }
 }
 
-/// A relative path checked ([`validate_rel_path`]) and split into its
-/// directory (`""` at the top) and its last component.
 /// [`Error::ChangedMeanwhile`] when `name` in `dir_fd` was changed (by its
 /// ctime) at or after `since` ([`PosixRoot::keeping_changed_since`]).
-fn unchanged_since(since: Option<i64>, dir_fd: &rustix::fd::OwnedFd, name: &str, path: &Path) -> Result<()> {
+fn unchanged_since(
+    since: Option<i64>,
+    dir_fd: &rustix::fd::OwnedFd,
+    name: &str,
+    path: &Path,
+) -> Result<Placing> {
     use rustix::fs::{statat, AtFlags};
-    let Some(since) = since else { return Ok(()) };
+    let Some(since) = since else { return Ok(Placing::Replace) };
     match statat(dir_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) if StatFields::of(&st).ctime_ns >= since => {
             Err(Error::ChangedMeanwhile(path.display().to_string()))
         }
-        _ => Ok(()),
+        Ok(_) => Ok(Placing::Replace),
+        Err(_) => Ok(Placing::IntoFreeName),
     }
 }
 
+/// How a finished temporary file or link takes its final name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placing {
+    Replace,
+    /// The name was free when checked, and whatever the user puts there
+    /// meanwhile stays: the rename refuses to replace it.
+    IntoFreeName,
+}
+
+/// Rename `tmp` to `name` in `dir_fd` as `how` says; a name taken since
+/// the check is [`Error::ChangedMeanwhile`] (`path` in its message). Where
+/// the file system cannot refuse (EINVAL), a plain rename.
+fn place(dir_fd: &rustix::fd::OwnedFd, tmp: &str, name: &str, how: Placing, path: &Path) -> Result<()> {
+    use rustix::fs::{renameat, renameat_with, RenameFlags};
+    use rustix::io::Errno;
+    let renamed = match how {
+        Placing::Replace => renameat(dir_fd, tmp, dir_fd, name),
+        Placing::IntoFreeName => match renameat_with(dir_fd, tmp, dir_fd, name, RenameFlags::NOREPLACE) {
+            Err(Errno::EXIST) => return Err(Error::ChangedMeanwhile(path.display().to_string())),
+            Err(Errno::INVAL) => renameat(dir_fd, tmp, dir_fd, name),
+            other => other,
+        },
+    };
+    renamed.map_err(|e| {
+        // A file never replaces a directory: rename(2) refuses with EISDIR.
+        if e == Errno::ISDIR {
+            Error::InvalidName {
+                name: path.display().to_string(),
+                reason: "a directory of that name is in the way".into(),
+            }
+        } else {
+            Error::io(format!("rename to {}", path.display()), e.into())
+        }
+    })
+}
+
+/// A relative path checked ([`validate_rel_path`]) and split into its
+/// directory (`""` at the top) and its last component.
 fn split_rel(rel: &str) -> Result<(&str, &str)> {
     validate_rel_path(rel)
         .map_err(|e| Error::InvalidName { name: rel.to_string(), reason: e.to_string() })?;
@@ -843,19 +885,9 @@ impl PosixWriter {
         // Content and attributes durable before the name is: a file found
         // under its final name after a power loss has its mode and mtime too.
         f.sync_all().map_err(|e| Error::io(ctx("fsync"), e))?;
-        use rustix::fs::{fstat, fsync, renameat};
-        unchanged_since(self.keep_changed_since, &self.dir_fd, &self.name, &self.final_path)?;
-        renameat(&self.dir_fd, self.tmp_name.as_str(), &self.dir_fd, self.name.as_str()).map_err(|e| {
-            // A file never replaces a directory: rename(2) refuses with EISDIR.
-            if e == rustix::io::Errno::ISDIR {
-                Error::InvalidName {
-                    name: self.final_path.display().to_string(),
-                    reason: "a directory of that name is in the way".into(),
-                }
-            } else {
-                Error::io(format!("rename to {}", self.final_path.display()), e.into())
-            }
-        })?;
+        use rustix::fs::{fstat, fsync};
+        let how = unchanged_since(self.keep_changed_since, &self.dir_fd, &self.name, &self.final_path)?;
+        place(&self.dir_fd, &self.tmp_name, &self.name, how, &self.final_path)?;
         self.tmp.clear();
         fsync(&self.dir_fd)
             .map_err(|e| Error::io(format!("fsync directory of {}", self.final_path.display()), e.into()))?;
@@ -921,10 +953,13 @@ mod tests {
         let e = root.stat("a/b/file.txt").unwrap().unwrap();
         assert_ne!(version, version_of(&e), "a same-size copy changes it within the tick");
         let version = version_of(&e);
+        // Later: the same size, the same mtime put back, even the same
+        // byte written: only the ctime tells.
         std::thread::sleep(std::time::Duration::from_millis(20));
-        std::io::Write::write_all(&mut &f, b"j").unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"j", 0).unwrap();
         f.set_modified(system_time(1_500_000_000_000_000_000)).unwrap();
         let e = root.stat("a/b/file.txt").unwrap().unwrap();
+        assert_eq!(e.size, 5);
         assert_ne!(version, version_of(&e), "a rewrite changes it, its mtime put back");
     }
 
@@ -968,6 +1003,25 @@ mod tests {
         let before = mode("mine");
         assert!(matches!(root.set_file_attrs("mine", &meta(0o600, 0)), Err(Error::ChangedMeanwhile(_))));
         assert_eq!(mode("mine"), before);
+    }
+
+    /// A name free at the check but taken before the rename (by the user,
+    /// in the moment between): the user's file stays.
+    #[test]
+    fn a_name_taken_after_the_check_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = PosixRoot::open(dir.path(), false, false).unwrap();
+        let (_, fd, _) = root.checked_parent("x").unwrap();
+        let at = |name: &str| dir.path().join(name);
+        fs::write(at("tmp"), b"copy").unwrap();
+        fs::write(at("x"), b"the user's").unwrap();
+        let e = place(&fd, "tmp", "x", Placing::IntoFreeName, &at("x")).unwrap_err();
+        assert!(matches!(e, Error::ChangedMeanwhile(_)), "{e}");
+        assert_eq!(fs::read(at("x")).unwrap(), b"the user's");
+        place(&fd, "tmp", "y", Placing::IntoFreeName, &at("y")).unwrap();
+        assert_eq!(fs::read(at("y")).unwrap(), b"copy");
+        place(&fd, "y", "x", Placing::Replace, &at("x")).unwrap();
+        assert_eq!(fs::read(at("x")).unwrap(), b"copy", "a plain copy replaces");
     }
 
     #[test]
