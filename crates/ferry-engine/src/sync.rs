@@ -1087,6 +1087,7 @@ impl Run {
         // Only the attributes changed: a local copy gets them in place.
         let in_place = reason == ATTRS_DIFFER && self.dst.is_posix();
         if self.opts.dry_run {
+            self.dst.check_name(&s.path, s.kind)?;
             let (action, size) = if in_place { ("update", 0) } else { ("copy", s.size) };
             self.progress.plan(action, &s.path, Some(size), reason);
             return Ok(Outcome::Transferred(size, None));

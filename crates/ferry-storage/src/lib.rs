@@ -112,6 +112,15 @@ impl Location {
         matches!(self, Location::Posix(_))
     }
 
+    /// Whether an item of `kind` can be written at `rel`, as far as can be
+    /// told without writing (see [`ObjectRoot::check_name`]).
+    pub fn check_name(&self, rel: &str, kind: EntryKind) -> Result<()> {
+        match self {
+            Location::Posix(_) => Ok(()),
+            Location::Object(o) => o.check_name(rel, kind),
+        }
+    }
+
     /// Whether an empty listing of the root cannot tell "empty" from "not
     /// there": a prefix inside a bucket (see [`ObjectRoot::prefix_may_be_missing`]).
     pub fn empty_means_missing(&self) -> bool {

@@ -807,16 +807,11 @@ impl ObjectRoot {
         Ok(buf.to_bytes())
     }
 
-    pub async fn create_writer(
-        &self,
-        rel: &str,
-        kind: EntryKind,
-        meta: &PosixMeta,
-        crc32c: Option<u32>,
-        size_hint: u64,
-    ) -> Result<opendal::Writer> {
-        let key = if kind == EntryKind::Dir { self.dir_path(rel)? } else { self.path(rel)? };
-        let name = key.rsplit('/').next().unwrap_or_default();
+    /// Whether an item of `kind` can be written at `rel`: a `file://`
+    /// store holds names of up to [`FILE_STORE_NAME_MAX`] bytes. Checked
+    /// before every write, and by a dry run so that its plan says so.
+    pub fn check_name(&self, rel: &str, kind: EntryKind) -> Result<()> {
+        let name = rel.rsplit('/').next().unwrap_or_default();
         if self.local_root.is_some() && kind != EntryKind::Dir && name.len() > FILE_STORE_NAME_MAX {
             return Err(Error::InvalidName {
                 name: format!("{}/{rel}", self.display),
@@ -827,6 +822,19 @@ impl ObjectRoot {
                 ),
             });
         }
+        Ok(())
+    }
+
+    pub async fn create_writer(
+        &self,
+        rel: &str,
+        kind: EntryKind,
+        meta: &PosixMeta,
+        crc32c: Option<u32>,
+        size_hint: u64,
+    ) -> Result<opendal::Writer> {
+        let key = if kind == EntryKind::Dir { self.dir_path(rel)? } else { self.path(rel)? };
+        self.check_name(rel, kind)?;
         let chunk = self.parts.chunk_for(size_hint);
         let big = size_hint > chunk as u64;
         let opts = WriteOptions {

@@ -139,6 +139,10 @@ async fn fs_to_fs_and_file_bucket_keep_empty_dirs() {
     let (fits, too_long) = ("f".repeat(246), "t".repeat(247));
     std::fs::write(long.join(&fits), "fits").unwrap();
     std::fs::write(long.join(&too_long), "too long").unwrap();
+    // A dry run says so too.
+    let r =
+        ferry(&state, &[], &["sync", long.to_str().unwrap(), &format!("{url}/long"), "--json", "--dry-run"]);
+    assert_eq!((r.code, r.json()["failed"].as_u64()), (1, Some(1)), "{}\n{}", r.stdout, r.stderr);
     let r = ferry(&state, &[], &["sync", long.to_str().unwrap(), &format!("{url}/long"), "--json"]);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     let j = r.json();
