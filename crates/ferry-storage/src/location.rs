@@ -378,6 +378,15 @@ pub fn build_object_root(spec: &ObjectSpec, env: &dyn Env, opts: &OpenOptions) -
             let ep = endpoint_url.clone().ok_or_else(|| {
                 Error::Config(format!("missing endpoint for {d}: add ?endpoint=… or set OBS_ENDPOINT"))
             })?;
+            // The OBS client keeps only the endpoint's host: a port would be
+            // dropped in silence, and requests sent to the scheme's default.
+            if Url::parse(&ep).is_ok_and(|u| u.port().is_some()) {
+                return Err(Error::Config(format!(
+                    "endpoint {ep} of {d} has a port, which obs:// cannot use: give one on the default \
+                     port, or reach the store's S3 API with s3://{}/…?endpoint={ep}",
+                    spec.bucket
+                )));
+            }
             let b = services::Obs::default()
                 .bucket(&spec.bucket)
                 .endpoint(&ep)
@@ -683,6 +692,12 @@ mod tests {
             let e = build_object_root(&obj(url), &env, &retry_once()).unwrap_err().to_string();
             assert!(e.contains("endpoint"), "{url}: {e}");
         }
+        let with_port = obj("obs://b/p?endpoint=http://127.0.0.1:9000");
+        let env_obs = MapEnv(HashMap::from([("OBS_ACCESS_KEY_ID", "a"), ("OBS_SECRET_ACCESS_KEY", "b")]));
+        let e = build_object_root(&with_port, &env_obs, &retry_once()).unwrap_err().to_string();
+        assert!(e.contains("has a port, which obs:// cannot use") && e.contains("s3://b/"), "{e}");
+        build_object_root(&obj("obs://b/p?endpoint=https://obs.example.com"), &env_obs, &retry_once())
+            .unwrap();
         let e = build_object_root(&obj("gcs://b/p"), &env, &retry_once()).unwrap_err();
         assert!(e.to_string().contains("GOOGLE_APPLICATION_CREDENTIALS"), "{e}");
         // A public bucket needs no credentials.
