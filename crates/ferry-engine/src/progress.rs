@@ -94,11 +94,22 @@ impl Progress {
         self.report_failure(path, reason.into());
     }
 
+    /// A listed source file of `size` bytes failed: settled, unmoved.
+    pub(crate) fn fail_file(&self, path: &str, size: u64, reason: impl Into<String>) {
+        self.fail(path, reason);
+        self.unmoved_bytes.fetch_add(size, Relaxed);
+    }
+
+    /// Bytes moved so far, those of items still in flight included.
+    pub fn bytes_moved(&self) -> u64 {
+        self.transferred_bytes.load(Relaxed).max(self.bytes_moving.load(Relaxed))
+    }
+
     /// Bytes of listed files not settled yet: what is still to move, as
     /// far as the scan has seen (for an ETA).
     pub fn bytes_left(&self) -> u64 {
-        let moved = self.transferred_bytes.load(Relaxed).max(self.bytes_moving.load(Relaxed));
-        let settled = self.skipped_bytes.load(Relaxed) + self.unmoved_bytes.load(Relaxed) + moved;
+        let settled =
+            self.skipped_bytes.load(Relaxed) + self.unmoved_bytes.load(Relaxed) + self.bytes_moved();
         self.listed_bytes.load(Relaxed).saturating_sub(settled)
     }
 

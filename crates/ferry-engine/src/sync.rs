@@ -414,8 +414,7 @@ impl Run {
             let dst = match self.dst.stat(path).await {
                 Ok(found) => found.map(|(e, _)| e),
                 Err(e) => {
-                    p.fail(path, format!("cannot check destination: {e}"));
-                    p.unmoved_bytes.fetch_add(src.size, Relaxed);
+                    p.fail_file(path, src.size, format!("cannot check destination: {e}"));
                     continue;
                 }
             };
@@ -1012,13 +1011,11 @@ impl Run {
                         attempt += 1;
                         continue;
                     }
-                    p.fail(&item.src.path, e.to_string());
-                    p.unmoved_bytes.fetch_add(item.src.size, Relaxed);
+                    p.fail_file(&item.src.path, item.src.size, e.to_string());
                 }
                 Err(e) => {
                     self.stop_if_unreachable(&e);
-                    p.fail(&item.src.path, e.to_string());
-                    p.unmoved_bytes.fetch_add(item.src.size, Relaxed);
+                    p.fail_file(&item.src.path, item.src.size, e.to_string());
                 }
             }
             return;

@@ -172,10 +172,7 @@ impl LocationSpec {
                 }
             }
         }
-        let path = percent_encoding::percent_decode_str(url.path())
-            .decode_utf8()
-            .map_err(|_| Error::InvalidLocation(format!("{input:?}: path is not valid UTF-8")))?
-            .into_owned();
+        let path = decoded(input, url.path())?;
         match scheme {
             Scheme::File => {
                 if url.host_str().is_some_and(|h| !h.is_empty()) {
@@ -194,10 +191,7 @@ impl LocationSpec {
             Scheme::Memory => {
                 let raw = raw_location(input);
                 check_raw_prefix(input, raw)?;
-                spec.prefix = percent_encoding::percent_decode_str(raw.trim_matches('/'))
-                    .decode_utf8()
-                    .map_err(|_| Error::InvalidLocation(format!("{input:?}: path is not valid UTF-8")))?
-                    .into_owned();
+                spec.prefix = decoded(input, raw.trim_matches('/'))?;
             }
             _ => {
                 let bucket = url.host_str().unwrap_or_default();
@@ -215,6 +209,13 @@ impl LocationSpec {
         }
         Ok(LocationSpec::Object(spec))
     }
+}
+
+/// `path` (of `input`) percent-decoded.
+fn decoded(input: &str, path: &str) -> Result<String> {
+    let path = percent_encoding::percent_decode_str(path).decode_utf8();
+    path.map(|p| p.into_owned())
+        .map_err(|_| Error::InvalidLocation(format!("{input:?}: path is not valid UTF-8")))
 }
 
 /// What follows `scheme://` in `input`, before any `?`: as the user wrote

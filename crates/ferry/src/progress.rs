@@ -47,7 +47,7 @@ fn line(p: &Progress, elapsed: Duration) -> String {
     let done = p.transferred.load(Relaxed);
     let skipped = p.skipped.load(Relaxed);
     let failed = p.failed.load(Relaxed);
-    let moved = p.transferred_bytes.load(Relaxed).max(p.bytes_moving.load(Relaxed));
+    let moved = p.bytes_moved();
     let secs = elapsed.as_secs_f64().max(0.001);
     let rate = moved as f64 / secs;
     let scanning = !p.scan_done.load(Relaxed);
