@@ -21,9 +21,15 @@ fn main() -> ExitCode {
     let quiet =
         if matches!(cli.command, cli::Command::Serve(_) | cli::Command::Worker(_)) { "info" } else { "warn" };
     let filter = if cli.verbose { "ferry=debug,info" } else { quiet };
+    // The request signer prints the credentials it loads (secret key and
+    // session token included) at debug level: never below info, whatever
+    // FERRY_LOG asks.
+    let secrets = "reqsign_core=info".parse().expect("a valid directive");
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| filter.into()),
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| filter.into())
+                .add_directive(secrets),
         )
         .with_writer(std::io::stderr)
         .init();

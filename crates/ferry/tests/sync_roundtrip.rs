@@ -166,10 +166,16 @@ async fn a_session_token_goes_with_every_request() {
     std::fs::write(src.join("d/f"), "temporary").unwrap();
     let mut env = s3.env();
     env.push(("AWS_SESSION_TOKEN".into(), "session-token-1".into()));
+    // With every log line on, no secret is among them.
+    env.push(("FERRY_LOG".into(), "trace".into()));
     for (from, to) in [(src.to_str().unwrap(), "s3://bkt-sts/p"), ("s3://bkt-sts/p", back.to_str().unwrap())]
     {
         let r = ferry(&state, &env, &["sync", from, to]);
         assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("TRACE"), "logs on");
+        for secret in [s3.secret_key(), "session-token-1"] {
+            assert!(!r.stderr.contains(secret), "{secret} logged:\n{}", r.stderr);
+        }
     }
     assert_eq!(std::fs::read(back.join("d/f")).unwrap(), b"temporary");
     let tokens = s3.session_tokens();
