@@ -190,14 +190,19 @@ pub fn set_link_mtime(path: &Path, ns: i64) {
     assert!(ok, "touch -h {}", path.display());
 }
 
-/// Every file name below `root` (to look for temporary leftovers).
+/// Every file name below `root` (to look for temporary leftovers). Names
+/// gone by the time they are looked at (a run still writing renames its
+/// temporary files) are left out; `root` itself must exist.
 pub fn all_names(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
+    fs::read_dir(root).unwrap();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if fs::symlink_metadata(&p).unwrap().is_dir() {
+        let Ok(entries) = fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(md) = fs::symlink_metadata(&p) else { continue };
+            if md.is_dir() {
                 stack.push(p.clone());
             }
             out.push(p);
