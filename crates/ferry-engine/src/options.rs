@@ -81,6 +81,12 @@ pub struct SyncOptions {
     /// holds: a share's files created or changed since its last export,
     /// which a preload must not replace. Counted as skipped.
     pub keep: Option<std::sync::Arc<std::collections::HashSet<String>>>,
+    /// Let the store copy files between two of its buckets itself, when
+    /// both locations are on one S3 endpoint with the same credentials.
+    pub store_copy: bool,
+    /// Files larger than this are copied within the store in parts
+    /// (UploadPartCopy); CopyObject takes at most 5 GiB.
+    pub copy_cutoff: u64,
 }
 
 /// Attributes that replace the source's on everything a run writes; the
@@ -117,6 +123,8 @@ impl Default for SyncOptions {
             update_attributes: true,
             count_earlier_attempts: false,
             keep: None,
+            store_copy: true,
+            copy_cutoff: 5 << 30,
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct Progress {
     /// Items whose transfer (or creation) completed.
     pub transferred: AtomicU64,
     pub transferred_bytes: AtomicU64,
+    /// Transferred files the store copied itself (no data through ferry).
+    pub copied_in_store: AtomicU64,
     /// Bytes moved so far, including items still in flight.
     pub bytes_moving: AtomicU64,
     /// Items found identical at the destination.
@@ -250,6 +252,9 @@ pub struct Report {
     pub listed: u64,
     pub transferred: u64,
     pub transferred_bytes: u64,
+    /// Transferred files the store copied itself, between two of its
+    /// buckets: their bytes did not go through ferry.
+    pub copied_in_store: u64,
     pub skipped: u64,
     /// Listed source items that failed (each is in `failures`).
     pub failed: u64,

@@ -83,6 +83,9 @@ struct Run {
     /// local destination once everything inside is written (one entry per
     /// directory, not per file).
     dir_times: Mutex<Vec<(String, i64)>>,
+    /// Files are copied by the store itself (two buckets of one store,
+    /// [`ferry_storage::ObjectRoot::copies_from`]); off once it refuses.
+    store_copy: AtomicBool,
 }
 
 /// A directory level for the walk to compare.
@@ -169,6 +172,8 @@ impl Sync {
                     checkpoint::abort_left_uploads(&self.src, dst, window, &self.progress).await;
             }
         }
+        let store_copy = self.opts.store_copy
+            && matches!((&self.src, &self.dst), (Location::Object(s), Location::Object(d)) if d.copies_from(s));
         let run = Arc::new(Run {
             limiter: self.opts.bwlimit.map(RateLimit::new),
             buffers: buffer_room(&self.opts),
@@ -187,6 +192,7 @@ impl Sync {
             check_only: false,
             visited: Mutex::new(Default::default()),
             dir_times: Mutex::new(Vec::new()),
+            store_copy: AtomicBool::new(store_copy),
         });
 
         run.clone().scan_and_transfer().await;
@@ -243,6 +249,7 @@ impl Sync {
             listed: p.listed.load(Relaxed),
             transferred: p.transferred.load(Relaxed),
             transferred_bytes: p.transferred_bytes.load(Relaxed),
+            copied_in_store: p.copied_in_store.load(Relaxed),
             skipped: p.skipped.load(Relaxed),
             failed,
             other_failures,
@@ -1093,6 +1100,13 @@ impl Run {
             self.dst.set_file_attrs(&s.path, &self.write_meta(&s)).await?;
             return Ok(Outcome::Transferred(0, None));
         }
+        if s.kind != EntryKind::Dir && self.store_copy.load(Relaxed) {
+            if let Some(version) = self.copy_in_store(&mut s).await? {
+                // A symlink's body is its target, not content: no bytes, as below.
+                let n = if s.kind == EntryKind::Symlink { 0 } else { s.size };
+                return Ok(Outcome::Transferred(n, version));
+            }
+        }
         let _room = self.hold_buffers(&s).await;
         // A small object not looked at yet: one GET brings body and metadata.
         let mut prefetched = None;
@@ -1227,6 +1241,55 @@ impl Run {
         Ok(())
     }
 
+    /// Copy a file or symlink between two buckets of one store by the
+    /// store itself: no data moves through ferry. The new version when
+    /// done; `None` when the store refuses such copies, which the run then
+    /// makes through ferry, this one first.
+    async fn copy_in_store(&self, s: &mut Entry) -> Result<Option<Option<String>>, StorageError> {
+        let (Location::Object(src), Location::Object(dst)) = (&self.src, &self.dst) else {
+            return Ok(None);
+        };
+        // The attributes go with the copy: a small object not looked at
+        // yet costs a HEAD here, where a GET would have brought them. The
+        // copy is of the version listed, as a GET's would be.
+        if !s.meta_loaded {
+            let listed = s.etag.clone();
+            self.load_meta(&self.src, s).await?;
+            if listed.is_some() && s.etag != listed {
+                return Err(StorageError::SourceChanged(format!(
+                    "{}/{} was rewritten after it was listed",
+                    src.display(),
+                    s.path
+                )));
+            }
+        }
+        let moving = self.progress.attempt();
+        let version = match dst.copy_from(src, s, &self.write_meta(s), s.crc32c, self.opts.copy_cutoff).await
+        {
+            Ok(version) => version,
+            Err(e @ StorageError::CopyRefused(_)) => {
+                if self.store_copy.swap(false, Relaxed) {
+                    self.progress.warn(format!(
+                        "{}: the store does not copy objects itself ({e}); copying through ferry instead",
+                        s.path
+                    ));
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        if self.opts.verify == Verify::Transferred {
+            let (want, _) = self.checksum(&self.src, s, false, None).await?;
+            self.verify_copy(s, want).await?;
+        }
+        if s.kind == EntryKind::File {
+            moving.add(s.size);
+        }
+        moving.keep();
+        self.progress.copied_in_store.fetch_add(1, Relaxed);
+        Ok(Some(version))
+    }
+
     /// Stream one file into the destination; visible only once complete and verified.
     /// `prefetched` is the whole content when it was already read.
     async fn copy_file(
@@ -1329,20 +1392,27 @@ impl Run {
             version = sink.commit(&meta).await?;
         }
         if self.opts.verify == Verify::Transferred {
-            let written =
-                Entry { etag: None, crc32c: None, md5: None, meta_loaded: true, local: None, ..s.clone() };
-            let (got, _) = self.checksum(&self.dst, &written, false, None).await?;
-            if got != crc {
-                // Never leave a copy known to be wrong: its size and mtime
-                // are right, so a later run would take it as up to date.
-                if let Err(e) = self.dst.remove(&s.path, s.kind).await {
-                    self.progress.warn(format!("{}: a copy that failed verification stays: {e}", s.path));
-                }
-                return Err(StorageError::VerifyFailed { wrote: crc, read: got });
-            }
+            self.verify_copy(s, crc).await?;
         }
         moving.keep();
         Ok((n, version))
+    }
+
+    /// Read the copy of `s` back (`--verify transferred`) and compare its
+    /// CRC32C with `wrote`, the source's.
+    async fn verify_copy(&self, s: &Entry, wrote: u32) -> Result<(), StorageError> {
+        let written =
+            Entry { etag: None, crc32c: None, md5: None, meta_loaded: true, local: None, ..s.clone() };
+        let (got, _) = self.checksum(&self.dst, &written, false, None).await?;
+        if got != wrote {
+            // Never leave a copy known to be wrong: its size and mtime
+            // are right, so a later run would take it as up to date.
+            if let Err(e) = self.dst.remove(&s.path, s.kind).await {
+                self.progress.warn(format!("{}: a copy that failed verification stays: {e}", s.path));
+            }
+            return Err(StorageError::VerifyFailed { wrote, read: got });
+        }
+        Ok(())
     }
 
     /// Download a large object into a local file as up to `DOWNLOAD_STREAMS` ranged
@@ -1675,6 +1745,7 @@ impl Run {
             check_only: true,
             visited: Mutex::new(Default::default()),
             dir_times: Mutex::new(Vec::new()),
+            store_copy: AtomicBool::new(false),
         });
         if let Some(j) = self.progress.journal.get() {
             check.progress.set_journal(j.clone());

@@ -70,6 +70,10 @@ pub enum Error {
     /// A listing that cannot be trusted (it went back to an earlier page).
     #[error("{0}")]
     Listing(String),
+    /// A copy within the store that the store does not make (or not for
+    /// these credentials): copying through ferry may still work.
+    #[error("{0}")]
+    CopyRefused(String),
     /// An HTTP answer other than success, from calls ferry makes itself.
     #[error("{context}: HTTP {status}: {detail}")]
     Http { context: String, status: u16, detail: String },

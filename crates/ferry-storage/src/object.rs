@@ -112,6 +112,9 @@ impl Endpoint {
 /// system's 255 bytes.
 const FILE_STORE_NAME_MAX: usize = 255 - 9;
 
+/// The largest object S3's CopyObject copies in one request.
+const COPY_OBJECT_MAX: u64 = 5 << 30;
+
 /// How long the first request to a store may go unanswered before the
 /// user is told (see [`ObjectRoot::check_reachable`]).
 pub const SLOW_START_NOTICE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -217,6 +220,61 @@ impl ObjectRoot {
     pub(crate) fn with_direct(mut self, direct: crate::s3direct::S3Direct) -> Self {
         self.direct = Some(direct.into());
         self
+    }
+
+    /// Whether the store can copy objects of `src` here itself (S3
+    /// CopyObject): both are s3:// locations at one endpoint, reached with
+    /// the same credentials. Such copies move no data through ferry.
+    pub fn copies_from(&self, src: &ObjectRoot) -> bool {
+        matches!((&self.direct, &src.direct), (Some(d), Some(s)) if d.same_store(s))
+    }
+
+    /// Copy the object `entry` of `src` (see [`Self::copies_from`]), a
+    /// file or a symlink (whose body is its target), to the same path here
+    /// within the store, with `meta` (and `crc32c`, the content's when
+    /// known) as its attributes. Fails as [`Error::SourceChanged`] when the
+    /// source is no longer `entry.etag`, and as [`Error::CopyRefused`] when
+    /// the store does not make such copies. Objects above `cutoff` bytes
+    /// (at most 5 GiB, CopyObject's limit) are copied in parts of this
+    /// location's part size. Returns the new object's ETag.
+    pub async fn copy_from(
+        &self,
+        src: &ObjectRoot,
+        entry: &Entry,
+        meta: &PosixMeta,
+        crc32c: Option<u32>,
+        cutoff: u64,
+    ) -> Result<Option<String>> {
+        let (Some(d), Some(s)) = (&self.direct, &src.direct) else {
+            return Err(Error::Config(format!(
+                "{} cannot copy from {} within the store",
+                self.display, src.display
+            )));
+        };
+        let (key, source) = (self.path(&entry.path)?, s.copy_source(&src.path(&entry.path)?));
+        self.check_name(&entry.path, entry.kind)?;
+        let metadata = self.user_metadata(entry.kind, meta, crc32c);
+        let what = format!("{}/{} to {}/{}", src.display, entry.path, self.display, entry.path);
+        let etag = entry.etag.as_deref();
+        if entry.size <= cutoff.min(COPY_OBJECT_MAX) {
+            let multipart = etag.is_some_and(|e| e.trim_matches('"').contains('-'));
+            return d.copy_object(&source, (etag, multipart), &key, &metadata, &what).await;
+        }
+        let layout =
+            (entry.size, self.parts.chunk_for(entry.size) as u64, self.parts.concurrent_for(entry.size));
+        let since = SystemTime::now();
+        match d.copy_in_parts(&source, etag, &key, &metadata, layout, &what).await {
+            Ok(etag) => Ok(etag),
+            Err(e) => {
+                // A completion the store carried out but whose answer was
+                // lost fails on retry (the upload is gone): look.
+                if let Some(etag) = self.landed(&entry.path, entry.size, meta, since).await {
+                    tracing::debug!(object = %what, error = %e, "copied despite the error");
+                    return Ok(etag);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Whether incomplete multipart uploads can be listed and aborted here.

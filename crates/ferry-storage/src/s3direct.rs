@@ -13,7 +13,11 @@
 //!   write whole can still be checked end to end.
 //! - Whether an object is encrypted by a key the store manages (SSE-KMS),
 //!   asked only when a small object's content does not match its ETag.
+//! - Copies within one store (CopyObject, and UploadPartCopy for objects
+//!   above 5 GiB): OpenDAL copies only within one bucket, and sends no
+//!   metadata or version condition with a copy.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, SystemTime};
 
@@ -58,6 +62,11 @@ pub(crate) struct S3Direct {
     /// Whether single-part ETags are still taken for MD5s of the content:
     /// until an object here turns out to be encrypted with SSE-KMS.
     md5_etags: AtomicBool,
+    bucket: String,
+    /// The endpoint and the credentials requests go with (empty when
+    /// unsigned): two buckets alike here are in one store that can copy
+    /// objects between them itself.
+    store: String,
 }
 
 /// Answers to a HEAD that mean the store does not understand the question.
@@ -84,6 +93,59 @@ struct UploadXml {
     upload_id: String,
     #[serde(default)]
     initiated: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "PascalCase")]
+struct InitiateXml {
+    upload_id: String,
+}
+
+/// The answer of CopyObject, UploadPartCopy and CompleteMultipartUpload.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ResultXml {
+    #[serde(rename = "ETag")]
+    etag: String,
+}
+
+fn result_etag(body: &[u8]) -> Option<String> {
+    quick_xml::de::from_reader::<_, ResultXml>(body).ok().map(|r| r.etag).filter(|e| !e.is_empty())
+}
+
+/// Whether an answer's body is an S3 error document.
+fn starts_with_error(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
+    let mut rest = text.trim_start();
+    if rest.starts_with("<?xml") {
+        rest = rest.split_once("?>").map_or("", |(_, r)| r).trim_start();
+    }
+    rest.starts_with("<Error>") || rest.starts_with("<Error ")
+}
+
+/// A copy request's error, as [`Error::CopyRefused`] when it says the
+/// store does not make such copies (400, 405, 501; 403 for these
+/// credentials) rather than that this one failed.
+fn refused(e: Error) -> Error {
+    match e {
+        Error::Http { status: 400 | 405 | 501, .. } | Error::PermissionDenied { .. } => {
+            Error::CopyRefused(e.to_string())
+        }
+        e => e,
+    }
+}
+
+/// The headers naming a copy's source, pinned to the version listed.
+fn copy_headers<'a>(source: &str, etag: Option<&str>) -> Vec<(&'a str, String)> {
+    let mut headers = vec![("x-amz-copy-source", source.to_string())];
+    if let Some(etag) = etag {
+        headers.push(("x-amz-copy-source-if-match", etag.to_string()));
+    }
+    headers
+}
+
+fn xml_text(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 #[derive(Deserialize, Default)]
@@ -115,6 +177,15 @@ impl S3Direct {
                 None => format!("https://{bucket}.{endpoint}"),
             }
         };
+        let store = match &keys {
+            Some(k) => format!(
+                "{endpoint}\n{}\n{}\n{}",
+                k.access_key_id,
+                k.secret_access_key,
+                k.session_token.as_deref().unwrap_or_default()
+            ),
+            None => String::new(),
+        };
         let signer = keys.map(|k| {
             let mut provider = StaticCredentialProvider::new(&k.access_key_id, &k.secret_access_key);
             if let Some(t) = &k.session_token {
@@ -127,7 +198,16 @@ impl S3Direct {
             )
         });
         let md5_etags = AtomicBool::new(checksums);
-        Self { base, signer, transport: crate::location::http_transport(), retries, checksums, md5_etags }
+        Self {
+            base,
+            signer,
+            transport: crate::location::http_transport(),
+            retries,
+            checksums,
+            md5_etags,
+            bucket: bucket.to_string(),
+            store,
+        }
     }
 
     /// Whether this location checks content (`checksum=crc32c`).
@@ -210,6 +290,131 @@ impl S3Direct {
             self.md5_etags.store(false, Relaxed);
         }
         Ok(kms)
+    }
+
+    /// Whether the store can copy objects of `src` into this bucket itself:
+    /// both are reached at one endpoint with the same credentials.
+    pub(crate) fn same_store(&self, src: &S3Direct) -> bool {
+        !self.store.is_empty() && self.store == src.store
+    }
+
+    /// How a copy names `key` of this bucket as its source
+    /// (`x-amz-copy-source`).
+    pub(crate) fn copy_source(&self, key: &str) -> String {
+        format!("{}/{}", utf8_percent_encode(&self.bucket, PATH), utf8_percent_encode(key, PATH))
+    }
+
+    /// Copy `source` (see [`Self::copy_source`]) to `key` within the store
+    /// (CopyObject, for up to 5 GiB), if the source is still `etag`; the
+    /// copy gets `metadata` (user metadata, keys without `x-amz-meta-`)
+    /// instead of the source's. Returns the new object's ETag.
+    ///
+    /// The store keeps the source's checksum with the copy, but the
+    /// composite checksum of a multipart source does not hold for a copy
+    /// made in one piece (some stores keep it anyway): for such a source
+    /// (`multipart`), while this location checks content, the store is
+    /// asked for a CRC32C of the whole copy.
+    pub(crate) async fn copy_object(
+        &self,
+        source: &str,
+        (etag, multipart): (Option<&str>, bool),
+        key: &str,
+        metadata: &HashMap<String, String>,
+        what: &str,
+    ) -> Result<Option<String>> {
+        let url = format!("{}/{}", self.base, utf8_percent_encode(key, PATH));
+        let mut headers = copy_headers(source, etag);
+        headers.push(("x-amz-metadata-directive", "REPLACE".into()));
+        if multipart && self.checksums {
+            headers.push(("x-amz-checksum-algorithm", "CRC32C".into()));
+        }
+        let names: Vec<String> = metadata.keys().map(|k| format!("x-amz-meta-{k}")).collect();
+        headers.extend(names.iter().map(String::as_str).zip(metadata.values().cloned()));
+        let context = format!("copy {what} within the store");
+        let (_, body) = self.call(Method::PUT, &url, &headers, &context).await.map_err(refused)?;
+        Ok(result_etag(&body))
+    }
+
+    /// Copy `source` to `key` within the store as a multipart upload whose
+    /// parts (UploadPartCopy, `concurrent` at a time) are `part_size` bytes
+    /// but the last, each only if the source is still `etag`; the upload
+    /// is aborted unless every part is copied. Returns the new ETag.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn copy_in_parts(
+        &self,
+        source: &str,
+        etag: Option<&str>,
+        key: &str,
+        metadata: &HashMap<String, String>,
+        (size, part_size, concurrent): (u64, u64, usize),
+        what: &str,
+    ) -> Result<Option<String>> {
+        use futures::StreamExt as _;
+        let object = format!("{}/{}", self.base, utf8_percent_encode(key, PATH));
+        let names: Vec<String> = metadata.keys().map(|k| format!("x-amz-meta-{k}")).collect();
+        let meta: Vec<(&str, String)> =
+            names.iter().map(String::as_str).zip(metadata.values().cloned()).collect();
+        let context = format!("copy {what} within the store");
+        let (_, body) = self.call(Method::POST, &format!("{object}?uploads"), &meta, &context).await?;
+        let upload_id = quick_xml::de::from_reader::<_, InitiateXml>(body.as_ref())
+            .map(|x| x.upload_id)
+            .ok()
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| Error::Http {
+                context: context.clone(),
+                status: 200,
+                detail: "the answer to starting the upload names no upload id".into(),
+            })?;
+        let id = utf8_percent_encode(&upload_id, QUERY).to_string();
+        let parts = size.div_ceil(part_size.max(1)).max(1);
+        let copied: Vec<Result<(u64, String)>> = futures::stream::iter(1..=parts)
+            .map(|n| {
+                let (object, id, context) = (&object, &id, &context);
+                async move {
+                    let start = (n - 1) * part_size;
+                    let end = (start + part_size).min(size);
+                    let mut headers = copy_headers(source, etag);
+                    headers.push((
+                        "x-amz-copy-source-range",
+                        format!("bytes={start}-{}", end.saturating_sub(1)),
+                    ));
+                    let url = format!("{object}?partNumber={n}&uploadId={id}");
+                    let (_, body) = self.call(Method::PUT, &url, &headers, context).await.map_err(refused)?;
+                    let etag = result_etag(&body).ok_or_else(|| Error::Http {
+                        context: context.clone(),
+                        status: 200,
+                        detail: format!("the answer to copying part {n} names no ETag"),
+                    })?;
+                    Ok((n, etag))
+                }
+            })
+            .buffered(concurrent.max(1))
+            .collect()
+            .await;
+        let done: Result<Vec<(u64, String)>> = copied.into_iter().collect();
+        let res = match done {
+            Ok(done) => {
+                let mut xml = String::from("<CompleteMultipartUpload>");
+                for (n, etag) in &done {
+                    xml.push_str(&format!(
+                        "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag></Part>",
+                        xml_text(etag)
+                    ));
+                }
+                xml.push_str("</CompleteMultipartUpload>");
+                let url = format!("{object}?uploadId={id}");
+                self.call_with(Method::POST, &url, &[], Bytes::from(xml), &context)
+                    .await
+                    .map(|(_, body)| result_etag(&body))
+            }
+            Err(e) => Err(e),
+        };
+        if res.is_err() {
+            if let Err(e) = self.abort(key, &upload_id, what).await {
+                tracing::warn!(error = %e, "{what}: the copy's upload could not be aborted");
+            }
+        }
+        res
     }
 
     /// Every incomplete upload whose key starts with `prefix` (full keys).
@@ -381,9 +586,22 @@ impl S3Direct {
         headers: &[(&str, String)],
         context: &str,
     ) -> Result<(http::HeaderMap, Bytes)> {
+        self.call_with(method, url, headers, Bytes::new(), context).await
+    }
+
+    /// [`Self::call`] with a request body (sent unsigned, as OpenDAL's
+    /// requests are: `UNSIGNED-PAYLOAD`).
+    async fn call_with(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+        context: &str,
+    ) -> Result<(http::HeaderMap, Bytes)> {
         let mut attempt = 0;
         loop {
-            match self.call_once(method.clone(), url, headers, context).await {
+            match self.call_once(method.clone(), url, headers, body.clone(), context).await {
                 // A changed object (412) is for the caller to retry whole;
                 // 501 (not implemented) will not change.
                 Err(e)
@@ -406,6 +624,7 @@ impl S3Direct {
         method: Method,
         url: &str,
         headers: &[(&str, String)],
+        body: Bytes,
         context: &str,
     ) -> Result<(http::HeaderMap, Bytes)> {
         let mut req = Request::builder().method(method).uri(url);
@@ -413,7 +632,7 @@ impl S3Direct {
             req = req.header(*name, value);
         }
         let req = req
-            .body(Buffer::new())
+            .body(Buffer::from(body))
             .map_err(|e| Error::Config(format!("{context}: bad request address {url:?}: {e}")))?;
         let (mut parts, body) = req.into_parts();
         if let Some(signer) = &self.signer {
@@ -431,9 +650,13 @@ impl S3Direct {
         let status = resp.status();
         let (parts, body) = resp.into_parts();
         let body = body.to_bytes();
-        if status.is_success() {
+        // A copy or a completion can fail after its 200 was sent: the
+        // error is then the body (S3 keeps the connection alive that way).
+        let failed_late = status.is_success() && starts_with_error(&body);
+        if status.is_success() && !failed_late {
             return Ok((parts.headers, body));
         }
+        let status = if failed_late { StatusCode::INTERNAL_SERVER_ERROR } else { status };
         let err: ErrorXml = quick_xml::de::from_reader(body.as_ref()).unwrap_or_default();
         let detail = match (err.code.as_str(), err.message.as_str()) {
             ("", _) => status.canonical_reason().unwrap_or("error").to_string(),
@@ -473,6 +696,46 @@ mod tests {
         )
         .unwrap();
         assert!(empty.upload.is_empty() && !empty.is_truncated);
+    }
+
+    #[test]
+    fn copy_answers_and_late_errors_are_read() {
+        let copied = r#"<?xml version="1.0" encoding="UTF-8"?>
+<CopyObjectResult><LastModified>2026-12-06T10:00:00.000Z</LastModified><ETag>"9b2cf535f27731c974343645a3985328"</ETag></CopyObjectResult>"#;
+        assert_eq!(result_etag(copied.as_bytes()).as_deref(), Some("\"9b2cf535f27731c974343645a3985328\""));
+        let part = "<CopyPartResult><ETag>\"abc\"</ETag></CopyPartResult>";
+        assert_eq!(result_etag(part.as_bytes()).as_deref(), Some("\"abc\""));
+        assert_eq!(result_etag(b"<CopyObjectResult></CopyObjectResult>"), None);
+        // A 200 whose body is an error: the copy failed after it began.
+        let late = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\n<Error><Code>InternalError</Code>\
+                    <Message>We encountered an internal error.</Message></Error>";
+        assert!(starts_with_error(late.as_bytes()));
+        assert!(starts_with_error(b"  <Error><Code>SlowDown</Code></Error>"));
+        assert!(!starts_with_error(copied.as_bytes()));
+        assert!(!starts_with_error(b""));
+        let started = "<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key>\
+                       <UploadId>id-1</UploadId></InitiateMultipartUploadResult>";
+        assert_eq!(quick_xml::de::from_str::<InitiateXml>(started).unwrap().upload_id, "id-1");
+        assert_eq!(xml_text("\"a&b<c>\""), "\"a&amp;b&lt;c&gt;\"");
+    }
+
+    #[test]
+    fn copies_stay_within_one_store_and_name_their_source() {
+        let keys =
+            || Keys { access_key_id: "ak".into(), secret_access_key: "sk".into(), session_token: None };
+        let ep = Some("http://127.0.0.1:9000");
+        let a = S3Direct::new(ep, "b 1", "r", true, Some(keys()), 0, true);
+        let b = S3Direct::new(Some("http://127.0.0.1:9000/"), "b2", "r", false, Some(keys()), 0, true);
+        assert!(b.same_store(&a) && a.same_store(&b));
+        let other_host = S3Direct::new(Some("http://127.0.0.2:9000"), "b2", "r", true, Some(keys()), 0, true);
+        assert!(!other_host.same_store(&a));
+        let other_key = Keys { access_key_id: "ak2".into(), ..keys() };
+        assert!(!S3Direct::new(ep, "b2", "r", true, Some(other_key), 0, true).same_store(&a));
+        let token = Keys { session_token: Some("t".into()), ..keys() };
+        assert!(!S3Direct::new(ep, "b2", "r", true, Some(token), 0, true).same_store(&a));
+        let anonymous = S3Direct::new(ep, "b2", "r", true, None, 0, true);
+        assert!(!anonymous.same_store(&S3Direct::new(ep, "b3", "r", true, None, 0, true)));
+        assert_eq!(a.copy_source("dir/a b+ü.txt"), "b%201/dir/a%20b%2B%C3%BC.txt");
     }
 
     #[test]

@@ -210,6 +210,8 @@ struct State {
     corrupt_uploads_left: u32,
     uploads_corrupted: u32,
     refuse_checksums: bool,
+    refuse_copies: bool,
+    copy_delay: std::time::Duration,
     /// How many more CompleteMultipartUpload answers to lose (the upload
     /// is completed, then the connection drops).
     lose_complete_left: u32,
@@ -243,6 +245,8 @@ impl Default for State {
             corrupt_uploads_left: 0,
             uploads_corrupted: 0,
             refuse_checksums: false,
+            refuse_copies: false,
+            copy_delay: std::time::Duration::ZERO,
             lose_complete_left: 0,
             delays: [std::time::Duration::ZERO; 6],
             rng: StdRng::seed_from_u64(DEFAULT_SEED),
@@ -344,6 +348,27 @@ impl Faults {
 
     pub(crate) fn refuses_checksums(&self) -> bool {
         self.state().refuse_checksums
+    }
+
+    /// Answer copies within the store (requests with `x-amz-copy-source`)
+    /// with 501 `NotImplemented`, as stores without them do.
+    pub fn refuse_copies(&self, on: bool) {
+        self.state().refuse_copies = on;
+    }
+
+    pub(crate) fn refuses_copies(&self) -> bool {
+        self.state().refuse_copies
+    }
+
+    /// Hold every copy within the store (a request with
+    /// `x-amz-copy-source`) this long after it arrives, before it runs;
+    /// other requests go on at once. Zero disables.
+    pub fn set_copy_delay(&self, delay: std::time::Duration) {
+        self.state().copy_delay = delay;
+    }
+
+    pub(crate) fn copy_delay(&self) -> std::time::Duration {
+        self.state().copy_delay
     }
 
     /// How many upload bodies [`Faults::corrupt_uploads`] changed so far.

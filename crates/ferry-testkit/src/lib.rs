@@ -50,6 +50,8 @@ struct Shared {
     kms: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     /// The `x-amz-security-token` of each request, `None` where it had none.
     session_tokens: std::sync::Mutex<Vec<Option<String>>>,
+    /// Copies within the store asked for (CopyObject and UploadPartCopy).
+    copies: std::sync::atomic::AtomicU64,
 }
 
 /// An s3s-fs S3 server over a temporary directory, serving on `127.0.0.1:<random port>`.
@@ -175,6 +177,13 @@ impl S3Server {
         self.shared.session_tokens.lock().expect("tokens lock").clone()
     }
 
+    /// Copies within the store asked for so far (requests with
+    /// `x-amz-copy-source`: CopyObject and UploadPartCopy), counted as
+    /// they arrive.
+    pub fn copies(&self) -> u64 {
+        self.shared.copies.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The most requests handled at once since the previous call (or the
     /// start); the next count starts from those in flight now.
     pub fn take_peak_in_flight(&self) -> u64 {
@@ -247,8 +256,12 @@ async fn handle(
     let token = req.headers().get("x-amz-security-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
     shared.session_tokens.lock().expect("tokens lock").push(token);
     let _in_flight = shared.in_flight.enter();
+    let copy = req.headers().contains_key("x-amz-copy-source");
+    if copy {
+        shared.copies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 
-    let delay = shared.faults.delay(class);
+    let delay = if copy { shared.faults.copy_delay() } else { Duration::ZERO } + shared.faults.delay(class);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -273,6 +286,13 @@ async fn handle(
             "x-amz-checksum headers are not supported",
         ));
     }
+    if copy && shared.faults.refuses_copies() {
+        return Ok(s3_error(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            "A header you provided implies functionality that is not implemented",
+        ));
+    }
     let call = uploads::recognise(req.method(), req.uri());
     let method = req.method().clone();
     if let uploads::Call::List { bucket, prefix } = &call {
@@ -284,7 +304,12 @@ async fn handle(
         let bytes = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
         Some(u32::from_be_bytes(bytes.try_into().ok()?))
     });
-    let part_size = header("content-length").and_then(|v| v.parse::<u64>().ok());
+    // A part copied within the store has no body: its size is the range copied.
+    let copied_range = header("x-amz-copy-source-range").and_then(|v| {
+        let (start, end) = v.strip_prefix("bytes=")?.split_once('-')?;
+        Some(end.parse::<u64>().ok()? + 1 - start.parse::<u64>().ok()?)
+    });
+    let part_size = copied_range.or_else(|| header("content-length").and_then(|v| v.parse::<u64>().ok()));
     let whole_checksum = header("x-amz-checksum-mode").is_some_and(|v| v.eq_ignore_ascii_case("enabled"))
         && header("range").is_none();
     let req = match upload_body(&shared, req).await? {

@@ -294,6 +294,17 @@ pub struct SyncArgs {
     /// not fit in --buffer-memory).
     #[arg(long, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub part_concurrency: u16,
+    /// Copy through ferry even between two buckets of one store. By default
+    /// an s3:// store with the same endpoint and credentials on both sides
+    /// copies the files itself (CopyObject): no data moves through ferry,
+    /// and --bwlimit does not apply.
+    #[arg(long)]
+    pub no_store_copy: bool,
+    /// Files larger than SIZE (at most 5G, the most one copy request
+    /// takes) are copied within a store in parts of --part-size
+    /// (UploadPartCopy).
+    #[arg(long, value_name = "SIZE", default_value = "5G", value_parser = crate::size::parse_size)]
+    pub copy_cutoff: u64,
     /// Retries of a request that failed with a temporary error (503, 429, resets).
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub retries: usize,

@@ -218,6 +218,8 @@ fn options(args: &SyncArgs) -> anyhow::Result<SyncOptions> {
             VerifyArg::All => Verify::All,
         },
         copy_links: args.copy_links,
+        store_copy: !args.no_store_copy,
+        copy_cutoff: args.copy_cutoff,
         unreachable_limit: std::time::Duration::from_secs(args.unreachable_limit),
         ..SyncOptions::default()
     })
@@ -262,6 +264,9 @@ fn print_text(r: &Report, quiet: bool, failures_csv: Option<&std::path::Path>) {
             },
             if r.resumed { " (resumed from checkpoint)" } else { "" },
         );
+        if r.copied_in_store > 0 {
+            println!("{} of them copied by the store itself, between its buckets", r.copied_in_store);
+        }
         if r.aborted_uploads > 0 {
             println!("aborted {} multipart upload(s) left open by the interrupted run", r.aborted_uploads);
         }

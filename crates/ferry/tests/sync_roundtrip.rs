@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use ferry_testkit::OpClass;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fs_to_s3_to_fs_keeps_bytes_and_metadata() {
@@ -97,12 +98,155 @@ async fn fs_to_s3_to_fs_keeps_bytes_and_metadata() {
     assert!(again["transferred"].as_u64().unwrap() <= 1, "{again}");
     assert_eq!(again["failed"], 0, "{again}");
 
-    // s3 → s3 keeps the metadata too.
+    // s3 → s3 keeps the metadata too. Both buckets are in one store: it
+    // copies the files itself, and no content is read.
+    let gets = s3.counts().get;
     let s2s = ferry(&state, &env, &["sync", "s3://bkt-one/data", "s3://bkt-two/copy", "--json"]);
     assert_eq!(s2s.code, 0, "{}\n{}", s2s.stdout, s2s.stderr);
+    assert_eq!(s2s.json()["copied_in_store"], 10, "{}", s2s.stdout);
+    assert_eq!(s3.counts().get, gets, "no content is read");
     let back2 = tmp.path().join("back2");
     assert_eq!(ferry(&state, &env, &["sync", "s3://bkt-two/copy", back2.to_str().unwrap()]).code, 0);
     assert_same(&a, &snapshot(&back2, false));
+}
+
+/// Between two buckets of one store, files are copied by the store
+/// (CopyObject; UploadPartCopy above `--copy-cutoff`), with their
+/// attributes, pinned to the version listed; a store that refuses such
+/// copies gets them through ferry instead, and `--no-store-copy` asks for that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_between_buckets_of_one_store_are_made_by_the_store() {
+    let s3 = S3Server::start(&["one", "two"]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, state) = (tmp.path().join("src"), tmp.path().join("state"));
+    make_tree(&src, false);
+    let env = s3.env();
+    let up = ferry(&state, &env, &["sync", src.to_str().unwrap(), "s3://one/data", "--json"]);
+    assert_eq!(up.code, 0, "{}\n{}", up.stdout, up.stderr);
+    let want = snapshot(&src, false);
+    let download = |from: &str, name: &str| {
+        let to = tmp.path().join(name);
+        let r = ferry(&state, &env, &["sync", from, to.to_str().unwrap(), "--json"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        snapshot(&to, false)
+    };
+
+    // dir/big.bin (9 MiB) goes in two parts of 5 MiB.
+    let (gets, copies) = (s3.counts().get, s3.copies());
+    let args =
+        ["sync", "s3://one/data", "s3://two/copy", "--json", "--copy-cutoff", "5M", "--part-size", "5M"];
+    let r = ferry(&state, &env, &args);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_reconciles(&j);
+    let items = want.len() as u64;
+    assert_eq!(
+        (j["transferred"].as_u64(), j["copied_in_store"].as_u64()),
+        (Some(items + 3), Some(items)),
+        "{j}"
+    );
+    assert_eq!(
+        j["transferred_bytes"],
+        want.values().filter(|v| v.0 == 'f').map(|v| v.1.len()).sum::<usize>()
+    );
+    assert_eq!(s3.counts().get, gets, "no content is read");
+    assert_eq!(s3.copies() - copies, items - 1 + 2, "a CopyObject each, but two UploadPartCopy for big.bin");
+    assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
+    assert_same(&want, &download("s3://two/copy", "back"));
+    // --verify transferred reads both sides of each copy back.
+    let gets = s3.counts().get;
+    let r = ferry(
+        &state,
+        &env,
+        &["sync", "s3://one/data", "s3://two/verified", "--verify", "transferred", "--json"],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.json()["copied_in_store"], items, "{}", r.stdout);
+    assert_eq!(s3.counts().get - gets, 2 * items, "source and copy of each item read");
+
+    // A completion whose answer is lost (its retry finds the upload gone)
+    // is found to have landed: the parts are not copied again. Copies in
+    // parts ride out 503s.
+    for (case, dst) in [("lost answer", "s3://two/lost"), ("503s", "s3://two/throttled")] {
+        if case == "lost answer" {
+            s3.faults().lose_complete_answers(1);
+        } else {
+            s3.faults().set_error_rate(OpClass::Put, 300, 503);
+        }
+        let copies = s3.copies();
+        let args = ["sync", "s3://one/data/dir", dst, "--json", "--copy-cutoff", "5M", "--part-size", "5M"];
+        let r = ferry(&state, &env, &args);
+        s3.faults().clear();
+        assert_eq!(r.code, 0, "{case}: {}\n{}", r.stdout, r.stderr);
+        let j = r.json();
+        assert_eq!(
+            (j["copied_in_store"].as_u64(), j["warnings"].to_string()),
+            (Some(4), "[]".into()),
+            "{case}"
+        );
+        assert!(s3.open_uploads().is_empty(), "{case}: {:?}", s3.open_uploads());
+        if case == "lost answer" {
+            assert_eq!(s3.copies() - copies, 2 + 3, "{case}: two parts, and three small objects, once each");
+        }
+        let key = format!("{}/big.bin", dst.trim_start_matches("s3://two/"));
+        let big = s3_operator(&s3, "two", false).read(&key).await.unwrap().to_vec();
+        assert!(big == want["dir/big.bin"].1, "{case}: big.bin copied whole");
+    }
+
+    // The copies kept their times: nothing is copied again.
+    let again = ferry(&state, &env, &["sync", "s3://one/data", "s3://two/copy", "--json"]).json();
+    assert_eq!((again["transferred"].as_u64(), again["failed"].as_u64()), (Some(0), Some(0)), "{again}");
+
+    // A copy is of one version, with that version's attributes: f5 is
+    // rewritten (new content, new mtime) once its attributes were read and
+    // its copy arrived, held 500 ms by the store. The copy is pinned to the
+    // ETag read (s3s-fs lists none), so it fails, and the item's next
+    // attempt copies the new version whole. (Stores that list ETags pin
+    // copies to the listed version: tests/sync_faults.rs.)
+    let (one, two) = (s3_operator(&s3, "one", false), s3_operator(&s3, "two", false));
+    let put = |key: String, body: &'static str, mtime_ns: i64| {
+        let meta = [("file-mtime".to_string(), format!("{mtime_ns}ns"))];
+        let one = one.clone();
+        async move { one.write_with(&key, body).user_metadata(meta).await }
+    };
+    for i in 0..6 {
+        put(format!("changing/f{i}"), "version one", 1_600_000_000_000_000_000).await.unwrap();
+    }
+    s3.faults().set_copy_delay(std::time::Duration::from_millis(500));
+    let copies = s3.copies();
+    let args = ["sync", "s3://one/changing", "s3://two/changing", "--json", "--threads", "1"];
+    let child = ferry_cmd(&state, &env).args(args).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while s3.copies() < copies + 6 && started.elapsed() < std::time::Duration::from_secs(30) {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    put("changing/f5".into(), "version two!", 1_700_000_000_000_000_000).await.unwrap();
+    let r = Run::of(child.wait_with_output().unwrap());
+    s3.faults().clear();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(s3.copies() - copies, 7, "f5's first copy failed and was made again");
+    let f5 = two.stat("changing/f5").await.unwrap();
+    let mtime = f5.user_metadata().and_then(|m| m.get("file-mtime").map(str::to_string));
+    assert_eq!(two.read("changing/f5").await.unwrap().to_vec(), b"version two!");
+    assert_eq!(mtime.as_deref(), Some("1700000000000000000ns"), "the new version's attributes");
+
+    // A store that does not copy objects itself: through ferry, with a warning.
+    s3.faults().refuse_copies(true);
+    let gets = s3.counts().get;
+    let r = ferry(&state, &env, &["sync", "s3://one/data", "s3://two/streamed", "--json"]);
+    s3.faults().clear();
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!(j["copied_in_store"], 0, "{j}");
+    assert!(j["warnings"].to_string().contains("does not copy objects itself"), "{j}");
+    assert!(s3.counts().get - gets >= 8, "the contents were read");
+    assert_same(&want, &download("s3://two/streamed", "back-streamed"));
+
+    // --no-store-copy: through ferry without asking.
+    let copies = s3.copies();
+    let r = ferry(&state, &env, &["sync", "s3://one/data", "s3://two/own", "--json", "--no-store-copy"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!((r.json()["copied_in_store"].as_u64(), s3.copies()), (Some(0), copies), "{}", r.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
