@@ -117,6 +117,20 @@ fi
 pair "large down" "$LARGE_N" "$LB" \
     "$FERRY sync s3://bench/ferry/large-0 $O/ferry-large --quiet" \
     "$R copy bench:bench/rclone/large-0/ $O/rclone-large $RC -M"
+# Bucket to bucket within the store: both tools have the store copy the
+# objects (ferry CopyObject, rclone its server-side copy), from the same
+# sources (ferry's uploads above, made now if their cases did not run).
+if [[ "bucket to bucket" =~ ${BENCH_CASES:-.} ]]; then
+    echo "  making sure the sources of the bucket-to-bucket cases are there" >&2
+    "$FERRY" sync "$D/small" s3://bench/ferry/small-0 --quiet --no-checkpoint
+    "$FERRY" sync "$D/large" s3://bench/ferry/large-0 --quiet --no-checkpoint
+fi
+pair "bucket to bucket ($SMALL_N x ${SMALL_KB} KiB)" "$SMALL_N" "$SB" \
+    "$FERRY sync s3://bench/ferry/small-0 s3://bench/b2b/ferry-small-@K@ --quiet" \
+    "$R copy bench:bench/ferry/small-0/ bench:bench/b2b/rclone-small-@K@/ $RC -M"
+pair "bucket to bucket ($LARGE_N x $LARGE_MB MiB)" "$LARGE_N" "$LB" \
+    "$FERRY sync s3://bench/ferry/large-0 s3://bench/b2b/ferry-large-@K@ --quiet" \
+    "$R copy bench:bench/ferry/large-0/ bench:bench/b2b/rclone-large-@K@/ $RC -M"
 if [[ "list" =~ ${BENCH_CASES:-.} ]]; then
     echo "  uploading $LIST_N objects for the listing case" >&2
     "$FERRY" sync "$D/list" s3://bench/list --quiet --threads 64 --no-checkpoint

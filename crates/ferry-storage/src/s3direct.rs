@@ -352,8 +352,13 @@ impl S3Direct {
         use futures::StreamExt as _;
         let object = format!("{}/{}", self.base, utf8_percent_encode(key, PATH));
         let names: Vec<String> = metadata.keys().map(|k| format!("x-amz-meta-{k}")).collect();
-        let meta: Vec<(&str, String)> =
+        let mut meta: Vec<(&str, String)> =
             names.iter().map(String::as_str).zip(metadata.values().cloned()).collect();
+        // The store computes each part's CRC32C as it copies it, and keeps
+        // their composite, as for ferry's own multipart uploads.
+        if self.checksums {
+            meta.push(("x-amz-checksum-algorithm", "CRC32C".into()));
+        }
         let context = format!("copy {what} within the store");
         let (_, body) = self.call(Method::POST, &format!("{object}?uploads"), &meta, &context).await?;
         let upload_id = quick_xml::de::from_reader::<_, InitiateXml>(body.as_ref())

@@ -302,8 +302,9 @@ pub struct SyncArgs {
     pub no_store_copy: bool,
     /// Files larger than SIZE (at most 5G, the most one copy request
     /// takes) are copied within a store in parts of --part-size
-    /// (UploadPartCopy).
-    #[arg(long, value_name = "SIZE", default_value = "5G", value_parser = crate::size::parse_size)]
+    /// (UploadPartCopy, --part-concurrency at a time), which stores copy
+    /// faster than one CopyObject.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = crate::size::parse_size)]
     pub copy_cutoff: u64,
     /// Retries of a request that failed with a temporary error (503, 429, resets).
     #[arg(long, value_name = "N", default_value_t = 5)]
