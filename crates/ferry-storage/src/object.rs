@@ -260,6 +260,12 @@ impl ObjectRoot {
             let multipart = etag.is_some_and(|e| e.trim_matches('"').contains('-'));
             return d.copy_object(&source, (etag, multipart), &key, &metadata, &what).await;
         }
+        // Parts copied one by one must all come from one version.
+        if etag.is_none() {
+            return Err(Error::CopyRefused(format!(
+                "copy {what} within the store: the store names no ETag to pin its parts to"
+            )));
+        }
         let layout =
             (entry.size, self.parts.chunk_for(entry.size) as u64, self.parts.concurrent_for(entry.size));
         let since = SystemTime::now();

@@ -13,8 +13,8 @@
 //!   write whole can still be checked end to end.
 //! - Whether an object is encrypted by a key the store manages (SSE-KMS),
 //!   asked only when a small object's content does not match its ETag.
-//! - Copies within one store (CopyObject, and UploadPartCopy for objects
-//!   above 5 GiB): OpenDAL copies only within one bucket, and sends no
+//! - Copies within one store (CopyObject, and UploadPartCopy for larger
+//!   objects): OpenDAL copies only within one bucket, and sends no
 //!   metadata or version condition with a copy.
 
 use std::collections::HashMap;
@@ -69,6 +69,11 @@ pub(crate) struct S3Direct {
     store: String,
 }
 
+/// How long a request ferry makes itself may go unanswered, and a copy
+/// within the store (a part, or an object up to `--copy-cutoff`).
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+const COPY_TIMEOUT: Duration = Duration::from_secs(900);
+
 /// Answers to a HEAD that mean the store does not understand the question.
 const NOT_UNDERSTOOD: [u16; 4] = [400, 405, 416, 501];
 
@@ -107,31 +112,70 @@ struct InitiateXml {
 struct ResultXml {
     #[serde(rename = "ETag")]
     etag: String,
+    /// A copied part's CRC32C, when the upload asked for one: it goes back
+    /// in the completion, which S3 refuses without it.
+    #[serde(rename = "ChecksumCRC32C")]
+    crc32c: String,
 }
 
-fn result_etag(body: &[u8]) -> Option<String> {
-    quick_xml::de::from_reader::<_, ResultXml>(body).ok().map(|r| r.etag).filter(|e| !e.is_empty())
+/// The result of a copy or completion; one that names no ETag did not
+/// come whole (a store answers 200 before it is done), and is a temporary
+/// failure rather than a success.
+fn copy_result(body: &[u8], context: &str) -> Result<ResultXml> {
+    match quick_xml::de::from_reader::<_, ResultXml>(body) {
+        Ok(r) if !r.etag.is_empty() => Ok(r),
+        _ => Err(Error::Http {
+            context: context.to_string(),
+            status: 500,
+            detail: "the answer names no ETag (cut short?)".into(),
+        }),
+    }
 }
 
-/// Whether an answer's body is an S3 error document.
-fn starts_with_error(body: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
+/// The error code of an S3 error document, when the body is one: copies
+/// and completions can fail after their 200 was sent, and the store keeps
+/// the connection alive meanwhile with whitespace before the document.
+fn late_error(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
     let mut rest = text.trim_start();
     if rest.starts_with("<?xml") {
         rest = rest.split_once("?>").map_or("", |(_, r)| r).trim_start();
     }
-    rest.starts_with("<Error>") || rest.starts_with("<Error ")
+    if !(rest.starts_with("<Error>") || rest.starts_with("<Error ")) {
+        return None;
+    }
+    Some(quick_xml::de::from_str::<ErrorXml>(rest).map(|e| e.code).unwrap_or_default())
+}
+
+/// The status a late error stands for, by its code: throttling and
+/// internal errors are temporary, anything else is not.
+fn late_status(code: &str) -> StatusCode {
+    match code {
+        "SlowDown" | "ServiceUnavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "InternalError" | "" => StatusCode::INTERNAL_SERVER_ERROR,
+        "AccessDenied" => StatusCode::FORBIDDEN,
+        "NotImplemented" => StatusCode::NOT_IMPLEMENTED,
+        _ => StatusCode::BAD_REQUEST,
+    }
 }
 
 /// A copy request's error, as [`Error::CopyRefused`] when it says the
-/// store does not make such copies (400, 405, 501; 403 for these
-/// credentials) rather than that this one failed.
+/// store does not make such copies (501 or 405, or the code
+/// `NotImplemented`), or not for these credentials (`AccessDenied`),
+/// rather than that this object cannot be copied (an archived object's
+/// `InvalidObjectState`, a key too long): those stay the item's.
 fn refused(e: Error) -> Error {
-    match e {
-        Error::Http { status: 400 | 405 | 501, .. } | Error::PermissionDenied { .. } => {
-            Error::CopyRefused(e.to_string())
-        }
-        e => e,
+    let code = |detail: &str| detail.split(':').next().unwrap_or_default().trim().to_string();
+    let refusal = match &e {
+        Error::Http { status: 405 | 501, .. } => true,
+        Error::Http { detail, .. } => code(detail) == "NotImplemented",
+        Error::PermissionDenied { what } => what.contains("(AccessDenied"),
+        _ => false,
+    };
+    if refusal {
+        Error::CopyRefused(e.to_string())
+    } else {
+        e
     }
 }
 
@@ -142,6 +186,21 @@ fn copy_headers<'a>(source: &str, etag: Option<&str>) -> Vec<(&'a str, String)> 
         headers.push(("x-amz-copy-source-if-match", etag.to_string()));
     }
     headers
+}
+
+/// The CompleteMultipartUpload document for the copied parts, each with
+/// its CRC32C when the store gave one.
+fn completion(parts: &[(u64, ResultXml)]) -> String {
+    let mut xml = String::from("<CompleteMultipartUpload>");
+    for (n, part) in parts {
+        xml.push_str(&format!("<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag>", xml_text(&part.etag)));
+        if !part.crc32c.is_empty() {
+            xml.push_str(&format!("<ChecksumCRC32C>{}</ChecksumCRC32C>", xml_text(&part.crc32c)));
+        }
+        xml.push_str("</Part>");
+    }
+    xml.push_str("</CompleteMultipartUpload>");
+    xml
 }
 
 fn xml_text(s: &str) -> String {
@@ -332,7 +391,7 @@ impl S3Direct {
         headers.extend(names.iter().map(String::as_str).zip(metadata.values().cloned()));
         let context = format!("copy {what} within the store");
         let (_, body) = self.call(Method::PUT, &url, &headers, &context).await.map_err(refused)?;
-        Ok(result_etag(&body))
+        Ok(Some(copy_result(&body, &context)?.etag))
     }
 
     /// Copy `source` to `key` within the store as a multipart upload whose
@@ -349,7 +408,7 @@ impl S3Direct {
         (size, part_size, concurrent): (u64, u64, usize),
         what: &str,
     ) -> Result<Option<String>> {
-        use futures::StreamExt as _;
+        use futures::{StreamExt as _, TryStreamExt as _};
         let object = format!("{}/{}", self.base, utf8_percent_encode(key, PATH));
         let names: Vec<String> = metadata.keys().map(|k| format!("x-amz-meta-{k}")).collect();
         let mut meta: Vec<(&str, String)> =
@@ -372,7 +431,9 @@ impl S3Direct {
             })?;
         let id = utf8_percent_encode(&upload_id, QUERY).to_string();
         let parts = size.div_ceil(part_size.max(1)).max(1);
-        let copied: Vec<Result<(u64, String)>> = futures::stream::iter(1..=parts)
+        // The first part that fails stops the rest (those in flight are
+        // dropped with the upload).
+        let copied: Result<Vec<(u64, ResultXml)>> = futures::stream::iter(1..=parts)
             .map(|n| {
                 let (object, id, context) = (&object, &id, &context);
                 async move {
@@ -385,32 +446,19 @@ impl S3Direct {
                     ));
                     let url = format!("{object}?partNumber={n}&uploadId={id}");
                     let (_, body) = self.call(Method::PUT, &url, &headers, context).await.map_err(refused)?;
-                    let etag = result_etag(&body).ok_or_else(|| Error::Http {
-                        context: context.clone(),
-                        status: 200,
-                        detail: format!("the answer to copying part {n} names no ETag"),
-                    })?;
-                    Ok((n, etag))
+                    Ok((n, copy_result(&body, context)?))
                 }
             })
             .buffered(concurrent.max(1))
-            .collect()
+            .try_collect()
             .await;
-        let done: Result<Vec<(u64, String)>> = copied.into_iter().collect();
-        let res = match done {
+        let res = match copied {
             Ok(done) => {
-                let mut xml = String::from("<CompleteMultipartUpload>");
-                for (n, etag) in &done {
-                    xml.push_str(&format!(
-                        "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag></Part>",
-                        xml_text(etag)
-                    ));
-                }
-                xml.push_str("</CompleteMultipartUpload>");
                 let url = format!("{object}?uploadId={id}");
-                self.call_with(Method::POST, &url, &[], Bytes::from(xml), &context)
+                self.call_with(Method::POST, &url, &[], Bytes::from(completion(&done)), &context)
                     .await
-                    .map(|(_, body)| result_etag(&body))
+                    .and_then(|(_, body)| copy_result(&body, &context))
+                    .map(|r| Some(r.etag))
             }
             Err(e) => Err(e),
         };
@@ -647,21 +695,26 @@ impl S3Direct {
                 .map_err(|e| Error::Config(format!("{context}: cannot sign the request: {e}")))?;
         }
         parts.headers.remove(http::header::HOST);
-        let resp = self
-            .transport
-            .send(Request::from_parts(parts, body))
+        // A copy takes as long as the store needs to read and write it;
+        // anything else answers at once. Past that, the connection is
+        // taken for stalled, and the request for one to try again.
+        let limit = if parts.headers.contains_key("x-amz-copy-source") { COPY_TIMEOUT } else { CALL_TIMEOUT };
+        let resp = tokio::time::timeout(limit, self.transport.send(Request::from_parts(parts, body)))
             .await
+            .map_err(|_| Error::Http {
+                context: context.to_string(),
+                status: 504,
+                detail: format!("no answer within {}s", limit.as_secs()),
+            })?
             .map_err(|e| Error::store(context.to_string(), e))?;
         let status = resp.status();
         let (parts, body) = resp.into_parts();
         let body = body.to_bytes();
-        // A copy or a completion can fail after its 200 was sent: the
-        // error is then the body (S3 keeps the connection alive that way).
-        let failed_late = status.is_success() && starts_with_error(&body);
-        if status.is_success() && !failed_late {
+        let late = if status.is_success() { late_error(&body) } else { None };
+        if status.is_success() && late.is_none() {
             return Ok((parts.headers, body));
         }
-        let status = if failed_late { StatusCode::INTERNAL_SERVER_ERROR } else { status };
+        let status = late.as_deref().map_or(status, late_status);
         let err: ErrorXml = quick_xml::de::from_reader(body.as_ref()).unwrap_or_default();
         let detail = match (err.code.as_str(), err.message.as_str()) {
             ("", _) => status.canonical_reason().unwrap_or("error").to_string(),
@@ -707,21 +760,61 @@ mod tests {
     fn copy_answers_and_late_errors_are_read() {
         let copied = r#"<?xml version="1.0" encoding="UTF-8"?>
 <CopyObjectResult><LastModified>2026-12-06T10:00:00.000Z</LastModified><ETag>"9b2cf535f27731c974343645a3985328"</ETag></CopyObjectResult>"#;
-        assert_eq!(result_etag(copied.as_bytes()).as_deref(), Some("\"9b2cf535f27731c974343645a3985328\""));
-        let part = "<CopyPartResult><ETag>\"abc\"</ETag></CopyPartResult>";
-        assert_eq!(result_etag(part.as_bytes()).as_deref(), Some("\"abc\""));
-        assert_eq!(result_etag(b"<CopyObjectResult></CopyObjectResult>"), None);
+        let etag = |body: &str| copy_result(body.as_bytes(), "copy").map(|r| r.etag).ok();
+        assert_eq!(etag(copied).as_deref(), Some("\"9b2cf535f27731c974343645a3985328\""));
+        let part =
+            "<CopyPartResult><ETag>\"abc\"</ETag><ChecksumCRC32C>AAAAAA==</ChecksumCRC32C></CopyPartResult>";
+        let part = copy_result(part.as_bytes(), "copy part 1").unwrap();
+        assert_eq!((part.etag.as_str(), part.crc32c.as_str()), ("\"abc\"", "AAAAAA=="));
+        // A result cut short, or none at all: to be tried again.
+        for body in ["<CopyObjectResult></CopyObjectResult>", "", "<CopyObjectResult><ETag>"] {
+            let e = copy_result(body.as_bytes(), "copy").err().unwrap();
+            assert!(e.is_temporary(), "{body}: {e}");
+        }
+        let plain = ResultXml { etag: "\"e2\"".into(), crc32c: String::new() };
+        let done = completion(&[(1, part), (2, plain)]);
+        assert_eq!(
+            done,
+            "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>\"abc\"</ETag>\
+             <ChecksumCRC32C>AAAAAA==</ChecksumCRC32C></Part><Part><PartNumber>2</PartNumber>\
+             <ETag>\"e2\"</ETag></Part></CompleteMultipartUpload>"
+        );
         // A 200 whose body is an error: the copy failed after it began.
         let late = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\n<Error><Code>InternalError</Code>\
                     <Message>We encountered an internal error.</Message></Error>";
-        assert!(starts_with_error(late.as_bytes()));
-        assert!(starts_with_error(b"  <Error><Code>SlowDown</Code></Error>"));
-        assert!(!starts_with_error(copied.as_bytes()));
-        assert!(!starts_with_error(b""));
+        assert_eq!(late_error(late.as_bytes()).as_deref(), Some("InternalError"));
+        // Kept alive with whitespace well past the first bytes.
+        let padded = format!("{}<Error><Code>SlowDown</Code></Error>", " \n".repeat(2000));
+        assert_eq!(late_error(padded.as_bytes()).as_deref(), Some("SlowDown"));
+        assert_eq!(late_error(copied.as_bytes()), None);
+        assert_eq!(late_error(b""), None);
+        assert_eq!(late_status("SlowDown"), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(late_status("InternalError"), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(late_status("AccessDenied"), StatusCode::FORBIDDEN);
+        assert_eq!(late_status("InvalidObjectState"), StatusCode::BAD_REQUEST);
         let started = "<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key>\
                        <UploadId>id-1</UploadId></InitiateMultipartUploadResult>";
         assert_eq!(quick_xml::de::from_str::<InitiateXml>(started).unwrap().upload_id, "id-1");
         assert_eq!(xml_text("\"a&b<c>\""), "\"a&amp;b&lt;c&gt;\"");
+    }
+
+    #[test]
+    fn only_refusals_of_copying_itself_are_refusals() {
+        let http =
+            |status, detail: &str| Error::Http { context: "copy".into(), status, detail: detail.into() };
+        let refusal = |e: Error| matches!(refused(e), Error::CopyRefused(_));
+        assert!(refusal(http(501, "NotImplemented: no")));
+        assert!(refusal(http(405, "MethodNotAllowed")));
+        assert!(refusal(http(400, "NotImplemented: A header you provided implies functionality")));
+        assert!(refusal(Error::PermissionDenied {
+            what: "copy x within the store (AccessDenied: no)".into()
+        }));
+        // About this object, not about copying.
+        assert!(!refusal(http(400, "KeyTooLongError: Your key is too long")));
+        assert!(!refusal(http(403, "InvalidObjectState: archived")));
+        assert!(!refusal(Error::PermissionDenied { what: "copy x (InvalidObjectState: archived)".into() }));
+        assert!(!refusal(http(503, "SlowDown")));
+        assert!(!refusal(Error::SourceChanged("copy".into())));
     }
 
     #[test]
