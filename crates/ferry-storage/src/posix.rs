@@ -530,21 +530,40 @@ fn unchanged_since(
     name: &str,
     path: &Path,
 ) -> Result<Placing> {
-    use rustix::fs::{statat, AtFlags};
+    use rustix::fs::{statat, AtFlags, FileType};
     let Some(since) = since else { return Ok(Placing::Replace) };
     match statat(dir_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) if StatFields::of(&st).ctime_ns >= since => {
             Err(Error::ChangedMeanwhile(path.display().to_string()))
         }
-        Ok(_) => Ok(Placing::Replace),
+        // A directory in the way: the rename refuses it (EISDIR).
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => Ok(Placing::Replace),
+        Ok(st) => {
+            let f = StatFields::of(&st);
+            Ok(Placing::ReplaceUnchanged(Seen { ino: f.ino, mtime_ns: f.mtime_ns, size: f.size }))
+        }
         Err(_) => Ok(Placing::IntoFreeName),
     }
 }
 
+/// What a file that is to be replaced looked like when checked.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Seen {
+    ino: u64,
+    mtime_ns: i64,
+    size: u64,
+}
+
 /// How a finished temporary file or link takes its final name.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Placing {
     Replace,
+    /// Replace the file there only if it is still as [`Seen`] when the
+    /// check was made: it is swapped out (RENAME_EXCHANGE) and looked at
+    /// once out of the way, and swapped back if the user wrote to it
+    /// meanwhile (a write, or the truncation that opens one, moves its
+    /// mtime or size; the swap itself moves its ctime).
+    ReplaceUnchanged(Seen),
     /// The name was free when checked, and whatever the user puts there
     /// meanwhile stays: the rename refuses to replace it.
     IntoFreeName,
@@ -556,10 +575,38 @@ enum Placing {
 fn place(dir_fd: &rustix::fd::OwnedFd, tmp: &str, name: &str, how: Placing, path: &Path) -> Result<()> {
     use rustix::fs::{renameat, renameat_with, RenameFlags};
     use rustix::io::Errno;
+    let changed = || Error::ChangedMeanwhile(path.display().to_string());
     let renamed = match how {
         Placing::Replace => renameat(dir_fd, tmp, dir_fd, name),
+        Placing::ReplaceUnchanged(seen) => {
+            match renameat_with(dir_fd, tmp, dir_fd, name, RenameFlags::EXCHANGE) {
+                Ok(()) => {
+                    // `tmp` now names the file that was there.
+                    use rustix::fs::{statat, unlinkat, AtFlags};
+                    let now =
+                        statat(dir_fd, tmp, AtFlags::SYMLINK_NOFOLLOW).ok().map(|st| StatFields::of(&st));
+                    let same =
+                        now.is_some_and(|f| Seen { ino: f.ino, mtime_ns: f.mtime_ns, size: f.size } == seen);
+                    if !same {
+                        // Back where it was; the copy leaves with the temporary name.
+                        renameat_with(dir_fd, tmp, dir_fd, name, RenameFlags::EXCHANGE)
+                            .map_err(|e| Error::io(format!("put back {}", path.display()), e.into()))?;
+                        return Err(changed());
+                    }
+                    // The copy is in place; an old file that cannot be
+                    // removed keeps a temporary name, which runs sweep.
+                    let _ = unlinkat(dir_fd, tmp, AtFlags::empty());
+                    Ok(())
+                }
+                // A file system that cannot swap names.
+                Err(Errno::INVAL) => renameat(dir_fd, tmp, dir_fd, name),
+                // Gone since the check: nothing of the user's to keep.
+                Err(Errno::NOENT) => renameat(dir_fd, tmp, dir_fd, name),
+                Err(e) => Err(e),
+            }
+        }
         Placing::IntoFreeName => match renameat_with(dir_fd, tmp, dir_fd, name, RenameFlags::NOREPLACE) {
-            Err(Errno::EXIST) => return Err(Error::ChangedMeanwhile(path.display().to_string())),
+            Err(Errno::EXIST) => return Err(changed()),
             Err(Errno::INVAL) => renameat(dir_fd, tmp, dir_fd, name),
             other => other,
         },
@@ -1022,6 +1069,41 @@ mod tests {
         assert_eq!(fs::read(at("y")).unwrap(), b"copy");
         place(&fd, "y", "x", Placing::Replace, &at("x")).unwrap();
         assert_eq!(fs::read(at("x")).unwrap(), b"copy", "a plain copy replaces");
+    }
+
+    /// A file written by the user after the check, in the moment before
+    /// the copy takes its name: the swap finds it changed and puts it back.
+    #[test]
+    fn a_file_written_after_the_check_is_put_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = PosixRoot::open(dir.path(), false, false).unwrap();
+        let (_, fd, _) = root.checked_parent("x").unwrap();
+        let at = |name: &str| dir.path().join(name);
+        fs::write(at("x"), b"the bucket's").unwrap();
+        fs::write(at("tmp"), b"copy").unwrap();
+        let how = unchanged_since(Some(0), &fd, "x", &at("x"));
+        // ctime 0 is long past: any file there counts as changed.
+        assert!(matches!(how, Err(Error::ChangedMeanwhile(_))));
+        let how = unchanged_since(Some(i64::MAX), &fd, "x", &at("x")).unwrap();
+        assert!(matches!(how, Placing::ReplaceUnchanged(_)), "{how:?}");
+        // The user truncates and writes the file now.
+        fs::write(at("x"), b"the user's, longer").unwrap();
+        let e = place(&fd, "tmp", "x", how, &at("x")).unwrap_err();
+        assert!(matches!(e, Error::ChangedMeanwhile(_)), "{e}");
+        assert_eq!(fs::read(at("x")).unwrap(), b"the user's, longer");
+        assert_eq!(fs::read(at("tmp")).unwrap(), b"copy", "the copy is left to its writer to remove");
+        // Unchanged since the check: replaced, and nothing else left.
+        let how = unchanged_since(Some(i64::MAX), &fd, "x", &at("x")).unwrap();
+        place(&fd, "tmp", "x", how, &at("x")).unwrap();
+        assert_eq!(fs::read(at("x")).unwrap(), b"copy");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["x"]);
+        // A directory in the way is refused, never swapped.
+        fs::create_dir(at("d")).unwrap();
+        fs::write(at("tmp"), b"copy").unwrap();
+        let how = unchanged_since(Some(i64::MAX), &fd, "d", &at("d")).unwrap();
+        assert!(place(&fd, "tmp", "d", how, &at("d")).is_err());
+        assert!(at("d").is_dir());
     }
 
     #[test]
