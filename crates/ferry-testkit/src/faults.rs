@@ -212,6 +212,7 @@ struct State {
     refuse_checksums: bool,
     refuse_copies: bool,
     copy_delay: std::time::Duration,
+    part_copy_failure: Option<u16>,
     /// How many more CompleteMultipartUpload answers to lose (the upload
     /// is completed, then the connection drops).
     lose_complete_left: u32,
@@ -247,6 +248,7 @@ impl Default for State {
             refuse_checksums: false,
             refuse_copies: false,
             copy_delay: std::time::Duration::ZERO,
+            part_copy_failure: None,
             lose_complete_left: 0,
             delays: [std::time::Duration::ZERO; 6],
             rng: StdRng::seed_from_u64(DEFAULT_SEED),
@@ -358,6 +360,16 @@ impl Faults {
 
     pub(crate) fn refuses_copies(&self) -> bool {
         self.state().refuse_copies
+    }
+
+    /// Answer every part copied within the store (UploadPartCopy) with
+    /// `status` (`None` stops), as a store that cannot copy that source.
+    pub fn fail_part_copies(&self, status: Option<u16>) {
+        self.state().part_copy_failure = status;
+    }
+
+    pub(crate) fn part_copy_failure(&self) -> Option<u16> {
+        self.state().part_copy_failure
     }
 
     /// Hold every copy within the store (a request with

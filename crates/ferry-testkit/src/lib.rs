@@ -286,6 +286,10 @@ async fn handle(
             "x-amz-checksum headers are not supported",
         ));
     }
+    let part = req.uri().query().is_some_and(|q| q.contains("uploadId="));
+    if let (true, true, Some(status)) = (copy, part, shared.faults.part_copy_failure()) {
+        return Ok(error_response(status));
+    }
     if copy && shared.faults.refuses_copies() {
         return Ok(s3_error(
             StatusCode::NOT_IMPLEMENTED,

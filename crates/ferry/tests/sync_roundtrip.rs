@@ -153,6 +153,19 @@ async fn copies_between_buckets_of_one_store_are_made_by_the_store() {
     assert_eq!(s3.copies() - copies, items - 1 + 2, "a CopyObject each, but two UploadPartCopy for big.bin");
     assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
     assert_same(&want, &download("s3://two/copy", "back"));
+    // A part that cannot be copied fails its item: no part after it is
+    // sent, and the upload is aborted (big.bin: two parts, one at a time).
+    s3.faults().fail_part_copies(Some(400));
+    let copies = s3.copies();
+    let args = ["sync", "s3://one/data/dir", "s3://two/partless", "--json", "--copy-cutoff", "5M"];
+    let r = ferry(&state, &env, &[&args[..], &["--part-size", "5M", "--part-concurrency", "1"]].concat());
+    s3.faults().clear();
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let j = r.json();
+    assert_eq!((j["failed"].as_u64(), j["failures"][0]["path"].as_str()), (Some(1), Some("big.bin")), "{j}");
+    assert_eq!(s3.copies() - copies, 3 + 1, "three small objects, and big.bin's first part only");
+    assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
+
     // --verify transferred reads both sides of each copy back.
     let gets = s3.counts().get;
     let r = ferry(
