@@ -135,16 +135,18 @@ fn copy_result(body: &[u8], context: &str) -> Result<ResultXml> {
 /// The error code of an S3 error document, when the body is one: copies
 /// and completions can fail after their 200 was sent, and the store keeps
 /// the connection alive meanwhile with whitespace before the document.
+/// Looked at in every answer's body, so bytes are only read, not copied,
+/// unless the body is an error.
 fn late_error(body: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(body);
-    let mut rest = text.trim_start();
-    if rest.starts_with("<?xml") {
-        rest = rest.split_once("?>").map_or("", |(_, r)| r).trim_start();
+    let mut rest = body.trim_ascii_start();
+    if rest.starts_with(b"<?xml") {
+        let end = rest.windows(2).position(|w| w == b"?>")?;
+        rest = rest[end + 2..].trim_ascii_start();
     }
-    if !(rest.starts_with("<Error>") || rest.starts_with("<Error ")) {
+    if !(rest.starts_with(b"<Error>") || rest.starts_with(b"<Error ")) {
         return None;
     }
-    Some(quick_xml::de::from_str::<ErrorXml>(rest).map(|e| e.code).unwrap_or_default())
+    Some(quick_xml::de::from_reader::<_, ErrorXml>(rest).map(|e| e.code).unwrap_or_default())
 }
 
 /// The status a late error stands for, by its code: throttling and
@@ -177,6 +179,11 @@ fn refused(e: Error) -> Error {
     } else {
         e
     }
+}
+
+/// User metadata (keys without the prefix) as request headers.
+fn meta_headers(metadata: &HashMap<String, String>) -> Vec<(String, String)> {
+    metadata.iter().map(|(k, v)| (format!("x-amz-meta-{k}"), v.clone())).collect()
 }
 
 /// The headers naming a copy's source, pinned to the version listed.
@@ -387,8 +394,8 @@ impl S3Direct {
         if multipart && self.checksums {
             headers.push(("x-amz-checksum-algorithm", "CRC32C".into()));
         }
-        let names: Vec<String> = metadata.keys().map(|k| format!("x-amz-meta-{k}")).collect();
-        headers.extend(names.iter().map(String::as_str).zip(metadata.values().cloned()));
+        let meta = meta_headers(metadata);
+        headers.extend(meta.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let context = format!("copy {what} within the store");
         let (_, body) = self.call(Method::PUT, &url, &headers, &context).await.map_err(refused)?;
         Ok(Some(copy_result(&body, &context)?.etag))
@@ -410,9 +417,8 @@ impl S3Direct {
     ) -> Result<Option<String>> {
         use futures::{StreamExt as _, TryStreamExt as _};
         let object = format!("{}/{}", self.base, utf8_percent_encode(key, PATH));
-        let names: Vec<String> = metadata.keys().map(|k| format!("x-amz-meta-{k}")).collect();
-        let mut meta: Vec<(&str, String)> =
-            names.iter().map(String::as_str).zip(metadata.values().cloned()).collect();
+        let user_meta = meta_headers(metadata);
+        let mut meta: Vec<(&str, String)> = user_meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         // The store computes each part's CRC32C as it copies it, and keeps
         // their composite, as for ferry's own multipart uploads.
         if self.checksums {

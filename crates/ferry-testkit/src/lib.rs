@@ -286,7 +286,8 @@ async fn handle(
             "x-amz-checksum headers are not supported",
         ));
     }
-    let part = req.uri().query().is_some_and(|q| q.contains("uploadId="));
+    let call = uploads::recognise(req.method(), req.uri());
+    let part = matches!(call, uploads::Call::Part { .. });
     if let (true, true, Some(status)) = (copy, part, shared.faults.part_copy_failure()) {
         return Ok(error_response(status));
     }
@@ -297,7 +298,6 @@ async fn handle(
             "A header you provided implies functionality that is not implemented",
         ));
     }
-    let call = uploads::recognise(req.method(), req.uri());
     let method = req.method().clone();
     if let uploads::Call::List { bucket, prefix } = &call {
         return Ok(xml_response(StatusCode::OK, shared.uploads.list_xml(bucket, prefix)));
